@@ -1,0 +1,1 @@
+"""Command-line interface: the only code that prints or calls sys.exit."""
