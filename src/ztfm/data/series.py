@@ -57,3 +57,14 @@ class LabelledSeries:
             segment=self.segment,
             meta=dict(self.meta),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class EvalUnit:
+    """One unit of a dataset's standard evaluation protocol: fit on ``train`` (benign rows only),
+    score ``test``. SKAB has one unit per file (fit on rows 0-399 of that file); other formats
+    have one unit or one per device."""
+
+    name: str
+    train: LabelledSeries
+    test: LabelledSeries

@@ -1,0 +1,1 @@
+"""Cryptographic primitives (layer 1): the only package that imports ``cryptography``."""
