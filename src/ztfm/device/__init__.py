@@ -1,0 +1,1 @@
+"""The device agent (layer 6): measure -> detect -> learn -> protect -> send."""

@@ -1,0 +1,177 @@
+"""A device in the fleet: trains the shared detector on its own benign telemetry.
+
+The agent answers round messages only; its telemetry never leaves it. ``handle`` is the single
+entry point a transport calls with the bytes of a task and gets the bytes of the reply, so the
+same agent runs in process and behind gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ztfm.errors import UpdateRejected
+from ztfm.fl import codec
+from ztfm.fl.messages import EvalReply, EvalTask, RoundTask, UpdateReply
+from ztfm.fl.params import Params, ParamSpec, sub
+from ztfm.fl.rounds import UNDEFINED_AUC
+
+log = logging.getLogger(__name__)
+
+
+class LocalModel(Protocol):
+    """What the agent needs of a detector (``ztfm.detect`` detectors provide it)."""
+
+    def fit_scaler(self, x_benign: np.ndarray) -> None: ...
+    def train_epochs(
+        self,
+        x: np.ndarray,
+        *,
+        epochs: int,
+        rng: np.random.Generator,
+        prox_mu: float = 0.0,
+        anchor: list[np.ndarray] | None = None,
+    ) -> float: ...
+    def get_params(self) -> list[np.ndarray]: ...
+    def set_params(self, params: list[np.ndarray]) -> None: ...
+    def calibrate(self, x_benign: np.ndarray, target_far: float) -> float: ...
+    def score(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceData:
+    """A device's own data, already turned into feature rows in arrival order.
+
+    train: benign rows the device trains on; calib: benign rows it sets its threshold on (may be
+    the train rows); test_x/test_y/test_kinds: its held-out rows and labels (1 = attack).
+    """
+
+    train: np.ndarray
+    calib: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_kinds: np.ndarray | None = None
+
+
+# (scores in arrival order) -> smoothed scores; e.g. a causal moving average
+PostProcess = Callable[[np.ndarray], np.ndarray]
+# (update delta, round task, rng) -> delta to send; clipping, DP noise, compression, attacks
+UpdateTransform = Callable[[Params, RoundTask, np.random.Generator], Params]
+
+
+def confusion(pred: np.ndarray, y: np.ndarray) -> tuple[int, int, int, int]:
+    """(tp, fp, fn, tn) with 1 = attack."""
+    p = pred.astype(bool)
+    t = y.astype(bool)
+    return (int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum()), int((~p & ~t).sum()))
+
+
+def roc_auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """Rank-based ROC-AUC (ties count one half); ``UNDEFINED_AUC`` if one class is missing."""
+    y = y.astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return UNDEFINED_AUC
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # average ranks over ties
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    for s, e in zip(starts, ends, strict=True):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+class DeviceAgent:
+    """One device: its id, segment, local model and private data."""
+
+    def __init__(
+        self,
+        device_id: str,
+        segment: str,
+        model: LocalModel,
+        data: DeviceData,
+        *,
+        rng: np.random.Generator,
+        target_far: float = 0.01,
+        postprocess: PostProcess | None = None,
+        transforms: list[UpdateTransform] | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self.segment = segment
+        self.model = model
+        self.data = data
+        self.rng = rng
+        self.target_far = target_far
+        self.postprocess = postprocess
+        self.transforms = list(transforms or [])
+        self.model.fit_scaler(data.train)
+        self.installed_version = -1
+
+    # --- transport entry point -------------------------------------------------------------
+    def handle(self, data: bytes) -> bytes:
+        """Decode a task, act on it, encode the reply."""
+        msg = codec.decode(data)
+        if isinstance(msg, RoundTask):
+            return codec.encode(self.train(msg))
+        if isinstance(msg, EvalTask):
+            return codec.encode(self.evaluate(msg))
+        raise UpdateRejected(f"a device does not accept {type(msg).__name__}")
+
+    # --- learning ----------------------------------------------------------------------------
+    def train(self, task: RoundTask) -> UpdateReply:
+        ParamSpec.of(self.model.get_params()).check(task.params, what="global model")
+        self.model.set_params(task.params)
+        loss = self.model.train_epochs(
+            self.data.train,
+            epochs=task.local_epochs,
+            rng=self.rng,
+            prox_mu=task.prox_mu,
+            anchor=task.params if task.prox_mu > 0 else None,
+        )
+        delta = sub(self.model.get_params(), task.params)
+        for transform in self.transforms:
+            delta = transform(delta, task, self.rng)
+        return UpdateReply(
+            task.round_id,
+            self.device_id,
+            task.model_version,
+            delta,
+            len(self.data.train),
+            float(loss),
+            task.nonce,
+        )
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def scores(self, params: Params) -> tuple[np.ndarray, float]:
+        """Scores of the held-out rows and the locally calibrated threshold for ``params``."""
+        self.model.set_params(params)
+        threshold = self.model.calibrate(self.data.calib, self.target_far)
+        s = self.model.score(self.data.test_x)
+        if self.postprocess is not None:
+            s = self.postprocess(s)
+            calib = self.postprocess(self.model.score(self.data.calib))
+            threshold = float(np.quantile(calib, 1.0 - self.target_far))
+        return s, threshold
+
+    def evaluate(self, task: EvalTask) -> EvalReply:
+        s, threshold = self.scores(task.params)
+        pred = s > threshold
+        tp, fp, fn, tn = confusion(pred, self.data.test_y)
+        return EvalReply(
+            task.round_id,
+            self.device_id,
+            task.model_version,
+            tp,
+            fp,
+            fn,
+            tn,
+            roc_auc(s, self.data.test_y),
+            task.nonce,
+        )

@@ -1,0 +1,153 @@
+"""Binary encoding of the round messages: a length-prefixed JSON header plus raw float32 arrays.
+
+No pickle. ``decode`` parses, checks every field's type and every array's shape against the
+bytes actually present, and rejects anything malformed or oversized with ``UpdateRejected``, so a
+message object that exists is well formed. The networked transport carries these bytes inside
+its signed protobuf envelope; the in-process transport carries them as they are, so both count
+the same bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from ztfm.errors import UpdateRejected
+from ztfm.fl.messages import EvalReply, EvalTask, RoundTask, UpdateReply
+
+MAGIC = b"ZTFM"
+VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+MAX_ARRAYS = 256
+MAX_NDIM = 4
+
+Message = RoundTask | UpdateReply | EvalTask | EvalReply
+
+_KINDS: dict[type[Any], int] = {RoundTask: 1, UpdateReply: 2, EvalTask: 3, EvalReply: 4}
+_BY_KIND = {v: k for k, v in _KINDS.items()}
+# field name -> expected python type after JSON decoding (nonce travels as hex)
+_FIELDS: dict[type[Any], dict[str, type | tuple[type, ...]]] = {
+    RoundTask: {
+        "round_id": int,
+        "model_version": int,
+        "local_epochs": int,
+        "prox_mu": (int, float),
+        "deadline_s": (int, float),
+        "nonce": str,
+        "settings": dict,
+    },
+    UpdateReply: {
+        "round_id": int,
+        "device_id": str,
+        "model_version": int,
+        "n_samples": int,
+        "train_loss": (int, float),
+        "nonce": str,
+    },
+    EvalTask: {"round_id": int, "model_version": int, "nonce": str},
+    EvalReply: {
+        "round_id": int,
+        "device_id": str,
+        "model_version": int,
+        "tp": int,
+        "fp": int,
+        "fn": int,
+        "tn": int,
+        "roc_auc": (int, float),
+        "nonce": str,
+    },
+}
+_ARRAY_FIELD = {RoundTask: "params", UpdateReply: "delta", EvalTask: "params"}
+_HEAD = struct.Struct(">4sBBI")  # magic, version, kind, header length
+
+
+def encode(msg: Message) -> bytes:
+    """Serialise a round message to bytes."""
+    cls = type(msg)
+    fields: dict[str, Any] = {}
+    for name in _FIELDS[cls]:
+        value = getattr(msg, name)
+        fields[name] = value.hex() if name == "nonce" else value
+    arrays: list[np.ndarray] = list(getattr(msg, _ARRAY_FIELD[cls])) if cls in _ARRAY_FIELD else []
+    header = json.dumps(
+        {"f": fields, "a": [list(a.shape) for a in arrays]},
+        separators=(",", ":"),
+        sort_keys=True,
+        allow_nan=False,
+    ).encode()
+    blobs = [np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays]
+    return b"".join([_HEAD.pack(MAGIC, VERSION, _KINDS[cls], len(header)), header, *blobs])
+
+
+def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Parse bytes into a round message; ``UpdateRejected`` with a reason if malformed."""
+    if len(data) > max_bytes:
+        raise UpdateRejected(f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+    if len(data) < _HEAD.size:
+        raise UpdateRejected("message too short")
+    magic, version, kind, hlen = _HEAD.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        raise UpdateRejected("not a ztfm round message (bad magic or version)")
+    cls = _BY_KIND.get(kind)
+    if cls is None:
+        raise UpdateRejected(f"unknown message kind {kind}")
+    if hlen > MAX_HEADER_BYTES or _HEAD.size + hlen > len(data):
+        raise UpdateRejected("message header length is out of range")
+    try:
+        header = json.loads(data[_HEAD.size : _HEAD.size + hlen])
+        fields, shapes = header["f"], header["a"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UpdateRejected("message header is not valid JSON of the expected form") from exc
+    if not isinstance(fields, dict) or not isinstance(shapes, list):
+        raise UpdateRejected("message header is not of the expected form")
+    if set(fields) != set(_FIELDS[cls]):
+        raise UpdateRejected("message fields are missing or unexpected")
+    kwargs: dict[str, Any] = {}
+    for name, typ in _FIELDS[cls].items():
+        value = fields[name]
+        if isinstance(value, bool) or not isinstance(value, typ):
+            raise UpdateRejected(f"field {name} has the wrong type")
+        if name == "nonce":
+            try:
+                value = bytes.fromhex(str(value))
+            except ValueError as exc:
+                raise UpdateRejected("nonce is not hex") from exc
+        elif isinstance(value, float) and not np.isfinite(value):
+            raise UpdateRejected(f"field {name} is not finite")
+        kwargs[name] = value
+    arrays = _decode_arrays(data, _HEAD.size + hlen, shapes)
+    if cls in _ARRAY_FIELD:
+        kwargs[_ARRAY_FIELD[cls]] = arrays
+    elif arrays:
+        raise UpdateRejected("message carries arrays it should not")
+    msg: Message = cls(**kwargs)
+    return msg
+
+
+def _decode_arrays(data: bytes, offset: int, shapes: list[Any]) -> list[np.ndarray]:
+    if len(shapes) > MAX_ARRAYS:
+        raise UpdateRejected("too many arrays in message")
+    arrays: list[np.ndarray] = []
+    for shape in shapes:
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_NDIM
+            or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in shape
+            )
+        ):
+            raise UpdateRejected("array shape is malformed")
+        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        nbytes = 4 * n
+        if offset + nbytes > len(data):
+            raise UpdateRejected("message is truncated (array data missing)")
+        arr = np.frombuffer(data, dtype="<f4", count=n, offset=offset).astype(np.float32)
+        arrays.append(arr.reshape(shape))
+        offset += nbytes
+    if offset != len(data):
+        raise UpdateRejected("message has trailing bytes")
+    return arrays
