@@ -14,6 +14,13 @@ from ztfm.robust.aggregators import (
     weighted_coordinate_median,
 )
 from ztfm.robust.base import Aggregate, Aggregator, check_updates
+from ztfm.robust.groups import (
+    GroupedAggregate,
+    GroupPlan,
+    aggregate_group_sums,
+    assign_groups,
+    robust_over_groups,
+)
 from ztfm.robust.registry import AGGREGATORS, make_aggregator
 
 __all__ = [
@@ -25,12 +32,17 @@ __all__ = [
     "CoordinateMedian",
     "FLTrust",
     "GeometricMedian",
+    "GroupPlan",
+    "GroupedAggregate",
     "Krum",
     "Mean",
     "NormBounding",
     "TrimmedMean",
+    "aggregate_group_sums",
+    "assign_groups",
     "check_updates",
     "krum_scores",
     "make_aggregator",
+    "robust_over_groups",
     "weighted_coordinate_median",
 ]
