@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ def _parse_time(text: str, where: str) -> float:
             dt = datetime.strptime(text, fmt)
         except ValueError:
             continue
-        return dt.replace(tzinfo=timezone.utc).timestamp()
+        return dt.replace(tzinfo=UTC).timestamp()
     raise DataError(f"{where}: datetime {text[:40]!r} is not 'YYYY-MM-DD HH:MM:SS'")
 
 
@@ -152,11 +152,18 @@ def skab_split(series: Sequence[LabelledSeries] | Iterable[LabelledSeries]) -> l
         if s.meta.get("labelled") == "no" or s.y is None:
             raise DataError(f"{s.name}: has no anomaly labels; use it only as --train data")
         if len(s) <= TRAIN_ROWS:
-            raise DataError(f"{s.name}: {len(s)} rows, the SKAB protocol needs more than "
-                            f"{TRAIN_ROWS}")
+            raise DataError(
+                f"{s.name}: {len(s)} rows, the SKAB protocol needs more than {TRAIN_ROWS}"
+            )
         test = LabelledSeries(
-            name=s.name, x=s.x, columns=s.columns, y=s.y, kinds=s.kinds, t=s.t,
-            segment=s.segment, meta={**s.meta, "train_rows": str(TRAIN_ROWS)},
+            name=s.name,
+            x=s.x,
+            columns=s.columns,
+            y=s.y,
+            kinds=s.kinds,
+            t=s.t,
+            segment=s.segment,
+            meta={**s.meta, "train_rows": str(TRAIN_ROWS)},
         )
         units.append(EvalUnit(name=s.name, train=s.rows(slice(0, TRAIN_ROWS)), test=test))
     if not units:
