@@ -1,0 +1,211 @@
+"""SQLite ``LedgerStore``: WAL journal, full fsync, one transaction per batch of appends.
+
+Tables: ``entries(idx, leaf_hash, data)``, ``nodes(level, idx, hash)`` for the interior nodes of
+complete subtrees (so proofs read O(log n) rows), ``tree_heads`` and ``meta``. Triggers refuse
+UPDATE and DELETE, so a bug cannot rewrite history; an attacker with the file can still drop
+them, which is why clients check consistency proofs against heads they saw before.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ztfm.errors import LedgerError
+from ztfm.ledger.store import Leaf, Node
+
+SCHEMA_VERSION = b"1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    idx INTEGER PRIMARY KEY,
+    leaf_hash BLOB NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tree_heads (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tree_size INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries
+    BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
+    BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS nodes_no_update BEFORE UPDATE ON nodes
+    BEGIN SELECT RAISE(ABORT, 'ledger nodes are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS nodes_no_delete BEFORE DELETE ON nodes
+    BEGIN SELECT RAISE(ABORT, 'ledger nodes are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS heads_no_update BEFORE UPDATE ON tree_heads
+    BEGIN SELECT RAISE(ABORT, 'tree heads are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS heads_no_delete BEFORE DELETE ON tree_heads
+    BEGIN SELECT RAISE(ABORT, 'tree heads are append-only'); END;
+"""
+
+
+class SqliteLedgerStore:
+    """A ``LedgerStore`` in one SQLite file. One writer at a time (appends check the size)."""
+
+    def __init__(self, path: str | Path, *, create: bool = True, durable: bool = True) -> None:
+        """Open (and with ``create``, initialise) the ledger at ``path``.
+
+        ``durable=False`` uses ``synchronous=NORMAL``: still crash-consistent under WAL, but the
+        last transactions may be lost on power failure (benchmarks only).
+        """
+        p = Path(path)
+        if not create and not p.is_file():
+            raise LedgerError(f"no ledger database at {p}")
+        try:
+            self._db = sqlite3.connect(str(p), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise LedgerError(f"could not switch {p} to WAL mode (got {mode})")
+            self._db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._init_schema(create)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{p} is not a usable ledger database: {exc}") from exc
+
+    def _init_schema(self, create: bool) -> None:
+        have = self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if have is None:
+            if not create:
+                raise LedgerError("database has no ledger schema")
+            self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            self.set_meta("schema", SCHEMA_VERSION)
+        version = self.get_meta("schema")
+        if version != SCHEMA_VERSION:
+            raise LedgerError(f"unsupported ledger schema version {version!r}")
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self._db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self._db.execute("BEGIN IMMEDIATE")
+            return self._db
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            if exc_type is None:
+                self._db.execute("COMMIT")
+            else:
+                self._db.execute("ROLLBACK")
+
+    def _tx(self) -> SqliteLedgerStore._Tx:
+        return SqliteLedgerStore._Tx(self._db)
+
+    def _size(self) -> int:
+        row = self._db.execute("SELECT MAX(idx) FROM entries").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def size(self) -> int:
+        return self._size()
+
+    def append(self, first_index: int, leaves: Sequence[Leaf], nodes: Sequence[Node]) -> None:
+        try:
+            with self._tx() as db:
+                size = self._size()
+                if first_index != size:
+                    raise LedgerError(
+                        f"append at {first_index} but the ledger has {size} entries "
+                        "(another writer? reopen the ledger)"
+                    )
+                db.executemany(
+                    "INSERT INTO entries (idx, leaf_hash, data) VALUES (?, ?, ?)",
+                    ((first_index + i, h, d) for i, (d, h) in enumerate(leaves)),
+                )
+                db.executemany(
+                    "INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)",
+                    ((lv, ix, h) for lv, ix, h in nodes),
+                )
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"ledger append failed: {exc}") from exc
+
+    def entry(self, index: int) -> bytes:
+        row = self._db.execute("SELECT data FROM entries WHERE idx = ?", (index,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no entry {index} in the ledger")
+        return bytes(row[0])
+
+    def iter_leaves(self, start: int, stop: int) -> Iterator[Leaf]:
+        chunk = 16384
+        expect = start
+        pos = start
+        while pos < stop:
+            end = min(pos + chunk, stop)
+            rows = self._db.execute(
+                "SELECT idx, data, leaf_hash FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (pos, end),
+            ).fetchall()
+            for idx, data, h in rows:
+                if idx != expect:
+                    raise LedgerError(f"ledger entry {expect} is missing")
+                expect += 1
+                yield bytes(data), bytes(h)
+            if len(rows) < end - pos:
+                raise LedgerError(f"ledger entry {expect} is missing")
+            pos = end
+
+    def node(self, level: int, index: int) -> bytes:
+        if level == 0:
+            row = self._db.execute(
+                "SELECT leaf_hash FROM entries WHERE idx = ?", (index,)
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)
+            ).fetchone()
+        if row is None:
+            raise LedgerError(f"missing tree node ({level}, {index})")
+        return bytes(row[0])
+
+    def node_range(self, level: int, start: int, stop: int) -> list[bytes]:
+        rows = self._db.execute(
+            "SELECT hash FROM nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
+            (level, start, stop),
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def add_tree_head(self, tree_size: int, data: bytes) -> None:
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO tree_heads (tree_size, data) VALUES (?, ?)", (tree_size, data)
+                )
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"could not store the tree head: {exc}") from exc
+
+    def tree_heads(self) -> list[bytes]:
+        rows = self._db.execute("SELECT data FROM tree_heads ORDER BY seq").fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def latest_tree_head(self) -> bytes | None:
+        row = self._db.execute("SELECT data FROM tree_heads ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else bytes(row[0])
+
+    def get_meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"could not write ledger metadata: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
