@@ -1,4 +1,4 @@
-"""Ed25519 signing keys: generate, serialise, sign and verify (verify raises, never returns bool)."""
+"""Ed25519 signing keys: generate, serialise, sign, verify (verify raises, never returns bool)."""
 
 from __future__ import annotations
 
