@@ -84,6 +84,23 @@ _CURVES: dict[str, tuple[ec.EllipticCurve, int]] = {
 }
 
 
+_ORDERS = {
+    "P-256": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "P-384": int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF"
+        "581A0DB248B0A77AECEC196ACCC52973",
+        16,
+    ),
+}
+
+
+def _scalar_from(entropy: bytes, order: int) -> int:
+    """Map >= 40 bytes of entropy to a scalar in [1, order-1] with negligible bias."""
+    if len(entropy) < 40:
+        raise CryptoError("need at least 40 bytes of entropy for an ECC scalar")
+    return 1 + int.from_bytes(entropy, "big") % (order - 1)
+
+
 def _ecc_public(point: EccPublicPoint) -> ec.EllipticCurvePublicKey:
     spec = _CURVES.get(point.curve)
     if spec is None:
@@ -227,19 +244,19 @@ def make_credential_ecc(
     ek: EccPublicPoint,
     object_name: bytes,
     credential: bytes,
-    ephemeral_scalar: int,
+    ephemeral_entropy: bytes,
     sym_bits: int = 128,
 ) -> WrappedCredential:
-    """TPM2_MakeCredential for an ECC EK: the seed is agreed with one-pass ECDH + KDFe."""
+    """TPM2_MakeCredential for an ECC EK: the seed is agreed with one-pass ECDH + KDFe.
+
+    ``ephemeral_entropy`` (>= 40 unpredictable bytes) becomes the ephemeral ECDH scalar.
+    """
     if not 1 <= len(credential) <= SHA256_BYTES:
         raise CryptoError("credential must be 1..32 bytes")
     curve, size = _CURVES.get(ek.curve, (None, 0))
     if curve is None:
         raise CryptoError(f"unsupported curve {ek.curve!r}")
-    try:
-        eph = ec.derive_private_key(ephemeral_scalar, curve)
-    except ValueError as exc:
-        raise CryptoError("ephemeral scalar out of range") from exc
+    eph = ec.derive_private_key(_scalar_from(ephemeral_entropy, _ORDERS[ek.curve]), curve)
     z = eph.exchange(ec.ECDH(), _ecc_public(ek))
     ephn = eph.public_key().public_numbers()
     eph_x = ephn.x.to_bytes(size, "big")
@@ -274,6 +291,11 @@ class EccP256Key:
 
     def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
         self._key = key
+
+    @classmethod
+    def from_entropy(cls, entropy: bytes) -> EccP256Key:
+        """Key from >= 40 bytes of entropy (e.g. ``rng.bytes(48)`` in a reproducible sim)."""
+        return cls.from_scalar(_scalar_from(entropy, _ORDERS["P-256"]))
 
     @classmethod
     def from_scalar(cls, scalar: int) -> EccP256Key:

@@ -1,0 +1,92 @@
+"""Device side of attestation: the ``TpmBackend`` plug point and the measuring agent.
+
+``Tpm`` (tpm2-pytss, real TPM or swtpm) and ``SoftTpm`` (pure software) both implement
+``TpmBackend``; ``AttestingDevice`` measures firmware and model bundles into PCR 8 and 9,
+keeps the measurement log, answers enrolment challenges and produces quotes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ztfm.attestation.evidence import (
+    PCR_FIRMWARE,
+    PCR_MODEL,
+    CredentialChallenge,
+    EnrolmentRequest,
+    Measurement,
+    QuoteEvidence,
+)
+from ztfm.attestation.nonce import NONCE_BYTES
+from ztfm.attestation.structures import PcrSelection
+from ztfm.errors import AttestationError
+
+#: What every quote covers.
+QUOTE_PCRS = PcrSelection((PCR_FIRMWARE, PCR_MODEL))
+
+
+class TpmBackend(Protocol):
+    """The TPM operations attestation needs (hardware TPM, swtpm or SoftTpm)."""
+
+    @property
+    def hardware_backed(self) -> bool: ...
+
+    def ek_certificate(self) -> bytes: ...
+
+    def ek_public(self) -> bytes: ...
+
+    def ak_public(self) -> bytes: ...
+
+    def activate_credential(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes: ...
+
+    def extend_pcr(self, pcr: int, digest: bytes) -> None: ...
+
+    def read_pcrs(self, selection: PcrSelection) -> dict[int, bytes]: ...
+
+    def quote(self, nonce: bytes, selection: PcrSelection) -> tuple[bytes, bytes]: ...
+
+
+class AttestingDevice:
+    """Measures firmware and models into the TPM and answers the verifier.
+
+    The log is kept in memory since boot (the PCRs reset with the TPM); a device agent that
+    restarts without a TPM reset must measure again from a fresh TPM boot.
+    """
+
+    __slots__ = ("_log", "tpm")
+
+    def __init__(self, tpm: TpmBackend) -> None:
+        self.tpm = tpm
+        self._log: list[Measurement] = []
+
+    @property
+    def log(self) -> tuple[Measurement, ...]:
+        return tuple(self._log)
+
+    def measure_firmware(self, image_digest: bytes, label: str = "firmware") -> None:
+        """Extend the firmware image digest into PCR 8 (once per boot)."""
+        if any(m.pcr == PCR_FIRMWARE for m in self._log):
+            raise AttestationError("firmware was already measured since boot")
+        self._measure(Measurement(PCR_FIRMWARE, image_digest, label))
+
+    def measure_model(self, bundle_digest: bytes, label: str = "model") -> None:
+        """Extend a loaded model bundle's digest into PCR 9 (every load)."""
+        self._measure(Measurement(PCR_MODEL, bundle_digest, label))
+
+    def _measure(self, m: Measurement) -> None:
+        self.tpm.extend_pcr(m.pcr, m.digest)
+        self._log.append(m)
+
+    def enrolment_request(self) -> EnrolmentRequest:
+        tpm = self.tpm
+        return EnrolmentRequest(tpm.ek_certificate(), tpm.ek_public(), tpm.ak_public())
+
+    def activate(self, challenge: CredentialChallenge) -> bytes:
+        """Run ActivateCredential; return the secret to send back to the verifier."""
+        return self.tpm.activate_credential(challenge.credential_blob, challenge.encrypted_secret)
+
+    def quote(self, nonce: bytes) -> QuoteEvidence:
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+            raise AttestationError(f"nonce must be {NONCE_BYTES} bytes")
+        attest, signature = self.tpm.quote(nonce, QUOTE_PCRS)
+        return QuoteEvidence(attest, signature, tuple(self._log))

@@ -1,0 +1,363 @@
+"""The attestation verifier: EK/AK enrolment and quote verification (pure: takes ``now``).
+
+Enrolment (TPM 2.0 credential activation):
+1. ``begin_enrolment``: the EK certificate must chain to a configured manufacturer root; its
+   public key must equal the EK public the device presented; the EK must be a restricted
+   decryption key and the AK a restricted, TPM-resident signing key. The verifier then wraps a
+   fresh secret with MakeCredential for (EK, AK name).
+2. The device runs TPM2_ActivateCredential: only the TPM that holds the EK, and only if it also
+   holds an object named like the AK, can recover the secret.
+3. ``finish_enrolment``: the returned secret must match (constant time) within the TTL; the AK
+   is now bound to the device.
+
+Quote verification (``check_quote``; ``assess_quote`` turns failures into verdicts):
+signer = enrolled AK (before any signature work), signature by that AK, TPMS_ATTEST structure
+(magic, type, PCR selection), nonce issued to this device and unused, freshness (age of the
+nonce), TPM clock not rolled back, the measurement log replays to the quoted PCR digest, and the
+log's firmware and model digests are in the allow-list.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ztfm.attestation.evidence import (
+    PCR_FIRMWARE,
+    PCR_MODEL,
+    CredentialChallenge,
+    EnrolmentRequest,
+    QuoteEvidence,
+)
+from ztfm.attestation.nonce import NonceBook, NonceSource
+from ztfm.attestation.reference import ReferenceValues
+from ztfm.attestation.structures import (
+    ALG_ECDSA,
+    ALG_RSASSA,
+    PcrSelection,
+    QuoteInfo,
+    TpmPublic,
+    TpmSignature,
+    composite_digest,
+    qualified_name_in_endorsement,
+    replay,
+)
+from ztfm.crypto.tpm import (
+    Certificate,
+    EccPublicPoint,
+    RsaPublicNumbers,
+    make_credential_ecc,
+    make_credential_rsa,
+    verify_certificate_chain,
+    verify_ecdsa_sha256,
+    verify_rsassa_sha256,
+)
+from ztfm.errors import AttestationError, ConfigError, CryptoError
+from ztfm.types import DeviceId
+
+log = logging.getLogger(__name__)
+
+QUOTE_SELECTION = PcrSelection((PCR_FIRMWARE, PCR_MODEL))
+_SECRET_BYTES = 32
+
+
+class QuoteRejected(AttestationError):
+    """A quote failed verification; ``reason`` is a short machine code for audit and trust."""
+
+    code = "attestation"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolledDevice:
+    """A device whose AK is bound to a certified EK."""
+
+    device_id: DeviceId
+    device_type: str
+    ak: TpmPublic
+    ek_fingerprint: str
+    ek_root: str
+    hardware_backed: bool
+    enrolled_at: float
+
+    @property
+    def qualified_signer(self) -> bytes:
+        return qualified_name_in_endorsement(self.ak.name)
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationVerdict:
+    """The outcome of one quote check; feed ``ok`` and ``age_s`` to policy and trust."""
+
+    device_id: DeviceId
+    ok: bool
+    reason: str
+    detail: str
+    time: float
+    pcr_digest: bytes
+    firmware_version: str | None = None
+    model_digest: bytes | None = None
+    hardware_backed: bool = False
+
+    def age_s(self, now: float) -> float:
+        return now - self.time
+
+    def require_fresh(self, now: float, max_age_s: float) -> None:
+        """Return None if this verdict is a pass no older than ``max_age_s``; raise if not."""
+        if not self.ok:
+            raise AttestationError(f"device {self.device_id} failed attestation: {self.reason}")
+        if not 0 <= now - self.time <= max_age_s:
+            raise AttestationError(f"device {self.device_id} has no fresh attestation")
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    device_type: str
+    request_ak: TpmPublic
+    ek_fingerprint: str
+    ek_root: str
+    hardware_backed: bool
+    secret: bytes
+    issued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _ClockMark:
+    reset_count: int
+    restart_count: int
+    clock: int
+
+
+@dataclass(slots=True)
+class AttestationVerifier:
+    """Verifier state: manufacturer roots, golden values, enrolled AKs, nonces, last verdicts.
+
+    ``soft_roots`` are CAs of software TPMs (``SoftTpm``): accepted, logged as a warning, and
+    every verdict for such a device says ``hardware_backed=False`` so policy can refuse it.
+    """
+
+    manufacturer_roots: Sequence[bytes]
+    reference: ReferenceValues
+    nonces: NonceSource
+    intermediates: Sequence[bytes] = ()
+    soft_roots: Sequence[bytes] = ()
+    max_quote_age_s: float = 60.0
+    enrolment_ttl_s: float = 300.0
+    require_ek_usage: bool = True
+    _roots: list[Certificate] = field(default_factory=list)
+    _soft: list[Certificate] = field(default_factory=list)
+    _inter: list[Certificate] = field(default_factory=list)
+    _pending: dict[DeviceId, _Pending] = field(default_factory=dict)
+    _enrolled: dict[DeviceId, EnrolledDevice] = field(default_factory=dict)
+    _book: NonceBook | None = None
+    _clocks: dict[DeviceId, _ClockMark] = field(default_factory=dict)
+    _verdicts: dict[DeviceId, AttestationVerdict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            self._roots = [Certificate.load(c) for c in self.manufacturer_roots]
+            self._soft = [Certificate.load(c) for c in self.soft_roots]
+            self._inter = [Certificate.load(c) for c in self.intermediates]
+        except CryptoError as exc:
+            raise ConfigError(f"bad manufacturer CA certificate: {exc}") from exc
+        if not self._roots and not self._soft:
+            raise ConfigError("attestation verifier needs at least one manufacturer root")
+        if self.max_quote_age_s <= 0 or self.enrolment_ttl_s <= 0:
+            raise ConfigError("max_quote_age_s and enrolment_ttl_s must be positive")
+        self._book = NonceBook(self.nonces)
+        if self._soft:
+            log.warning("attestation verifier trusts software TPM roots: not hardware-backed")
+
+    # --- enrolment -------------------------------------------------------------------------------
+    def begin_enrolment(
+        self, device_id: DeviceId, device_type: str, request: EnrolmentRequest, now: float
+    ) -> CredentialChallenge:
+        """Check EK certificate and AK, then return a MakeCredential challenge for the device."""
+        if not device_type:
+            raise AttestationError("device type must be non-empty")
+        try:
+            cert = Certificate.load(request.ek_certificate)
+        except CryptoError as exc:
+            raise AttestationError(f"EK certificate is malformed: {exc}") from exc
+        if self.require_ek_usage and not cert.ek_usage:
+            raise AttestationError("EK certificate lacks the TCG EK certificate key usage")
+        hardware = True
+        try:
+            root = verify_certificate_chain(cert, self._inter, self._roots, now)
+        except CryptoError as exc:
+            if not self._soft:
+                raise AttestationError(f"EK certificate rejected: {exc}") from exc
+            try:
+                root = verify_certificate_chain(cert, self._inter, self._soft, now)
+            except CryptoError as exc2:
+                raise AttestationError(f"EK certificate rejected: {exc2}") from exc2
+            hardware = False
+        ek = TpmPublic.from_bytes(request.ek_public)
+        ek.check_endorsement_key()
+        if ek.key != cert.public_key:
+            raise AttestationError("EK public key does not match the EK certificate")
+        ak = TpmPublic.from_bytes(request.ak_public)
+        ak.check_attestation_key()
+        secret = self.nonces.token(_SECRET_BYTES)
+        try:
+            if isinstance(ek.key, RsaPublicNumbers):
+                wrapped = make_credential_rsa(ek.key, ak.name, secret, self.nonces.token(32))
+            else:
+                assert isinstance(ek.key, EccPublicPoint)
+                wrapped = make_credential_ecc(ek.key, ak.name, secret, self.nonces.token(48))
+        except CryptoError as exc:
+            raise AttestationError(f"cannot make credential for this EK: {exc}") from exc
+        self._pending[device_id] = _Pending(
+            device_type, ak, cert.fingerprint, root.subject, hardware, secret, now
+        )
+        if not hardware:
+            log.info("device %s enrols with a software TPM (not hardware-backed)", device_id)
+        return CredentialChallenge(wrapped.credential_blob, wrapped.encrypted_secret)
+
+    def finish_enrolment(self, device_id: DeviceId, secret: bytes, now: float) -> EnrolledDevice:
+        """Bind the AK if ``secret`` is the activated credential; raise if not."""
+        pending = self._pending.pop(device_id, None)
+        if pending is None:
+            raise AttestationError("no enrolment in progress for this device")
+        if not 0 <= now - pending.issued_at <= self.enrolment_ttl_s:
+            raise AttestationError("enrolment challenge expired")
+        if not isinstance(secret, bytes) or not hmac.compare_digest(secret, pending.secret):
+            raise AttestationError("credential activation failed: AK is not bound to the EK")
+        device = EnrolledDevice(
+            device_id,
+            pending.device_type,
+            pending.request_ak,
+            pending.ek_fingerprint,
+            pending.ek_root,
+            pending.hardware_backed,
+            now,
+        )
+        self._enrolled[device_id] = device
+        self._clocks.pop(device_id, None)
+        return device
+
+    def enrolled(self, device_id: DeviceId) -> EnrolledDevice:
+        device = self._enrolled.get(device_id)
+        if device is None:
+            raise AttestationError("device is not enrolled")
+        return device
+
+    def revoke(self, device_id: DeviceId) -> None:
+        """Forget a device's AK: it must enrol again before any quote is accepted."""
+        self._enrolled.pop(device_id, None)
+        self._verdicts.pop(device_id, None)
+
+    # --- quotes ----------------------------------------------------------------------------------
+    def issue_nonce(self, device_id: DeviceId, now: float) -> bytes:
+        """A fresh single-use nonce for this device's next quote (records the issue time)."""
+        self.enrolled(device_id)
+        assert self._book is not None
+        return self._book.issue(device_id, now)
+
+    def check_quote(
+        self, device_id: DeviceId, evidence: QuoteEvidence, now: float
+    ) -> AttestationVerdict:
+        """Return a passing verdict, or raise ``QuoteRejected`` with a reason code."""
+        try:
+            verdict = self._check(device_id, evidence, now)
+        except QuoteRejected:
+            raise
+        except AttestationError as exc:
+            raise QuoteRejected("evidence", str(exc)) from exc
+        self._verdicts[device_id] = verdict
+        return verdict
+
+    def assess_quote(
+        self, device_id: DeviceId, evidence: QuoteEvidence, now: float
+    ) -> AttestationVerdict:
+        """Like ``check_quote`` but a failure becomes a failing verdict (also recorded)."""
+        try:
+            return self.check_quote(device_id, evidence, now)
+        except QuoteRejected as exc:
+            device = self._enrolled.get(device_id)
+            verdict = AttestationVerdict(
+                device_id,
+                False,
+                exc.reason,
+                str(exc),
+                now,
+                b"",
+                hardware_backed=device.hardware_backed if device else False,
+            )
+            self._verdicts[device_id] = verdict
+            log.info("attestation of %s failed: %s", device_id, exc)
+            return verdict
+
+    def latest_verdict(self, device_id: DeviceId) -> AttestationVerdict | None:
+        return self._verdicts.get(device_id)
+
+    def _check(self, device_id: DeviceId, ev: QuoteEvidence, now: float) -> AttestationVerdict:
+        device = self._enrolled.get(device_id)
+        if device is None:
+            raise QuoteRejected("unknown_device", "quote from a device that is not enrolled")
+        info = QuoteInfo.from_bytes(ev.attest)
+        if not hmac.compare_digest(info.qualified_signer, device.qualified_signer):
+            raise QuoteRejected("signer", "quote was not signed by the AK bound at enrolment")
+        sig = TpmSignature.from_bytes(ev.signature)
+        try:
+            if sig.alg == ALG_ECDSA and isinstance(device.ak.key, EccPublicPoint):
+                verify_ecdsa_sha256(device.ak.key, sig.r, sig.s, ev.attest)
+            elif sig.alg == ALG_RSASSA and isinstance(device.ak.key, RsaPublicNumbers):
+                verify_rsassa_sha256(device.ak.key, sig.rsa_sig, ev.attest)
+            else:
+                raise QuoteRejected("signature", "quote signature algorithm does not match the AK")
+        except CryptoError as exc:
+            raise QuoteRejected("signature", "quote signature does not verify") from exc
+        if info.selection != QUOTE_SELECTION:
+            raise QuoteRejected("selection", f"quote must cover {QUOTE_SELECTION}")
+        assert self._book is not None
+        try:
+            self._book.consume(device_id, info.extra_data, now, self.max_quote_age_s)
+        except AttestationError as exc:
+            reason = "stale" if "stale" in str(exc) else "nonce"
+            raise QuoteRejected(reason, str(exc)) from exc
+        self._check_clock(device_id, info)
+        fw_log = [m.digest for m in ev.log if m.pcr == PCR_FIRMWARE]
+        model_log = [m.digest for m in ev.log if m.pcr == PCR_MODEL]
+        expected = composite_digest([replay(fw_log), replay(model_log)])
+        if not hmac.compare_digest(expected, info.pcr_digest):
+            raise QuoteRejected("pcr_log", "quoted PCR digest does not match the measurement log")
+        if len(fw_log) != 1:
+            raise QuoteRejected("firmware", "measurement log must hold exactly one firmware event")
+        try:
+            version = self.reference.firmware_version_of(device.device_type, fw_log[0])
+        except AttestationError as exc:
+            raise QuoteRejected("firmware", str(exc)) from exc
+        if not model_log:
+            raise QuoteRejected("model", "no model bundle has been measured")
+        if model_log[-1] not in self.reference.models:
+            raise QuoteRejected("model", "loaded model bundle is not in the allow-list")
+        known = self.reference.models | self.reference.retired_models
+        if any(d not in known for d in model_log[:-1]):
+            raise QuoteRejected("model", "an unknown model bundle was loaded since boot")
+        return AttestationVerdict(
+            device_id,
+            True,
+            "ok",
+            "quote verified",
+            now,
+            info.pcr_digest,
+            version,
+            model_log[-1],
+            device.hardware_backed,
+        )
+
+    def _check_clock(self, device_id: DeviceId, info: QuoteInfo) -> None:
+        mark = _ClockMark(info.reset_count, info.restart_count, info.clock)
+        last = self._clocks.get(device_id)
+        if last is not None and (
+            mark.reset_count < last.reset_count
+            or (mark.reset_count == last.reset_count and mark.clock < last.clock)
+        ):
+            raise QuoteRejected("clock", "TPM clock went backwards (rolled back or replayed)")
+        self._clocks[device_id] = mark
