@@ -1,0 +1,240 @@
+"""Where trust records live: a ``TrustStore`` protocol with memory, JSON-file and SQLite backends.
+
+Both file backends are crash-safe: the JSON store writes a temporary file, fsyncs it and renames it
+over the old one (readers see the old or the new file, never half of one); the SQLite store commits
+each round in one transaction with ``synchronous=FULL``. A corrupt or tampered store raises
+``TrustError`` instead of starting over: resetting trust would release quarantined devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from ztfm.errors import TrustError
+from ztfm.trust.model import TrustChange, TrustRecord
+from ztfm.types import DeviceId
+
+FORMAT_VERSION = 1
+MAX_STORE_BYTES = 256 * 1024 * 1024
+
+
+class TrustStore(Protocol):
+    """Persistence for trust records and their recent explanations."""
+
+    def load(self, device: DeviceId) -> TrustRecord | None: ...
+
+    def save(self, records: Sequence[TrustRecord], changes: Sequence[TrustChange]) -> None:
+        """Store records and append changes atomically (all or nothing)."""
+        ...
+
+    def devices(self) -> list[DeviceId]: ...
+
+    def history(self, device: DeviceId, limit: int = 20) -> list[TrustChange]:
+        """The most recent changes for ``device``, oldest first."""
+        ...
+
+
+class MemoryTrustStore:
+    """In-process store for tests and simulations."""
+
+    def __init__(self, history_limit: int = 200) -> None:
+        self._records: dict[DeviceId, TrustRecord] = {}
+        self._history: dict[DeviceId, list[TrustChange]] = {}
+        self._limit = history_limit
+
+    def load(self, device: DeviceId) -> TrustRecord | None:
+        return self._records.get(device)
+
+    def save(self, records: Sequence[TrustRecord], changes: Sequence[TrustChange]) -> None:
+        for r in records:
+            self._records[r.device] = r
+        for c in changes:
+            h = self._history.setdefault(c.device, [])
+            h.append(c)
+            del h[: max(0, len(h) - self._limit)]
+
+    def devices(self) -> list[DeviceId]:
+        return sorted(self._records)
+
+    def history(self, device: DeviceId, limit: int = 20) -> list[TrustChange]:
+        return list(self._history.get(device, [])[-limit:]) if limit > 0 else []
+
+
+class JsonFileTrustStore(MemoryTrustStore):
+    """One JSON file, rewritten atomically on every ``save``. Fine for thousands of devices;
+    use ``SqliteTrustStore`` beyond that. One writer process at a time."""
+
+    def __init__(self, path: str | os.PathLike[str], history_limit: int = 50) -> None:
+        super().__init__(history_limit)
+        self.path = Path(path)
+        if self.path.exists():
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            size = self.path.stat().st_size
+            if size > MAX_STORE_BYTES:
+                raise TrustError(f"trust store {self.path} is too large ({size} bytes)")
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise TrustError(f"cannot read trust store {self.path}: {exc}") from exc
+        if not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION:
+            raise TrustError(f"trust store {self.path}: not a version {FORMAT_VERSION} store")
+        recs, hist = raw.get("records"), raw.get("history")
+        if not isinstance(recs, dict) or not isinstance(hist, dict):
+            raise TrustError(f"trust store {self.path}: records/history must be objects")
+        for key, value in recs.items():
+            rec = TrustRecord.from_dict(value)
+            if rec.device != key:
+                raise TrustError(f"trust store {self.path}: record key {key!r} != its device")
+            self._records[rec.device] = rec
+        for key, changes in hist.items():
+            if not isinstance(changes, list):
+                raise TrustError(f"trust store {self.path}: history of {key!r} is not a list")
+            parsed = [TrustChange.from_dict(c) for c in changes]
+            if any(c.device != key for c in parsed):
+                raise TrustError(
+                    f"trust store {self.path}: history of {key!r} names another device"
+                )
+            self._history[DeviceId(key)] = parsed[-self._limit :]
+
+    def save(self, records: Sequence[TrustRecord], changes: Sequence[TrustChange]) -> None:
+        old_records, old_history = (
+            dict(self._records),
+            {k: list(v) for k, v in self._history.items()},
+        )
+        super().save(records, changes)
+        try:
+            self._write()
+        except BaseException:
+            self._records, self._history = old_records, old_history
+            raise
+
+    def _write(self) -> None:
+        doc = {
+            "version": FORMAT_VERSION,
+            "records": {d: r.to_dict() for d, r in sorted(self._records.items())},
+            "history": {d: [c.to_dict() for c in h] for d, h in sorted(self._history.items())},
+        }
+        data = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
+        directory = self.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise TrustError(f"cannot write trust store {self.path}: {exc}") from exc
+
+
+class SqliteTrustStore:
+    """SQLite store: one transaction per ``save``, WAL journal, ``synchronous=FULL``."""
+
+    def __init__(self, path: str | os.PathLike[str], history_limit: int = 200) -> None:
+        self.path = Path(path)
+        self._limit = history_limit
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS trust_records "
+                "(device TEXT PRIMARY KEY, body TEXT NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS trust_changes (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "device TEXT NOT NULL, body TEXT NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE INDEX IF NOT EXISTS trust_changes_device ON trust_changes(device, id)"
+            )
+        except sqlite3.Error as exc:
+            raise TrustError(f"cannot open trust store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def load(self, device: DeviceId) -> TrustRecord | None:
+        try:
+            row = self._db.execute(
+                "SELECT body FROM trust_records WHERE device = ?", (device,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise TrustError(f"trust store {self.path}: {exc}") from exc
+        if row is None:
+            return None
+        rec = TrustRecord.from_dict(_loads(row[0]))
+        if rec.device != device:
+            raise TrustError(f"trust store {self.path}: row for {device!r} names another device")
+        return rec
+
+    def save(self, records: Sequence[TrustRecord], changes: Sequence[TrustChange]) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO trust_records (device, body) VALUES (?, ?)",
+                    [(r.device, json.dumps(r.to_dict(), allow_nan=False)) for r in records],
+                )
+                self._db.executemany(
+                    "INSERT INTO trust_changes (device, body) VALUES (?, ?)",
+                    [(c.device, json.dumps(c.to_dict(), allow_nan=False)) for c in changes],
+                )
+                for device in {c.device for c in changes}:
+                    self._db.execute(
+                        "DELETE FROM trust_changes WHERE device = ? AND id NOT IN (SELECT id FROM "
+                        "trust_changes WHERE device = ? ORDER BY id DESC LIMIT ?)",
+                        (device, device, self._limit),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise TrustError(f"cannot write trust store {self.path}: {exc}") from exc
+
+    def devices(self) -> list[DeviceId]:
+        rows = self._db.execute("SELECT device FROM trust_records ORDER BY device").fetchall()
+        return [DeviceId(r[0]) for r in rows]
+
+    def history(self, device: DeviceId, limit: int = 20) -> list[TrustChange]:
+        if limit <= 0:
+            return []
+        rows = self._db.execute(
+            "SELECT body FROM trust_changes WHERE device = ? ORDER BY id DESC LIMIT ?",
+            (device, limit),
+        ).fetchall()
+        return [TrustChange.from_dict(_loads(r[0])) for r in reversed(rows)]
+
+
+def _loads(body: str) -> object:
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise TrustError(f"corrupt trust row: {exc}") from exc
+
+
+def open_store(path: str | os.PathLike[str]) -> TrustStore:
+    """Pick a backend from the file name: ``.sqlite``/``.db`` -> SQLite, otherwise JSON."""
+    p = Path(path)
+    if p.suffix in {".sqlite", ".sqlite3", ".db"}:
+        return SqliteTrustStore(p)
+    return JsonFileTrustStore(p)
