@@ -1,0 +1,125 @@
+"""``InstalledModel``: the device's current bundle on disk, replaced atomically or not at all.
+
+A new bundle is verified completely first (``verify_bundle``), then written to a temporary file
+in the same directory, fsynced, renamed over ``current.ztb`` (atomic on POSIX) and the directory
+is fsynced. A crash at any point leaves either the old or the new bundle, never a mix; stray
+temporary files are removed on the next open. A refused bundle leaves the current one untouched.
+
+This is a file-backed storage adapter behind a small interface (``open``/``current``/``install``).
+Rollback protection holds against the network; an attacker who can delete files on the device can
+reset it, which a TPM NV monotonic counter (attestation) would close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from ztfm.bundle.bundle import Bundle, BundleRejected, LedgerReceipt, Reason
+from ztfm.bundle.tensors import DEFAULT_LIMITS, TensorLimits
+from ztfm.bundle.verify import verify_bundle
+from ztfm.crypto.signing import VerifyKey
+from ztfm.errors import BundleError, CryptoError
+from ztfm.ledger import LedgerClient
+
+CURRENT = "current.ztb"
+_TMP_PREFIX = ".current.ztb.tmp-"
+
+
+class InstalledModel:
+    """The installed bundle of one model, in ``directory``, trusted from ``release_key``."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        model_id: str,
+        release_key: VerifyKey,
+        limits: TensorLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self._dir = Path(directory)
+        self._model_id = model_id
+        self._key = release_key
+        self._limits = limits
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            for stray in self._dir.glob(_TMP_PREFIX + "*"):
+                stray.unlink()
+        except OSError as exc:
+            raise BundleError(f"cannot use model directory {self._dir}: {exc}") from exc
+        self._current = self._load()
+
+    @property
+    def path(self) -> Path:
+        return self._dir / CURRENT
+
+    def _load(self) -> Bundle | None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BundleError(f"cannot read the installed bundle: {exc}") from exc
+        bundle = Bundle.from_bytes(data, limits=self._limits)
+        # What we installed was verified; a file that no longer verifies was tampered with.
+        if bundle.manifest.model_id != self._model_id:
+            raise BundleRejected(Reason.WRONG_MODEL, "installed bundle is for another model")
+        if bundle.manifest.release_key != self._key.fingerprint():
+            raise BundleRejected(Reason.UNKNOWN_SIGNER, "installed bundle has another signer")
+        try:
+            self._key.verify(bundle.signature, bundle.manifest.signing_bytes())
+        except CryptoError as exc:
+            raise BundleRejected(Reason.BAD_SIGNATURE, f"installed bundle: {exc}") from exc
+        return bundle
+
+    @property
+    def current(self) -> Bundle | None:
+        return self._current
+
+    @property
+    def installed_version(self) -> int | None:
+        return None if self._current is None else self._current.manifest.version
+
+    def install(
+        self, data: bytes, *, ledger: LedgerClient, receipt: LedgerReceipt | None = None
+    ) -> Bundle:
+        """Verify ``data`` and make it the current bundle; raise ``BundleRejected`` (and keep the
+        current bundle) if any check fails."""
+        bundle = Bundle.from_bytes(data, limits=self._limits)
+        verify_bundle(
+            bundle,
+            release_key=self._key,
+            ledger=ledger,
+            installed_version=self.installed_version,
+            model_id=self._model_id,
+            receipt=receipt,
+        )
+        if receipt is not None:
+            bundle = bundle.with_receipt(receipt)
+        self._write_atomic(bundle.to_bytes())
+        self._current = bundle
+        return bundle
+
+    def _write_atomic(self, data: bytes) -> None:
+        tmp = self._dir / f"{_TMP_PREFIX}{os.getpid()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dfd = os.open(self._dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise BundleError(f"could not install the bundle: {exc}") from exc
