@@ -1,0 +1,56 @@
+"""Secure aggregation (SecAgg+, Bell et al. CCS 2020): pure, transport-agnostic state machines.
+
+Typical use, one round:
+    params = SecAggParams.create(round_id=..., session=..., devices=..., length=d,
+                                 server_key=server_kex.public)
+    server = SecAggServer(params, identities, server_kex)
+    client = SecAggClient(params, device_id, signing_key, identities, SystemRandomSource())
+    advertise -> receive_adverts -> share_keys -> receive_shares -> mask_input ->
+    receive_masked -> sign_survivors -> receive_survivor_signatures -> unmask -> finalize
+``run_secagg`` / ``simulate_round`` run all of that in one process.
+"""
+
+from ztfm.secagg.client import ClientPhase, SecAggClient
+from ztfm.secagg.driver import Dropouts, SecAggRun, run_secagg, simulate_round
+from ztfm.secagg.encoding import FixedPoint
+from ztfm.secagg.graph import default_degree, default_threshold, degree_for_dropout
+from ztfm.secagg.messages import (
+    AdvertiseKeys,
+    KeyDirectory,
+    MaskedInput,
+    SecAggResult,
+    ShareInbox,
+    ShareKeys,
+    SurvivorsRequest,
+    SurvivorsSignature,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from ztfm.secagg.params import SecAggParams
+from ztfm.secagg.server import SecAggServer, ServerPhase
+
+__all__ = [
+    "AdvertiseKeys",
+    "ClientPhase",
+    "Dropouts",
+    "FixedPoint",
+    "KeyDirectory",
+    "MaskedInput",
+    "SecAggClient",
+    "SecAggParams",
+    "SecAggResult",
+    "SecAggRun",
+    "SecAggServer",
+    "ServerPhase",
+    "ShareInbox",
+    "ShareKeys",
+    "SurvivorsRequest",
+    "SurvivorsSignature",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "default_degree",
+    "default_threshold",
+    "degree_for_dropout",
+    "run_secagg",
+    "simulate_round",
+]
