@@ -1,0 +1,181 @@
+"""``report.html`` for a simulation: plots (matplotlib, embedded as PNG) and tables, one file."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+COLOURS = {
+    "federated": "#1f77b4",
+    "local_only": "#ff7f0e",
+    "centralised": "#2ca02c",
+    "flag_everything": "#999999",
+}
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return html.escape(str(v))
+
+
+def plot_rounds(m: dict[str, Any]) -> str:
+    rounds = [r["round"] for r in m["rounds"]]
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for key, label in (("f1", "F1"), ("far", "FAR"), ("mar", "MAR"), ("roc_auc", "ROC-AUC")):
+        vals = [
+            r["global"][key] if r["global"][key] is not None else float("nan") for r in m["rounds"]
+        ]
+        ax.plot(rounds, vals, marker="o", ms=3, label=label)
+    for name in ("local_only", "centralised"):
+        if name in m["comparison"]:
+            ax.axhline(
+                m["comparison"][name]["f1"],
+                ls="--",
+                lw=1,
+                color=COLOURS[name],
+                label=f"F1 {name.replace('_', '-')}",
+            )
+    ax.set_xlabel("round")
+    ax.set_ylim(0, 1)
+    ax.set_title("Global model on every device's held-out data")
+    ax.legend(fontsize=7, ncol=3)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_segments(m: dict[str, Any]) -> str:
+    rounds = [r["round"] for r in m["rounds"]]
+    segs = sorted(m["rounds"][-1]["per_segment"])
+    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    for s in segs:
+        ax.plot(rounds, [r["per_segment"][s]["f1"] for r in m["rounds"]], marker="o", ms=3, label=s)
+    ax.set_xlabel("round")
+    ax.set_ylabel("F1")
+    ax.set_ylim(0, 1)
+    ax.set_title("F1 per device type (segment)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_comparison(m: dict[str, Any]) -> str:
+    names = [
+        n
+        for n in ("federated", "local_only", "centralised", "flag_everything")
+        if n in m["comparison"]
+    ]
+    keys = ["f1", "far", "mar"]
+    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        vals = [m["comparison"][n][k] for k in keys]
+        ax.bar(
+            [j + i * width for j in range(len(keys))],
+            vals,
+            width,
+            label=n.replace("_", "-"),
+            color=COLOURS[n],
+        )
+    ax.set_xticks(
+        [j + width * (len(names) - 1) / 2 for j in range(len(keys))], [k.upper() for k in keys]
+    )
+    ax.set_ylim(0, 1)
+    ax.set_title("Federated vs local-only vs centralised (same detector, same split)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return _png(fig)
+
+
+def plot_bandwidth(m: dict[str, Any]) -> str:
+    rounds = [r["round"] for r in m["rounds"]]
+    up = [sum(r["bytes_up"].values()) / max(1, len(r["bytes_up"])) / 1024 for r in m["rounds"]]
+    down = [
+        sum(r["bytes_down"].values()) / max(1, len(r["bytes_down"])) / 1024 for r in m["rounds"]
+    ]
+    fig, ax = plt.subplots(figsize=(6.5, 2.8))
+    ax.plot(rounds, up, marker="o", ms=3, label="up (device -> coordinator)")
+    ax.plot(rounds, down, marker="o", ms=3, label="down (coordinator -> device)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("KiB per device")
+    ax.set_title("Bandwidth per device per round")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def render_report(m: dict[str, Any]) -> str:
+    """The whole report as one self-contained HTML page."""
+    cmp_rows = "".join(
+        f"<tr><td>{html.escape(n)}</td>"
+        + "".join(
+            f"<td>{_fmt(m['comparison'][n].get(k))}</td>"
+            for k in ("f1", "far", "mar", "precision", "recall", "roc_auc")
+        )
+        + "</tr>"
+        for n in ("federated", "local_only", "centralised", "flag_everything")
+        if n in m["comparison"]
+    )
+    last = m["rounds"][-1]
+    segment = {x["id"]: x["segment"] for x in m["devices"]}
+    dev_rows = "".join(
+        f"<tr><td>{html.escape(d)}</td><td>{html.escape(segment[d])}</td>"
+        + "".join(f"<td>{_fmt(v.get(k))}</td>" for k in ("f1", "far", "mar", "roc_auc"))
+        + f"<td>{_fmt(last['bytes_up'].get(d))}</td></tr>"
+        for d, v in last["per_device"].items()
+    )
+    warn = (
+        ""
+        if m["has_signal"]
+        else (
+            "<p class=warn><b>Plumbing only:</b> this dataset carries no attack signal once its "
+            "leaks are removed; the detection figures below are not a measure of quality.</p>"
+        )
+    )
+    rejected = sum(len(r["rejected"]) for r in m["rounds"])
+    bw = m["bandwidth"]
+    imgs = "".join(
+        f'<img src="data:image/png;base64,{p}">'
+        for p in (plot_rounds(m), plot_comparison(m), plot_segments(m), plot_bandwidth(m))
+    )
+    cfg = html.escape(str(m["config"]))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>ztfm simulate report</title>
+<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;
+text-align:right}}td:first-child,th:first-child{{text-align:left}}img{{max-width:49%}}
+.warn{{background:#fff3cd;padding:.5em}}code{{font-size:85%}}</style></head><body>
+<h1>ztfm simulate: {html.escape(m["dataset"])}, {m["n_devices"]} devices,
+{len(m["rounds"])} rounds</h1>{warn}
+<p>Detector <b>{html.escape(m["config"]["detector"]["name"])}</b> with {m["n_params"]} shared
+parameters over {m["n_features"]} streaming features; each device calibrates its own threshold
+(target FAR {m["config"]["detector"]["target_far"]}). Rejected or timed-out replies over the run:
+{rejected}. Wall time {m["wall_s"]["total"]:.1f} s.</p>
+<h2>Federated vs local-only vs centralised</h2>
+<table><tr><th>training</th><th>F1</th><th>FAR</th><th>MAR</th><th>precision</th><th>recall</th>
+<th>ROC-AUC</th></tr>{cmp_rows}</table>
+<p>Pooled over every device's held-out rows (TP/FP/FN/TN summed); ROC-AUC is the mean over
+devices. "flag everything" is the reference every result must beat.</p>
+{imgs}
+<h2>Bandwidth</h2><p>Mean per device per round: {bw["mean_bytes_up_per_device_per_round"]:.0f} B up,
+{bw["mean_bytes_down_per_device_per_round"]:.0f} B down; at one round per
+{bw["round_period_s"] / 3600:g} h that is {bw["bytes_up_per_device_per_week"] / 1e6:.2f} MB up and
+{bw["bytes_down_per_device_per_week"] / 1e6:.2f} MB down per device per week.</p>
+<h2>Per device, last round</h2><table><tr><th>device</th><th>segment</th><th>F1</th><th>FAR</th>
+<th>MAR</th><th>ROC-AUC</th><th>bytes up</th></tr>{dev_rows}</table>
+<h2>Configuration</h2><p><code>{cfg}</code></p></body></html>"""

@@ -1,0 +1,183 @@
+"""Simulation configuration: TOML with documented defaults (``default.toml``), strictly checked."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ztfm.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    dataset: str = "skab"
+    path: str = ""
+    devices: int = 0
+    virtual_per_type: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    name: str = "ae"
+    hidden: tuple[int, ...] = (32, 8)
+    lr: float = 0.003
+    batch_size: int = 64
+    windows: tuple[int, ...] = (5, 20, 60)
+    ewma_alphas: tuple[float, ...] = (0.1,)
+    target_far: float = 0.01
+    smoothing: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RoundsConfig:
+    rounds: int = 10
+    fraction: float = 1.0
+    min_devices: int = 2
+    local_epochs: int = 3
+    prox_mu: float = 0.0
+    deadline_s: float = 30.0
+    server_lr: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    base_s: float = 2.0
+    straggler_prob: float = 0.0
+    straggler_factor: float = 20.0
+    failure_prob: float = 0.0
+    uplink_bps: float = 1e6
+    downlink_bps: float = 4e6
+
+
+@dataclass(frozen=True, slots=True)
+class CompareConfig:
+    local_only: bool = True
+    centralised: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    seed: int = 0
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seed": self.seed}
+        for f in fields(self):
+            if f.name != "seed":
+                section = getattr(self, f.name)
+                out[f.name] = {g.name: _plain(getattr(section, g.name)) for g in fields(section)}
+        return out
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+_SECTIONS = {f.name: f for f in fields(SimConfig) if f.name != "seed"}
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    where = f"[{section}] {key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        kind = type(default[0]) if default else float
+        out = []
+        for v in value:
+            if kind is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+                out.append(float(v))
+            elif isinstance(v, kind) and not isinstance(v, bool):
+                out.append(v)
+            else:
+                raise ConfigError(f"{where} must be a list of {kind.__name__}, got {value!r}")
+        return tuple(out)
+    raise ConfigError(f"{where}: unsupported option")  # pragma: no cover
+
+
+def from_mapping(data: dict[str, Any], base: SimConfig | None = None) -> SimConfig:
+    """Overlay a parsed TOML mapping on ``base`` (defaults), rejecting unknown keys."""
+    cfg = base or SimConfig()
+    for key, value in data.items():
+        if key == "seed":
+            cfg = replace(cfg, seed=_coerce("top", "seed", value, 0))
+            continue
+        if key not in _SECTIONS:
+            raise ConfigError(f"unknown section [{key}]; known: {', '.join(sorted(_SECTIONS))}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{key}] must be a table")
+        section = getattr(cfg, key)
+        known = {f.name: getattr(section, f.name) for f in fields(section)}
+        updates = {}
+        for k, v in value.items():
+            if k not in known:
+                raise ConfigError(f"unknown option [{key}] {k}; known: {', '.join(sorted(known))}")
+            updates[k] = _coerce(key, k, v, known[k])
+        cfg = replace(cfg, **{key: replace(section, **updates)})
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None) -> SimConfig:
+    """The defaults from ``default.toml``, overlaid with the user's file if given."""
+    text = resources.files("ztfm.sim").joinpath("default.toml").read_text()
+    cfg = from_mapping(tomllib.loads(text))
+    if path is None:
+        return cfg
+    p = Path(path)
+    try:
+        user = tomllib.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: no such config file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from exc
+    return from_mapping(user, cfg)
+
+
+def validate(cfg: SimConfig) -> None:
+    """Range checks that types alone cannot express."""
+    checks = [
+        (cfg.fleet.dataset in {"skab", "ton_iot"}, "[fleet] dataset must be skab or ton_iot"),
+        (cfg.fleet.devices >= 0, "[fleet] devices must be >= 0"),
+        (cfg.fleet.virtual_per_type >= 1, "[fleet] virtual_per_type must be >= 1"),
+        (0.0 < cfg.detector.target_far < 0.5, "[detector] target_far must be in (0, 0.5)"),
+        (cfg.detector.smoothing >= 0, "[detector] smoothing must be >= 0"),
+        (cfg.detector.lr > 0, "[detector] lr must be > 0"),
+        (cfg.rounds.rounds >= 1, "[rounds] rounds must be >= 1"),
+        (0.0 < cfg.rounds.fraction <= 1.0, "[rounds] fraction must be in (0, 1]"),
+        (cfg.rounds.min_devices >= 1, "[rounds] min_devices must be >= 1"),
+        (cfg.rounds.local_epochs >= 1, "[rounds] local_epochs must be >= 1"),
+        (cfg.rounds.prox_mu >= 0, "[rounds] prox_mu must be >= 0"),
+        (cfg.rounds.deadline_s > 0, "[rounds] deadline_s must be > 0"),
+        (0 <= cfg.network.straggler_prob <= 1, "[network] straggler_prob must be in [0, 1]"),
+        (0 <= cfg.network.failure_prob <= 1, "[network] failure_prob must be in [0, 1]"),
+        (
+            cfg.network.uplink_bps > 0 and cfg.network.downlink_bps > 0,
+            "[network] link speeds must be > 0",
+        ),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
