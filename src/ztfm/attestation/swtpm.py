@@ -1,0 +1,240 @@
+"""Provision and run swtpm (a software TPM 2.0 emulator) on 127.0.0.1, for tests and labs.
+
+* ``SwtpmCa``: a private swtpm-localca "manufacturer" CA in a directory of your choice (its own
+  config files; the system ``/etc/swtpm-localca.conf`` is never used). Its root certificate is
+  what a verifier trusts as the manufacturer root.
+* ``provision_swtpm``: ``swtpm_setup --tpm2 --create-ek-cert --create-platform-cert`` into a
+  state directory, with EK certificates issued by that CA.
+* ``SwtpmProcess``: runs ``swtpm socket`` bound to 127.0.0.1 on two free consecutive ports
+  (server, control = server + 1, as the tpm2-tss swtpm TCTI expects) and stops it by PID.
+
+This is an I/O adapter (processes, files); the verifier never imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from ztfm.errors import ConfigError, TpmError
+
+_LOOPBACK = "127.0.0.1"
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise TpmError(f"{name} not found: install the Debian packages swtpm and swtpm-tools")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class SwtpmCa:
+    """A swtpm-localca CA directory with its own configuration files."""
+
+    directory: Path
+
+    @classmethod
+    def create(cls, directory: Path, manufacturer: str = "ztfm-test") -> SwtpmCa:
+        """Write private swtpm_setup / swtpm-localca configs into ``directory``."""
+        directory = Path(directory).resolve()
+        if any(c in str(directory) for c in "\n\r= "):
+            raise ConfigError("swtpm CA directory path must not contain spaces, '=' or newlines")
+        if not manufacturer.replace("-", "").isalnum():
+            raise ConfigError("manufacturer must be alphanumeric (dashes allowed)")
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = cls(directory)
+        ca.localca_conf.write_text(
+            f"statedir = {directory}\n"
+            f"signingkey = {directory / 'signkey.pem'}\n"
+            f"issuercert = {directory / 'issuercert.pem'}\n"
+            f"certserial = {directory / 'certserial'}\n"
+        )
+        ca.localca_options.write_text(
+            f"--platform-manufacturer {manufacturer}\n--platform-version 2.1\n"
+            "--platform-model ztfm-sim\n"
+        )
+        ca.setup_conf.write_text(
+            f"create_certs_tool = {_tool('swtpm_localca')}\n"
+            f"create_certs_tool_config = {ca.localca_conf}\n"
+            f"create_certs_tool_options = {ca.localca_options}\n"
+            "active_pcr_banks = sha256\n"
+        )
+        return ca
+
+    @property
+    def localca_conf(self) -> Path:
+        return self.directory / "swtpm-localca.conf"
+
+    @property
+    def localca_options(self) -> Path:
+        return self.directory / "swtpm-localca.options"
+
+    @property
+    def setup_conf(self) -> Path:
+        return self.directory / "swtpm_setup.conf"
+
+    @property
+    def root_cert_pem(self) -> bytes:
+        """The CA root (created by swtpm_localca on first use): the manufacturer root."""
+        return self._read("swtpm-localca-rootca-cert.pem")
+
+    @property
+    def issuer_cert_pem(self) -> bytes:
+        """The intermediate that signs EK certificates."""
+        return self._read("issuercert.pem")
+
+    def _read(self, name: str) -> bytes:
+        path = self.directory / name
+        if not path.exists():
+            raise TpmError(f"{path} does not exist yet: provision a swtpm with this CA first")
+        return path.read_bytes()
+
+
+def provision_swtpm(state_dir: Path, ca: SwtpmCa, timeout_s: float = 60.0) -> None:
+    """Manufacture a TPM 2.0 state in ``state_dir``: EKs, EK and platform certificates."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        _tool("swtpm_setup"),  # finds swtpm on PATH
+        "--tpm2",
+        "--tpm-state",
+        str(state_dir),
+        "--create-ek-cert",
+        "--create-platform-cert",
+        "--config",
+        str(ca.setup_conf),
+        "--overwrite",
+    ]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise TpmError(f"swtpm_setup timed out after {timeout_s:g} s") from exc
+    if res.returncode != 0:
+        last = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise TpmError(f"swtpm_setup failed ({res.returncode}): {last[0]}")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((_LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port_pair() -> int:
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((_LOOPBACK, 0))
+            port = int(s.getsockname()[1])
+        if port < 65535 and _port_free(port + 1):
+            return port
+    raise TpmError("no two consecutive free TCP ports on 127.0.0.1")
+
+
+class SwtpmProcess:
+    """A running ``swtpm socket`` on 127.0.0.1; a context manager that stops it by PID."""
+
+    def __init__(self, state_dir: Path, *, start_timeout_s: float = 10.0) -> None:
+        self.state_dir = Path(state_dir)
+        if not (self.state_dir / "tpm2-00.permall").exists():
+            raise TpmError(f"{self.state_dir} holds no TPM 2.0 state: provision it first")
+        self._start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise TpmError("swtpm is not running")
+        return self._proc.pid
+
+    @property
+    def tcti(self) -> str:
+        """The TCTI string for ``Tpm``: ``swtpm:host=127.0.0.1,port=N``."""
+        if self._proc is None:
+            raise TpmError("swtpm is not running")
+        return f"swtpm:host={_LOOPBACK},port={self.port}"
+
+    def start(self) -> SwtpmProcess:
+        if self._proc is not None:
+            raise TpmError("swtpm is already running")
+        last_err = ""
+        for _ in range(5):
+            port = _free_port_pair()
+            cmd = [
+                _tool("swtpm"),
+                "socket",
+                "--tpm2",
+                "--tpmstate",
+                f"dir={self.state_dir}",
+                "--server",
+                f"type=tcp,port={port},bindaddr={_LOOPBACK}",
+                "--ctrl",
+                f"type=tcp,port={port + 1},bindaddr={_LOOPBACK}",
+                "--flags",
+                "not-need-init,startup-clear",
+            ]
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ)
+            )
+            if self._wait_ready(proc, port):
+                self._proc, self.port = proc, port
+                return self
+            last_err = self._reap(proc)
+        raise TpmError(f"swtpm did not start: {last_err or 'timeout'}")
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], port: int) -> bool:
+        deadline = time.monotonic() + self._start_timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection((_LOOPBACK, port + 1), timeout=0.2):
+                    return True
+            except OSError:
+                time.sleep(0.02)
+        return False
+
+    @staticmethod
+    def _reap(proc: subprocess.Popen[bytes]) -> str:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+        return err.strip().splitlines()[-1] if err.strip() else ""
+
+    def stop(self) -> None:
+        """Stop this swtpm (SIGTERM, then SIGKILL) by its PID; idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            self._reap(proc)
+
+    def __enter__(self) -> SwtpmProcess:
+        return self.start() if self._proc is None else self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        if getattr(self, "_proc", None) is not None:
+            self.stop()

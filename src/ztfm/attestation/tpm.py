@@ -1,0 +1,218 @@
+"""``Tpm``: a real TPM 2.0 (hardware or swtpm) through tpm2-pytss ESAPI, as a ``TpmBackend``.
+
+The same class drives a hardware TPM (``device:/dev/tpmrm0``) and swtpm
+(``swtpm:host=127.0.0.1,port=N``): only the TCTI string differs.
+
+* EK: the RSA-2048 EK (TCG EK credential profile, template L-1). The persistent handle
+  0x81010001 is used when present, otherwise the EK is re-created from the template; its
+  certificate is read from NV index 0x01C00002.
+* AK: a primary ECC P-256 restricted signing key (ECDSA-SHA256) in the endorsement hierarchy,
+  re-created deterministically from the endorsement seed on every start (nothing stored).
+* ActivateCredential authorises the EK with PolicySecret(TPM_RH_ENDORSEMENT).
+
+tpm2-pytss is an optional dependency (``pip install ztfm[tpm]``); importing this module without
+it raises ``TpmError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from types import TracebackType
+from typing import Any
+
+from ztfm.attestation.soft import AK_ATTRIBUTES
+from ztfm.attestation.structures import PcrSelection, TpmPublic
+from ztfm.errors import TpmError
+
+try:
+    from tpm2_pytss import ESAPI, TCTILdr, TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT
+    from tpm2_pytss.types import (
+        TPM2B_ENCRYPTED_SECRET,
+        TPM2B_ID_OBJECT,
+        TPM2B_PUBLIC,
+        TPML_DIGEST_VALUES,
+        TPMS_SCHEME_HASH,
+        TPMT_HA,
+        TPMT_SIG_SCHEME,
+        TPMT_SYM_DEF,
+        TPMU_HA,
+        TPMU_SIG_SCHEME,
+    )
+    from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    raise TpmError("tpm2-pytss is not installed: pip install 'ztfm[tpm]'") from _exc
+
+EK_RSA_PERSISTENT_HANDLE = 0x81010001
+EK_RSA_CERT_INDEX = 0x01C00002
+_TCTI_RE = re.compile(r"^(device|swtpm|mssim|tabrmd):([A-Za-z0-9_./=,:-]*)$")
+
+
+def parse_tcti(tcti: str) -> tuple[str, str]:
+    """Split ``name:conf`` (``device:/dev/tpmrm0``, ``swtpm:host=127.0.0.1,port=2321``)."""
+    if not isinstance(tcti, str):
+        raise TpmError("TCTI must be a string")
+    m = _TCTI_RE.match(tcti)
+    if m is None:
+        raise TpmError(f"unsupported TCTI {tcti!r} (use device:/dev/tpmrm0 or swtpm:host=,port=)")
+    return m.group(1), m.group(2)
+
+
+def _ak_template() -> Any:
+    attrs = 0
+    for bit in (
+        TPMA_OBJECT.FIXEDTPM,
+        TPMA_OBJECT.FIXEDPARENT,
+        TPMA_OBJECT.SENSITIVEDATAORIGIN,
+        TPMA_OBJECT.USERWITHAUTH,
+        TPMA_OBJECT.RESTRICTED,
+        TPMA_OBJECT.SIGN_ENCRYPT,
+    ):
+        attrs |= int(bit)
+    assert attrs == AK_ATTRIBUTES
+    return TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=attrs)
+
+
+class Tpm:
+    """A TPM reached through a TCTI; satisfies ``TpmBackend``. Use as a context manager."""
+
+    def __init__(self, tcti: str) -> None:
+        name, conf = parse_tcti(tcti)
+        self.tcti = tcti
+        try:
+            self._ctx = ESAPI(TCTILdr(name, conf or None))
+        except TSS2_Exception as exc:
+            raise TpmError(f"cannot open TPM at {tcti}: {exc}") from exc
+        self._ek: Any = None
+        self._ek_transient = False
+        self._ak: Any = None
+        try:
+            self._ek_cert, self._ek_pub = self._load_ek()
+            self._ak, ak_pub, _, _, _ = self._ctx.create_primary(
+                None, _ak_template(), ESYS_TR.ENDORSEMENT
+            )
+            self._ak_pub = TpmPublic.from_bytes(bytes(ak_pub.publicArea.marshal()))
+        except TSS2_Exception as exc:
+            self.close()
+            raise TpmError(f"TPM refused to set up EK/AK: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _load_ek(self) -> tuple[bytes, TpmPublic]:
+        reader = NVReadEK(self._ctx)
+        try:
+            handle = self._ctx.tr_from_tpmpublic(EK_RSA_PERSISTENT_HANDLE)
+            pub, _, _ = self._ctx.read_public(handle)
+            self._ek = handle
+            cert = reader(EK_RSA_CERT_INDEX)
+        except (TSS2_Exception, NoSuchIndex):
+            # No persistent EK (usual on hardware): re-create it from the TCG template.
+            try:
+                cert, template = create_ek_template("EK-RSA2048", reader)
+            except (NoSuchIndex, ValueError) as exc:
+                raise TpmError("TPM has no RSA EK certificate in NV 0x01C00002") from exc
+            self._ek, pub, _, _, _ = self._ctx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
+            self._ek_transient = True
+        if not cert:
+            raise TpmError("TPM has no RSA EK certificate in NV 0x01C00002")
+        ek = TpmPublic.from_bytes(bytes(pub.publicArea.marshal()))
+        return bytes(cert), ek
+
+    # --- TpmBackend -----------------------------------------------------------------------------
+    @property
+    def hardware_backed(self) -> bool:
+        """True for a device TPM; swtpm reports False (it is software, not a secure element)."""
+        return self.tcti.startswith("device:")
+
+    def ek_certificate(self) -> bytes:
+        return self._ek_cert
+
+    def ek_public(self) -> bytes:
+        return self._ek_pub.raw
+
+    def ak_public(self) -> bytes:
+        return self._ak_pub.raw
+
+    def activate_credential(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+        session = None
+        try:
+            session = self._ctx.start_auth_session(
+                ESYS_TR.NONE,
+                ESYS_TR.NONE,
+                TPM2_SE.POLICY,
+                TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+                TPM2_ALG.SHA256,
+            )
+            self._ctx.policy_secret(ESYS_TR.ENDORSEMENT, session, b"", b"", b"", 0)
+            out = self._ctx.activate_credential(
+                self._ak,
+                self._ek,
+                TPM2B_ID_OBJECT(credential=credential_blob),
+                TPM2B_ENCRYPTED_SECRET(secret=encrypted_secret),
+                session1=ESYS_TR.PASSWORD,
+                session2=session,
+            )
+            return bytes(out)
+        except (TSS2_Exception, TypeError, ValueError) as exc:
+            raise TpmError(f"ActivateCredential failed: {exc}") from exc
+        finally:
+            if session is not None:
+                with contextlib.suppress(TSS2_Exception):  # a failed session may be gone
+                    self._ctx.flush_context(session)
+
+    def extend_pcr(self, pcr: int, digest: bytes) -> None:
+        if not 0 <= pcr <= 15 or len(digest) != 32:
+            raise TpmError("extend needs PCR 0..15 and a 32-byte SHA-256 digest")
+        values = TPML_DIGEST_VALUES(
+            [TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=TPMU_HA(sha256=digest))]
+        )
+        try:
+            self._ctx.pcr_extend(getattr(ESYS_TR, f"PCR{pcr}"), values)
+        except TSS2_Exception as exc:
+            raise TpmError(f"PCR_Extend failed: {exc}") from exc
+
+    def read_pcrs(self, selection: PcrSelection) -> dict[int, bytes]:
+        try:
+            _, _, digests = self._ctx.pcr_read(str(selection))
+        except TSS2_Exception as exc:
+            raise TpmError(f"PCR_Read failed: {exc}") from exc
+        values = [bytes(d) for d in digests]
+        if len(values) != len(selection.pcrs):
+            raise TpmError("PCR_Read returned a short list")
+        return dict(zip(selection.pcrs, values, strict=True))
+
+    def quote(self, nonce: bytes, selection: PcrSelection) -> tuple[bytes, bytes]:
+        scheme = TPMT_SIG_SCHEME(
+            scheme=TPM2_ALG.ECDSA,
+            details=TPMU_SIG_SCHEME(ecdsa=TPMS_SCHEME_HASH(hashAlg=TPM2_ALG.SHA256)),
+        )
+        try:
+            attest, sig = self._ctx.quote(self._ak, str(selection), nonce, scheme)
+        except TSS2_Exception as exc:
+            raise TpmError(f"Quote failed: {exc}") from exc
+        return bytes(attest), bytes(sig.marshal())
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        ctx = getattr(self, "_ctx", None)
+        if ctx is None:
+            return
+        for handle in (self._ak, self._ek if self._ek_transient else None):
+            if handle is not None:
+                with contextlib.suppress(TSS2_Exception):  # the TPM may be gone already
+                    ctx.flush_context(handle)
+        ctx.close()
+        self._ctx = None
+
+    def __enter__(self) -> Tpm:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
