@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ztfm.data.pcap import Packet
+from ztfm.data.pcap import Featurizer, Packet
 from ztfm.errors import DetectorError
 
 DEFAULT_LAMBDAS: tuple[float, ...] = (5.0, 3.0, 1.0, 0.1, 0.01)
@@ -333,3 +333,15 @@ def extract_features(
     if not rows:
         return np.zeros((0, fx.n_features), dtype=np.float32)
     return np.stack(rows)
+
+
+def packet_featurizer(config: NetFeatureConfig | None = None) -> Featurizer:
+    """A ``Featurizer`` for the data loaders (``load_pcap``, ``load_mqttset``, the registry):
+    a fresh extractor per capture, so captures never share statistics."""
+    cfg = config or NetFeatureConfig()
+    names = feature_names(cfg.lambdas)
+
+    def featurize(packets: Iterable[Packet]) -> tuple[np.ndarray, tuple[str, ...]]:
+        return extract_features(packets, cfg), names
+
+    return featurize
