@@ -20,13 +20,15 @@ import logging
 import socket
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import dpkt
+import numpy as np
 
+from ztfm.data.series import EvalUnit, LabelledSeries
 from ztfm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -364,3 +366,155 @@ def iter_packets(path: str | Path, *, on_truncated: OnTruncated = "raise") -> It
     if on_truncated not in ("raise", "stop"):
         raise DataError(f"on_truncated must be 'raise' or 'stop', got {on_truncated!r}")
     return _iter(Path(path), on_truncated)
+
+
+# --- captures as labelled feature series -------------------------------------------------------
+
+#: Turns a packet sequence into (features (n, d) float32, column names). The data layer does not
+#: compute features itself; ``ztfm.detect.netfeatures.packet_featurizer()`` is the standard one.
+Featurizer = Callable[[Iterable[Packet]], tuple[np.ndarray, tuple[str, ...]]]
+
+BENIGN_FOLDERS = frozenset({"benign", "normal", "benign-5mb"})
+ATTACK_FOLDERS = frozenset(
+    {"attack", "malicious", "bruteforce", "flood", "malariados", "malformed", "dos", "ddos",
+     "scan", "scanning", "mirai", "gafgyt", "slowite"}
+)  # fmt: skip
+TRAIN_FRACTION = 0.5
+
+
+def is_capture(path: str | Path) -> bool:
+    """True if the file starts with pcap / pcapng magic (after gunzip); False otherwise."""
+    try:
+        return sniff_format(read_head(path, 4)) is not None
+    except DataError:
+        return False
+
+
+def capture_files(path: str | Path) -> list[Path]:
+    """The capture itself, or every capture file (by magic bytes) under a folder, sorted."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise DataError(f"{p}: no such file or folder")
+    found = sorted(f for f in p.rglob("*") if f.is_file() and is_capture(f))
+    if not found:
+        raise DataError(f"{p}: no pcap or pcapng captures found")
+    return found
+
+
+def folder_label(path: Path) -> str | None:
+    """The label its folder name gives a capture ("benign", an attack name) or None."""
+    name = path.parent.name.lower()
+    if name in BENIGN_FOLDERS:
+        return "benign"
+    if name in ATTACK_FOLDERS:
+        return name
+    return None
+
+
+def capture_series(
+    path: Path,
+    featurize: Featurizer,
+    *,
+    label: str | None,
+    on_truncated: OnTruncated = "raise",
+    name: str | None = None,
+    segment: str = "pcap",
+    fmt: str = "pcap",
+) -> LabelledSeries:
+    """One capture as a series of per-packet features; ``label`` None means unlabelled."""
+    packets = list(iter_packets(path, on_truncated=on_truncated))
+    if not packets:
+        raise DataError(f"{path}: capture holds no packets")
+    x, columns = featurize(packets)
+    n = len(packets)
+    if x.shape != (n, len(columns)):
+        raise DataError(f"{path}: featurizer returned shape {x.shape} for {n} packets")
+    y: np.ndarray | None = None
+    kinds: np.ndarray | None = None
+    if label is not None:
+        benign = label.lower() in BENIGN_FOLDERS
+        y = np.full(n, 0 if benign else 1, dtype=np.int8)
+        kinds = np.full(n, "benign" if benign else label, dtype=object)
+    stem = path.name.removesuffix(".gz")
+    return LabelledSeries(
+        name=name or f"{fmt}/{stem}",
+        x=np.asarray(x, dtype=np.float32),
+        columns=tuple(columns),
+        y=y,
+        kinds=kinds,
+        t=np.array([p.ts for p in packets], dtype=np.float64),
+        segment=segment,
+        meta={"format": fmt, "link": packets[0].link.value, "file": path.name,
+              "labelled": "no" if label is None else "yes"},
+    )  # fmt: skip
+
+
+def load_pcap(
+    path: str | Path,
+    *,
+    featurize: Featurizer,
+    label: str | None = None,
+    on_truncated: OnTruncated = "raise",
+) -> list[LabelledSeries]:
+    """Per-packet feature series, one per capture (a file, or every capture under a folder).
+
+    ``label`` labels every capture ("benign" -> 0, anything else -> 1 with that kind); when None,
+    a capture is labelled from its folder name where known (``benign/``, ``normal/``, ``flood/``,
+    ``bruteforce/``...) and left unlabelled otherwise.
+    """
+    out = []
+    for f in capture_files(path):
+        lab = label if label is not None else folder_label(f)
+        out.append(capture_series(f, featurize, label=lab, on_truncated=on_truncated))
+    return out
+
+
+def concat_series(name: str, parts: Sequence[LabelledSeries]) -> LabelledSeries:
+    """Rows of several labelled series with the same columns, one after the other."""
+    if not parts:
+        raise DataError(f"{name}: nothing to concatenate")
+    cols = parts[0].columns
+    for p in parts:
+        if p.columns != cols:
+            raise DataError(f"{name}: {p.name} has different columns")
+        if p.y is None:
+            raise DataError(f"{name}: {p.name} has no labels")
+    return LabelledSeries(
+        name=name,
+        x=np.concatenate([p.x for p in parts]),
+        columns=cols,
+        y=np.concatenate([p.y for p in parts if p.y is not None]),
+        kinds=np.concatenate(
+            [p.kinds if p.kinds is not None else np.full(len(p), "", dtype=object) for p in parts]
+        ),
+        t=np.concatenate([p.t if p.t is not None else np.full(len(p), np.nan) for p in parts]),
+        segment=parts[0].segment,
+        meta={"format": parts[0].meta.get("format", ""), "parts": ",".join(p.name for p in parts)},
+    )
+
+
+def pcap_split(series: Sequence[LabelledSeries]) -> list[EvalUnit]:
+    """One unit over all captures: ``train`` = the first half (in time) of every benign capture,
+    ``test`` = the second halves plus every attack capture. Unlabelled captures are refused."""
+    train: list[LabelledSeries] = []
+    test: list[LabelledSeries] = []
+    for s in series:
+        if s.y is None:
+            raise DataError(
+                f"{s.name}: capture has no labels (pass label=, or put it under benign/ or an "
+                f"attack-named folder)"
+            )
+        if (s.y == 0).all():
+            k = max(1, int(len(s) * TRAIN_FRACTION))
+            if k >= len(s):
+                raise DataError(f"{s.name}: too few packets to split ({len(s)})")
+            train.append(s.rows(slice(0, k)))
+            test.append(s.rows(slice(k, None)))
+        else:
+            test.append(s)
+    if not train:
+        raise DataError("pcap split: no benign capture to train on")
+    return [EvalUnit(name="pcap", train=concat_series("pcap/train", train),
+                     test=concat_series("pcap/test", test))]  # fmt: skip
