@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from ztfm.crypto.kex import KexPrivateKey, KexPublicKey, derive_key
+from ztfm.crypto.kex import derive_key
 from ztfm.secagg.params import SecAggParams, lp
 from ztfm.types import DeviceId
 
@@ -25,12 +25,17 @@ def survivors_payload(p: SecAggParams, survivors: tuple[DeviceId, ...]) -> bytes
     return b"ztfm/secagg/survivors/v1" + p.digest + b"".join(lp(d) for d in survivors)
 
 
-def share_key(
-    p: SecAggParams, mine: KexPrivateKey, theirs: KexPublicKey, sender: DeviceId, to: DeviceId
-) -> bytes:
-    """Single-use AES-GCM key for the share message ``sender -> to`` (direction-specific)."""
+def share_key(p: SecAggParams, shared: bytes, sender: DeviceId, to: DeviceId) -> bytes:
+    """Single-use AES-GCM key for the share message ``sender -> to`` (direction-specific);
+    ``shared`` is the X25519 secret of the two channel keys."""
     info = b"ztfm/secagg/share/v1" + lp(sender) + lp(to)
-    return derive_key(mine.exchange(theirs), salt=p.digest, info=info, length=16)
+    return derive_key(shared, salt=p.digest, info=info, length=16)
+
+
+def confirm_key(p: SecAggParams, shared: bytes, sender: DeviceId, to: DeviceId) -> bytes:
+    """Single-use MAC key for ``sender``'s confirmation of the survivor list to ``to``."""
+    info = b"ztfm/secagg/confirm/v1" + lp(sender) + lp(to)
+    return derive_key(shared, salt=p.digest, info=info, length=16)
 
 
 def share_aad(p: SecAggParams, sender: DeviceId, to: DeviceId) -> bytes:

@@ -12,7 +12,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ztfm.crypto.kex import KexPrivateKey, KexPublicKey, RandomSource, mac, open_sealed, seal
+from ztfm.crypto.kex import (
+    KexPrivateKey,
+    KexPublicKey,
+    RandomSource,
+    mac,
+    open_sealed,
+    seal,
+    verify_mac,
+)
 from ztfm.crypto.prg import MaskExpander
 from ztfm.crypto.signing import SigningKey, VerifyKey
 from ztfm.errors import CryptoError, SecAggError
@@ -24,8 +32,8 @@ from ztfm.secagg.messages import (
     MaskedInput,
     ShareInbox,
     ShareKeys,
+    SurvivorsConfirmation,
     SurvivorsRequest,
-    SurvivorsSignature,
     UIntArray,
     UnmaskRequest,
     UnmaskResponse,
@@ -80,6 +88,8 @@ class SecAggClient:
         self._adverts: dict[DeviceId, AdvertiseKeys] = {}
         self._held: dict[DeviceId, tuple[int, int]] = {}  # sender -> (seed share, key share)
         self._survivors: tuple[DeviceId, ...] = ()
+        self._chan: dict[DeviceId, bytes] = {}  # neighbour -> X25519 secret of channel keys
+        self._server_shared = b""
 
     @property
     def device(self) -> DeviceId:
@@ -142,12 +152,12 @@ class SecAggClient:
         sealed: dict[DeviceId, bytes] = {}
         for d, x in zip(order, xs, strict=True):
             try:
-                key = dv.share_key(
-                    self._p, self._c, KexPublicKey(adverts[d].channel_key), self._me, d
-                )
+                shared = self._c.exchange(KexPublicKey(adverts[d].channel_key))
             except CryptoError as exc:
                 raise self._abort(f"channel key of {d!r} is invalid") from exc
+            self._chan[d] = shared
             pt = shamir.share_to_bytes(seed_sh[x]) + shamir.share_to_bytes(key_sh[x])
+            key = dv.share_key(self._p, shared, self._me, d)
             sealed[d] = seal(key, pt, dv.share_aad(self._p, self._me, d))
         self.phase = ClientPhase.MASK
         return ShareKeys(self._me, sealed)
@@ -169,9 +179,7 @@ class SecAggClient:
             if adv is None:
                 raise self._abort(f"share inbox has shares from unexpected {sender!r}")
             try:
-                key = dv.share_key(
-                    self._p, self._c, KexPublicKey(adv.channel_key), sender, self._me
-                )
+                key = dv.share_key(self._p, self._chan[sender], sender, self._me)
                 pt = open_sealed(key, ct, dv.share_aad(self._p, sender, self._me))
             except CryptoError as exc:
                 raise self._abort(f"shares from {sender!r} failed authentication") from exc
@@ -194,13 +202,17 @@ class SecAggClient:
                 exp.add_mask(y, seed)
             else:
                 exp.sub_mask(y, seed)
-        key = dv.server_key(self._p, self._c.exchange(self._p.server_key), self._me, b"input")
+        try:
+            self._server_shared = self._c.exchange(self._p.server_key)
+        except CryptoError as exc:
+            raise self._abort("the round's server key is invalid") from exc
+        key = dv.server_key(self._p, self._server_shared, self._me, b"input")
         tag = mac(key, y.data.cast("B"))
         self.phase = ClientPhase.SURVIVORS
         return MaskedInput(self._me, y, tag)
 
     # -- phase 3 ------------------------------------------------------------------------------
-    def sign_survivors(self, request: SurvivorsRequest) -> SurvivorsSignature:
+    def confirm_survivors(self, request: SurvivorsRequest) -> SurvivorsConfirmation:
         self._enter(ClientPhase.SURVIVORS)
         surv = request.survivors
         if tuple(sorted(set(surv))) != surv:
@@ -214,32 +226,37 @@ class SecAggClient:
                 f"only {len(surv)} survivors, at least {self._p.min_survivors} required"
             )
         self._survivors = surv
+        payload = dv.survivors_payload(self._p, surv)
+        tags = {
+            d: mac(dv.confirm_key(self._p, self._chan[d], self._me, d), payload)
+            for d in sorted(self._held)
+            if d in set(surv)
+        }
         self.phase = ClientPhase.UNMASK
-        return SurvivorsSignature(self._me, self._sk.sign(dv.survivors_payload(self._p, surv)))
+        return SurvivorsConfirmation(self._me, tags)
 
     # -- phase 4 ------------------------------------------------------------------------------
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         self._enter(ClientPhase.UNMASK)
         assert self._c is not None
+        if request.recipient != self._me:
+            raise self._abort("unmask request is addressed to another device")
         if request.survivors != self._survivors:
             raise self._abort("server sent two different survivor lists")
         payload = dv.survivors_payload(self._p, self._survivors)
         surv = set(self._survivors)
-        valid = 0
-        for signer, sig in request.signatures.items():
-            if signer not in surv:
-                raise self._abort(f"survivor signature from non-survivor {signer!r}")
-            vk = self._ids.get(signer)
-            if vk is None:
-                continue  # not a neighbour: this device cannot check it
+        for sender, tag in request.confirmations.items():
+            if sender not in surv or sender not in self._chan:
+                raise self._abort(f"survivor confirmation from unexpected {sender!r}")
             try:
-                vk.verify(sig, payload)
+                verify_mac(
+                    dv.confirm_key(self._p, self._chan[sender], sender, self._me), tag, payload
+                )
             except CryptoError as exc:
-                raise self._abort(f"survivor signature of {signer!r} does not verify") from exc
-            valid += 1
-        if valid + 1 < self._p.threshold:
+                raise self._abort(f"survivor confirmation of {sender!r} does not verify") from exc
+        if len(request.confirmations) + 1 < self._p.threshold:
             raise self._abort(
-                f"only {valid} neighbours confirmed the survivor list, "
+                f"only {len(request.confirmations)} neighbours confirmed the survivor list, "
                 f"threshold is {self._p.threshold}"
             )
         seeds: dict[DeviceId, bytes] = {}
@@ -249,7 +266,7 @@ class SecAggClient:
                 seeds[d] = shamir.share_to_bytes(seed_share)
             else:
                 keys[d] = shamir.share_to_bytes(key_share)
-        mkey = dv.server_key(self._p, self._c.exchange(self._p.server_key), self._me, b"unmask")
+        mkey = dv.server_key(self._p, self._server_shared, self._me, b"unmask")
         tag = mac(mkey, dv.unmask_transcript(self._p, self._me, seeds, keys))
         self.phase = ClientPhase.DONE
         self._s = None

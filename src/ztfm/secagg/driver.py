@@ -177,20 +177,20 @@ def simulate_round(
     req = server.receive_masked(masked)
     server_s += clock() - t0
 
-    sigs = []
+    confs = []
     for d in req.survivors:
         down[d] += req.wire_bytes()
         if idx[d] in drops.before_unmask:
             continue
-        msg = timed(d, partial(clients[d].sign_survivors, req))
-        up[d] += msg.wire_bytes()
-        sigs.append(msg)
+        conf = timed(d, partial(clients[d].confirm_survivors, req))
+        up[d] += conf.wire_bytes()
+        confs.append(conf)
     t0 = clock()
-    ureq = server.receive_survivor_signatures(sigs)
+    ureqs = server.receive_confirmations(confs)
     server_s += clock() - t0
 
     responses = []
-    for d in ureq.signatures:
+    for d, ureq in ureqs.items():
         down[d] += ureq.wire_bytes()
         msg = timed(d, partial(clients[d].unmask, ureq))
         up[d] += msg.wire_bytes()

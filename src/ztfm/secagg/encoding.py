@@ -85,17 +85,20 @@ class FixedPoint:
             raise SecAggError("fixed-point input must be a non-empty 1-D vector")
         if not np.all(np.isfinite(arr)):
             raise SecAggError("fixed-point input has NaN or infinite values")
-        scaled = np.clip(arr, -self.clip, self.clip) * self.scale
+        cs = self.clip * self.scale
+        scaled = arr * self.scale
+        np.clip(scaled, -cs, cs, out=scaled)
         if rounding == "nearest":
-            ints = np.rint(scaled)
+            np.rint(scaled, out=scaled)
         elif rounding == "stochastic":
             if rng is None:
                 raise SecAggError("stochastic rounding needs an rng")
             low = np.floor(scaled)
-            ints = low + (rng.random(scaled.shape) < (scaled - low))
+            scaled = low + (rng.random(scaled.shape) < (scaled - low))
         else:
             raise SecAggError(f"unknown rounding {rounding!r}")
-        return ints.astype(np.int64).astype(self.dtype)
+        out: UIntArray = scaled.astype(_SIGNED[self.bits]).view(self.dtype)
+        return out
 
     def decode_sum(self, total: UIntArray, n_inputs: int) -> FloatArray:
         """The real-valued sum of ``n_inputs`` encoded vectors; raise if any coordinate is

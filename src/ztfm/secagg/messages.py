@@ -123,31 +123,40 @@ class SurvivorsRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class SurvivorsSignature:
-    """Phase 3, device -> server: the device's signature over the survivor list."""
+class SurvivorsConfirmation:
+    """Phase 3, device -> server: for each live neighbour, a MAC over the survivor list under
+    the pairwise channel key (only that neighbour can check it; the server only routes it)."""
 
     device: DeviceId
-    signature: bytes
+    tags: Mapping[DeviceId, bytes]
 
     def __post_init__(self) -> None:
-        _need(len(self.signature) == SIG_BYTES, "signature length")
+        for t in self.tags.values():
+            _need(len(t) == TAG_BYTES, "confirmation tag length")
 
     def wire_bytes(self) -> int:
-        return _idlen(self.device) + SIG_BYTES
+        return _idlen(self.device) + sum(_idlen(d) + TAG_BYTES for d in self.tags)
 
 
 @dataclass(frozen=True, slots=True)
 class UnmaskRequest:
-    """Phase 4, server -> device: the survivor list again, with the survivors' signatures."""
+    """Phase 4, server -> device: the survivor list again, with the confirmations addressed to
+    the recipient (sender -> tag)."""
 
+    recipient: DeviceId
     survivors: tuple[DeviceId, ...]
-    signatures: Mapping[DeviceId, bytes]
+    confirmations: Mapping[DeviceId, bytes]
+
+    def __post_init__(self) -> None:
+        for t in self.confirmations.values():
+            _need(len(t) == TAG_BYTES, "confirmation tag length")
 
     def wire_bytes(self) -> int:
         return (
-            4
+            _idlen(self.recipient)
+            + 4
             + sum(_idlen(d) for d in self.survivors)
-            + sum(_idlen(d) + SIG_BYTES for d in self.signatures)
+            + sum(_idlen(d) + TAG_BYTES for d in self.confirmations)
         )
 
 

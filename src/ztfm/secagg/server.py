@@ -28,8 +28,8 @@ from ztfm.secagg.messages import (
     SecAggResult,
     ShareInbox,
     ShareKeys,
+    SurvivorsConfirmation,
     SurvivorsRequest,
-    SurvivorsSignature,
     UIntArray,
     UnmaskRequest,
     UnmaskResponse,
@@ -78,7 +78,7 @@ class SecAggServer:
         self._u2: set[DeviceId] = set()
         self._acc: UIntArray | None = None
         self._u3: tuple[DeviceId, ...] = ()
-        self._sigs: dict[DeviceId, bytes] = {}
+        self._confirmed: set[DeviceId] = set()
 
     # -- helpers ------------------------------------------------------------------------------
     def _enter(self, phase: ServerPhase) -> None:
@@ -192,22 +192,31 @@ class SecAggServer:
         return SurvivorsRequest(self._u3)
 
     # -- phase 3 -> 4 -------------------------------------------------------------------------
-    def receive_survivor_signatures(self, msgs: Iterable[SurvivorsSignature]) -> UnmaskRequest:
+    def receive_confirmations(
+        self, msgs: Iterable[SurvivorsConfirmation]
+    ) -> dict[DeviceId, UnmaskRequest]:
+        """Route each device's survivor-list confirmations to the neighbours they address (the
+        server cannot check them; the neighbours do)."""
         self._enter(ServerPhase.SURVIVORS)
         seen: set[DeviceId] = set()
-        payload = dv.survivors_payload(self._p, self._u3)
+        surv = set(self._u3)
+        got: dict[DeviceId, SurvivorsConfirmation] = {}
         for m in msgs:
-            if not self._accept_from(m.device, seen, self._u3):
+            if not self._accept_from(m.device, seen, surv):
                 continue
-            try:
-                self._ids[m.device].verify(m.signature, payload)
-            except CryptoError:
-                self._reject(m.device, "survivor-list signature does not verify")
+            if not set(m.tags) <= set(self._p.neighbours[m.device]) & surv:
+                self._reject(m.device, "confirmations addressed outside its neighbourhood")
                 continue
-            self._sigs[m.device] = m.signature
-        self._check_size(self._sigs, "survivor signatures")
+            got[m.device] = m
+        live = self._check_size(got, "survivor confirmations")
+        inbox: dict[DeviceId, dict[DeviceId, bytes]] = {d: {} for d in live}
+        for sender in live:
+            for to, tag in got[sender].tags.items():
+                if to in live:
+                    inbox[to][sender] = tag
+        self._confirmed = live
         self.phase = ServerPhase.UNMASK
-        return UnmaskRequest(self._u3, dict(self._sigs))
+        return {d: UnmaskRequest(d, self._u3, v) for d, v in inbox.items()}
 
     # -- phase 4 -> result --------------------------------------------------------------------
     def finalize(self, msgs: Iterable[UnmaskResponse]) -> SecAggResult:
@@ -221,7 +230,7 @@ class SecAggServer:
         dropped = sorted(self._u2 - set(self._u3))
         key_sh: dict[DeviceId, dict[int, int]] = {d: {} for d in dropped}
         for m in msgs:
-            if not self._accept_from(m.device, seen, self._sigs):
+            if not self._accept_from(m.device, seen, self._confirmed):
                 continue
             key = dv.server_key(self._p, self._shared[m.device], m.device, b"unmask")
             try:
