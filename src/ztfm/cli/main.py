@@ -18,6 +18,7 @@ from ztfm.errors import ZtfmError
 # name -> ("module", "attribute", "one-line help"). Add a line here for a new command group.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "simulate": ("ztfm.cli.simulate", "simulate", "Run a whole federated fleet in one process."),
+    "detect": ("ztfm.cli.detect", "detect", "Evaluate on-device anomaly detectors on real data."),
 }
 
 
