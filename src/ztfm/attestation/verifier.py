@@ -247,6 +247,15 @@ class AttestationVerifier:
             raise AttestationError("device is not enrolled")
         return device
 
+    def restore_enrolment(self, device: EnrolledDevice) -> None:
+        """Re-load an enrolment recorded earlier (e.g. from the ledger after a restart).
+
+        The caller vouches for the record; it must come from this verifier's own storage.
+        """
+        device.ak.check_attestation_key()
+        self._enrolled[device.device_id] = device
+        self._clocks.pop(device.device_id, None)
+
     def revoke(self, device_id: DeviceId) -> None:
         """Forget a device's AK: it must enrol again before any quote is accepted."""
         self._enrolled.pop(device_id, None)
