@@ -41,7 +41,7 @@ AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
 }
 
 
-def make_aggregator(name: str, **params: Any) -> Aggregator:
+def make_aggregator(name: str, /, **params: Any) -> Aggregator:
     """Build an aggregator by name; unknown names or parameters raise ``ConfigError``.
     ``fltrust`` needs ``server_update=`` (the coordinator's own update for this round)."""
     factory = AGGREGATORS.get(name)

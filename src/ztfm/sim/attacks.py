@@ -411,7 +411,7 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
 }
 
 
-def make_attack(name: str, **params: Any) -> Attack:
+def make_attack(name: str, /, **params: Any) -> Attack:
     """Build an attack by name; unknown names or parameters raise ``ConfigError``."""
     factory = ATTACKS.get(name)
     if factory is None:
