@@ -14,6 +14,7 @@ from ztfm.robust.aggregators import (
     weighted_coordinate_median,
 )
 from ztfm.robust.base import Aggregate, Aggregator, check_updates
+from ztfm.robust.combine import RobustCombine
 from ztfm.robust.groups import (
     GroupedAggregate,
     GroupPlan,
@@ -37,6 +38,7 @@ __all__ = [
     "Krum",
     "Mean",
     "NormBounding",
+    "RobustCombine",
     "TrimmedMean",
     "aggregate_group_sums",
     "assign_groups",

@@ -164,3 +164,14 @@ def test_large_common_offset_does_not_break_krum() -> None:
     out = Krum(f=1).aggregate(x)
     assert 0 not in out.selected
     assert int(np.argmax(out.scores)) == 0
+
+
+def test_robust_combine_adapter_keeps_diagnostics() -> None:
+    from ztfm.robust import RobustCombine
+
+    x = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [0.05, 0.05], [9.0, 9.0]])
+    comb = RobustCombine(Krum(f=1))
+    out = comb(x, np.full(5, 0.2))
+    assert out.tolist() == [0.05, 0.05] and comb.last is not None and comb.last.selected == (3,)
+    mean = RobustCombine(Mean(), use_weights=False)
+    assert mean(np.array([[0.0], [2.0]]), np.array([1.0, 0.0])).tolist() == [1.0]
