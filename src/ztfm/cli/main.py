@@ -17,6 +17,7 @@ from ztfm.errors import ZtfmError
 
 # name -> ("module", "attribute", "one-line help"). Add a line here for a new command group.
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "trust": ("ztfm.cli.trust", "trust", "Explain per-device trust scores, states and quarantine."),
     "ca": ("ztfm.cli.ca", "ca", "Fleet CA: enrolment, short-lived certs, revocation."),
     "audit": ("ztfm.cli.audit", "audit", "Verify and inspect the hash-chained audit log."),
     "policy": ("ztfm.cli.policy", "policy", "Validate and evaluate Cedar zero-trust policies."),
