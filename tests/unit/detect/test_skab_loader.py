@@ -143,8 +143,12 @@ def test_split_refuses_short_file() -> None:
 
 
 def test_split_refuses_unlabelled() -> None:
-    s = parse_skab_text(_text(TRAIN_ROWS + 5, header=HEADER.removesuffix(";anomaly;changepoint"))
-                        .replace(";0;0\n", "\n"), name="free")
+    s = parse_skab_text(
+        _text(TRAIN_ROWS + 5, header=HEADER.removesuffix(";anomaly;changepoint")).replace(
+            ";0;0\n", "\n"
+        ),
+        name="free",
+    )
     with pytest.raises(DataError, match="no anomaly labels"):
         skab_split([s])
 
