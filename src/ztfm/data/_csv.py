@@ -43,14 +43,16 @@ def numeric_matrix(body: list[str], name: str, header: list[str], sep: str = ","
         msg = str(exc)
         m = _ROW_COL.search(msg)
         if m:
-            line, col = int(m.group(1)) + 1, int(m.group(2))
-            cell = body[line - 2].split(sep)[col - 1] if line - 2 < len(body) else "?"
+            row, col = int(m.group(1)), int(m.group(2))  # numpy: row 0-based, column 1-based
+            line = row + 2
+            fields = body[row].split(sep) if row < len(body) else []
+            cell = fields[col - 1] if 0 < col <= len(fields) else "?"
             colname = header[col - 1] if 0 < col <= width else f"#{col}"
             raise DataError(
                 f"{name}: line {line} column {colname!r}: {cell.strip()[:40]!r} is not a number"
             ) from None
         m = _ROW.search(msg)
-        if m:
+        if m:  # numpy: "the number of columns changed ... at row N" (1-based)
             raise DataError(
                 f"{name}: line {int(m.group(1)) + 1}: wrong number of fields (expected {width})"
             ) from None
