@@ -11,9 +11,11 @@ from datahelp import corrupt_gzip, expect_error, truncated_gzip, write
 from ztfm.data.bundled import bundled_path
 from ztfm.data.iot23 import COLUMNS, iot23_split, load_iot23
 
-FIELDS = ("ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto service duration orig_bytes "
-          "resp_bytes conn_state local_orig local_resp missed_bytes history orig_pkts "
-          "orig_ip_bytes resp_pkts resp_ip_bytes").split()  # fmt: skip
+FIELDS = [
+    "ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service",
+    "duration", "orig_bytes", "resp_bytes", "conn_state", "local_orig", "local_resp",
+    "missed_bytes", "history", "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes",
+]  # fmt: skip
 HEAD = [
     "#separator \\x09",
     "#path\tconn",

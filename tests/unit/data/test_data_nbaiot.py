@@ -58,7 +58,9 @@ def test_full_uci_kaggle_layout(tmp_path: Path, sample_lines: list[str]) -> None
     header, rows = _small(sample_lines)
     feat_header = header[:-1]
     write(tmp_path / "1.benign.csv", _csv(feat_header, [r[:-1] for r in rows[:4]]))
-    write(tmp_path / "1.mirai.syn.csv.gz", gz(_csv(feat_header, [r[:-1] for r in rows[4:]]).encode()))
+    write(
+        tmp_path / "1.mirai.syn.csv.gz", gz(_csv(feat_header, [r[:-1] for r in rows[4:]]).encode())
+    )
     write(tmp_path / "2.gafgyt.combo.csv", _csv(feat_header, [r[:-1] for r in rows[:3]]))
     series = {s.segment: s for s in load_nbaiot(tmp_path)}
     assert set(series) == {"Danmini_Doorbell", "Ecobee_Thermostat"}

@@ -37,7 +37,14 @@ def test_bundled_devices() -> None:
         assert s.y is not None and s.kinds is not None
         assert set(s.kinds[s.y == 0]) == {"benign"}
     assert set(series["garage_door"].kinds) == {  # type: ignore[arg-type]
-        "benign", "backdoor", "ddos", "injection", "password", "ransomware", "scanning", "xss"
+        "benign",
+        "backdoor",
+        "ddos",
+        "injection",
+        "password",
+        "ransomware",
+        "scanning",
+        "xss",
     }
 
 
