@@ -10,6 +10,7 @@ the same bytes on the wire.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -68,19 +69,40 @@ _HEAD = struct.Struct(">4sBBI")  # magic, version, kind, header length
 def encode(msg: Message) -> bytes:
     """Serialise a round message to bytes."""
     cls = type(msg)
+    arrays: list[np.ndarray] = list(getattr(msg, _ARRAY_FIELD[cls])) if cls in _ARRAY_FIELD else []
+    blobs = [np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays]
+    return b"".join([_header(msg, arrays), *blobs])
+
+
+def encode_many(msgs: dict[str, RoundTask] | dict[str, EvalTask]) -> dict[str, bytes]:
+    """Encode tasks that share one parameter list (one per device, differing in their nonce),
+    serialising the parameter bytes once instead of once per device."""
+    out: dict[str, bytes] = {}
+    blob_for: dict[tuple[int, ...], bytes] = {}
+    for key, msg in msgs.items():
+        arrays = msg.params
+        ident = tuple(id(a) for a in arrays)
+        blob = blob_for.get(ident)
+        if blob is None:
+            blob = b"".join(np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays)
+            blob_for[ident] = blob
+        out[key] = _header(msg, arrays) + blob
+    return out
+
+
+def _header(msg: Message, arrays: list[np.ndarray]) -> bytes:
+    cls = type(msg)
     fields: dict[str, Any] = {}
     for name in _FIELDS[cls]:
         value = getattr(msg, name)
         fields[name] = value.hex() if name == "nonce" else value
-    arrays: list[np.ndarray] = list(getattr(msg, _ARRAY_FIELD[cls])) if cls in _ARRAY_FIELD else []
     header = json.dumps(
         {"f": fields, "a": [list(a.shape) for a in arrays]},
         separators=(",", ":"),
         sort_keys=True,
         allow_nan=False,
     ).encode()
-    blobs = [np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays]
-    return b"".join([_HEAD.pack(MAGIC, VERSION, _KINDS[cls], len(header)), header, *blobs])
+    return _HEAD.pack(MAGIC, VERSION, _KINDS[cls], len(header)) + header
 
 
 def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
@@ -131,7 +153,7 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
 def _decode_arrays(data: bytes, offset: int, shapes: list[Any]) -> list[np.ndarray]:
     if len(shapes) > MAX_ARRAYS:
         raise UpdateRejected("too many arrays in message")
-    arrays: list[np.ndarray] = []
+    sizes: list[int] = []
     for shape in shapes:
         if (
             not isinstance(shape, list)
@@ -141,13 +163,20 @@ def _decode_arrays(data: bytes, offset: int, shapes: list[Any]) -> list[np.ndarr
             )
         ):
             raise UpdateRejected("array shape is malformed")
-        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        nbytes = 4 * n
-        if offset + nbytes > len(data):
-            raise UpdateRejected("message is truncated (array data missing)")
-        arr = np.frombuffer(data, dtype="<f4", count=n, offset=offset).astype(np.float32)
-        arrays.append(arr.reshape(shape))
-        offset += nbytes
-    if offset != len(data):
+        sizes.append(math.prod(shape))
+    total = sum(sizes)
+    if offset + 4 * total > len(data):
+        raise UpdateRejected("message is truncated (array data missing)")
+    if offset + 4 * total != len(data):
         raise UpdateRejected("message has trailing bytes")
+    # zero-copy: each array is a read-only view into the message bytes (an in-place change
+    # fails loudly; whoever keeps parameters copies them, as detectors' set_params does)
+    flat = np.frombuffer(data, dtype="<f4", count=total, offset=offset)
+    if flat.dtype != np.float32:  # a big-endian host: convert once
+        flat = flat.astype(np.float32)
+    arrays: list[np.ndarray] = []
+    pos = 0
+    for shape, n in zip(shapes, sizes, strict=True):
+        arrays.append(flat[pos : pos + n].reshape(shape))
+        pos += n
     return arrays

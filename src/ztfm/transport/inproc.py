@@ -106,14 +106,14 @@ class InProcessTransport:
         round_id = next(iter(tasks.values())).round_id if tasks else -1
         traffic = RoundTraffic(round_id)
         deadline = max((t.deadline_s for t in tasks.values()), default=0.0)
-        encode_s = 0.0
         train_s = 0.0
         submit_s = 0.0
-        for dev, task in sorted(tasks.items()):
-            a = self._clock()
-            down = codec.encode(task)
+        a = self._clock()
+        encoded = codec.encode_many(tasks)
+        encode_s = self._clock() - a
+        for dev in sorted(tasks):
             b = self._clock()
-            encode_s += b - a
+            down = encoded[dev]
             traffic.bytes_down[dev] = len(down)
             try:
                 up = self.endpoints[dev].handle(down)
@@ -149,8 +149,9 @@ class InProcessTransport:
     def run_eval(self, coord: CoordinatorPort) -> dict[str, EvalReply]:
         """Every device evaluates the current global model on its own held-out data."""
         out: dict[str, EvalReply] = {}
-        for dev, task in sorted(coord.eval_tasks(sorted(self.endpoints)).items()):
-            reply = codec.decode(self.endpoints[dev].handle(codec.encode(task)))
+        encoded = codec.encode_many(coord.eval_tasks(sorted(self.endpoints)))
+        for dev, down in sorted(encoded.items()):
+            reply = codec.decode(self.endpoints[dev].handle(down))
             if not isinstance(reply, EvalReply):
                 raise UpdateRejected(f"{dev} answered an evaluation with {type(reply).__name__}")
             coord.submit_eval(dev, reply)
