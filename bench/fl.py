@@ -113,6 +113,16 @@ def flower(python: str, n: int, rounds: int, n_params: int, train: bool) -> dict
     return out
 
 
+def _num(row: dict[str, object], key: str, width: int, digits: int) -> str:
+    v = row.get(key)
+    return f"{float(v):{width}.{digits}f}" if isinstance(v, (int, float)) else "-".rjust(width)
+
+
+def _ms(row: dict[str, object], key: str) -> str:
+    v = row.get(key)
+    return f"{1000 * float(v):12.1f}" if isinstance(v, (int, float)) else "-".rjust(12)
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs[1:] if len(xs) > 2 else xs)
 
@@ -146,7 +156,9 @@ def main() -> None:
             "ztfm_overhead_s": med(ex),
             "ztfm_round_with_training_s": med(inc),
             "ztfm_local_training_s": med(train),
-            "ztfm_overhead_in_training_round_s": med([a - b for a, b in zip(inc, train)]),
+            "ztfm_overhead_in_training_round_s": med(
+                [a - b for a, b in zip(inc, train, strict=True)]
+            ),
         }
         if have_flower and n in flower_sizes:
             fx = flower(args.flower_python, n, args.rounds, n_params, False)
@@ -195,22 +207,13 @@ def main() -> None:
     )
     print(hdr)
     for r in rows:
-
-        def ms(k: str) -> str:
-            v = r.get(k)
-            return f"{1000 * float(v):12.1f}" if isinstance(v, (int, float)) else f"{'-':>12}"
-
-        def s(k: str) -> str:
-            v = r.get(k)
-            return f"{float(v):13.3f}" if isinstance(v, (int, float)) else f"{'-':>13}"
-
-        ratio = r.get("overhead_ratio_flower_over_ztfm")
-        rt = f"{float(ratio):7.1f}" if isinstance(ratio, (int, float)) else f"{'-':>7}"
         print(
-            f"{r['devices']:>8} {ms('ztfm_overhead_s')} {ms('flower_overhead_s')} {rt} "
-            f"{s('ztfm_round_with_training_s')} {s('flower_round_with_training_s')} "
-            f"{float(r['ztfm_local_training_s']):8.3f}"
-        )  # type: ignore[arg-type]
+            f"{r['devices']:>8} {_ms(r, 'ztfm_overhead_s')} {_ms(r, 'flower_overhead_s')} "
+            f"{_num(r, 'overhead_ratio_flower_over_ztfm', 7, 1)} "
+            f"{_num(r, 'ztfm_round_with_training_s', 13, 3)} "
+            f"{_num(r, 'flower_round_with_training_s', 13, 3)} "
+            f"{_num(r, 'ztfm_local_training_s', 8, 3)}"
+        )
     if scale:
         print(
             f"scale: {scale['devices']} devices x {scale['rounds']} rounds (1 local epoch, "
