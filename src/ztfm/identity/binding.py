@@ -1,8 +1,8 @@
 """Request binding: every device message is signed over its full context, and verified in order.
 
 The signature covers a canonical, length-prefixed encoding of (purpose label, method, round id,
-device id, nonce, timestamp, SHA-256 of the payload, key id), so a signature cannot be moved to
-another method, round, device or payload. ``RequestVerifier.verify`` checks, in this order:
+device id, nonce, timestamp, SHA-256 of the payload, key id, target resource), so a signature
+cannot be moved to another method, round, device, resource or payload. ``RequestVerifier.verify`` checks, in this order:
 unknown key (before any signature work), replay, staleness, payload digest + signature, and
 finally that the signer, the claimed device id and the peer certificate name one identity.
 """
@@ -56,6 +56,7 @@ class Envelope:
     payload_sha256: bytes
     key_id: str
     signature: bytes
+    resource: str = ""
 
     def __post_init__(self) -> None:
         _text(self.purpose, "purpose")
@@ -77,6 +78,8 @@ class Envelope:
             raise RequestRejected("envelope key id must be 64 lowercase hex chars")
         if not isinstance(self.signature, bytes) or not 0 <= len(self.signature) <= 160:
             raise RequestRejected("envelope signature must be at most 160 bytes")
+        if self.resource:
+            _text(self.resource, "resource")
 
     def signed_bytes(self) -> bytes:
         return DOMAIN + b"".join(
@@ -89,6 +92,7 @@ class Envelope:
                 struct.pack(">q", self.timestamp_ms),
                 _lp(self.payload_sha256),
                 _lp(self.key_id.encode()),
+                _lp(self.resource.encode()),
             )
         )
 
@@ -102,6 +106,7 @@ def sign_request(
     now: float,
     purpose: str = DEFAULT_PURPOSE,
     nonce: bytes | None = None,
+    resource: str = "",
 ) -> Envelope:
     """Sign ``payload`` for ``method``; the nonce comes from the OS CSPRNG unless given."""
     unsigned = Envelope(
@@ -114,6 +119,7 @@ def sign_request(
         payload_sha256=hashlib.sha256(payload).digest(),
         key_id=keystore.public_key.fingerprint(),
         signature=b"",
+        resource=resource,
     )
     return dataclasses.replace(unsigned, signature=keystore.sign(unsigned.signed_bytes()))
 

@@ -55,6 +55,7 @@ def test_valid_request_passes_once(verifier: RequestVerifier, cam1: Device) -> N
         ("timestamp_ms", int(T0 * 1000) + 1),
         ("payload_sha256", b"\x00" * 32),
         ("signature", b"\x30" + b"\x00" * 70),
+        ("resource", "model:plcs"),
     ],
 )
 def test_each_tampered_field_is_rejected(
