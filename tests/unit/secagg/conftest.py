@@ -56,13 +56,21 @@ class Harness:
             self.log[phase] = out
             return out
 
-        adverts = t("adverts", [c.advertise() for d, c in self.clients.items() if alive("adverts", d)])
+        adverts = t(
+            "adverts", [c.advertise() for d, c in self.clients.items() if alive("adverts", d)]
+        )
         dirs = t("dirs", self.server.receive_adverts(adverts))
-        shares = t("shares", [self.clients[d].share_keys(k) for d, k in dirs.items() if alive("shares", d)])
+        shares = t(
+            "shares", [self.clients[d].share_keys(k) for d, k in dirs.items() if alive("shares", d)]
+        )
         inbox = t("inbox", self.server.receive_shares(shares))
         masked = t(
             "masked",
-            [self.clients[d].mask_input(b, self.encoded(d)) for d, b in inbox.items() if alive("masked", d)],
+            [
+                self.clients[d].mask_input(b, self.encoded(d))
+                for d, b in inbox.items()
+                if alive("masked", d)
+            ],
         )
         req = t("survivors", self.server.receive_masked(masked))
         confs = t(
@@ -70,13 +78,17 @@ class Harness:
             [self.clients[d].confirm_survivors(req) for d in req.survivors if alive("confirm", d)],
         )
         ureqs = t("unmask_req", self.server.receive_confirmations(confs))
-        resps = t("unmask", [self.clients[d].unmask(r) for d, r in ureqs.items() if alive("unmask", d)])
+        resps = t(
+            "unmask", [self.clients[d].unmask(r) for d, r in ureqs.items() if alive("unmask", d)]
+        )
         result = self.server.finalize(resps)
         self.log["result"] = result
         return self.codec.decode_sum(result.total, len(result.included))
 
     def expected(self, included: tuple[DeviceId, ...]) -> np.ndarray:
-        return np.sum([np.clip(self.inputs[d], -self.codec.clip, self.codec.clip) for d in included], axis=0)
+        return np.sum(
+            [np.clip(self.inputs[d], -self.codec.clip, self.codec.clip) for d in included], axis=0
+        )
 
 
 @pytest.fixture
@@ -88,7 +100,12 @@ def make_round() -> Callable[..., Harness]:
         identities = {d: k.verify_key for d, k in signing.items()}
         skey = KexPrivateKey.generate(rng)
         params = SecAggParams.create(
-            round_id=3, session=rng.bytes(16), devices=ids, length=length, server_key=skey.public, **kw
+            round_id=3,
+            session=rng.bytes(16),
+            devices=ids,
+            length=length,
+            server_key=skey.public,
+            **kw,
         )
         clients = {d: SecAggClient(params, d, signing[d], identities, rng) for d in ids}
         server = SecAggServer(params, identities, skey)

@@ -16,8 +16,7 @@ from ztfm.crypto.kex import (
 )
 from ztfm.crypto.prg import MaskExpander, expand_mask
 from ztfm.errors import CryptoError, SecAggError
-from ztfm.secagg import FixedPoint, SecAggParams, degree_for_dropout
-from ztfm.secagg import shamir
+from ztfm.secagg import FixedPoint, SecAggParams, degree_for_dropout, shamir
 from ztfm.secagg.graph import default_degree, harary_neighbours
 from ztfm.types import DeviceId
 
