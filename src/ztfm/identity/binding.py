@@ -2,9 +2,10 @@
 
 The signature covers a canonical, length-prefixed encoding of (purpose label, method, round id,
 device id, nonce, timestamp, SHA-256 of the payload, key id, target resource), so a signature
-cannot be moved to another method, round, device, resource or payload. ``RequestVerifier.verify`` checks, in this order:
-unknown key (before any signature work), replay, staleness, payload digest + signature, and
-finally that the signer, the claimed device id and the peer certificate name one identity.
+cannot be moved to another method, round, device, resource or payload.
+``RequestVerifier.verify`` checks, in this order: unknown key (before any signature work),
+replay, staleness, payload digest + signature, and finally that the signer, the claimed device
+id and the peer certificate name one identity.
 """
 
 from __future__ import annotations
