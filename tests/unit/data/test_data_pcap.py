@@ -153,8 +153,9 @@ def test_raw_ip_and_nanosecond_pcap(tmp_path: Path) -> None:
 def test_ipv6_udp(tmp_path: Path) -> None:
     udp = dpkt.udp.UDP(sport=5353, dport=5353, data=b"abc")
     udp.ulen = len(bytes(udp))
-    ip6 = dpkt.ip6.IP6(src=b"\xfe\x80" + b"\0" * 13 + b"\x01", dst=b"\xff\x02" + b"\0" * 13 + b"\xfb",
-                       nxt=17, hlim=255, data=udp, plen=len(bytes(udp)))  # fmt: skip
+    src = b"\xfe\x80" + b"\0" * 13 + b"\x01"
+    dst = b"\xff\x02" + b"\0" * 13 + b"\xfb"
+    ip6 = dpkt.ip6.IP6(src=src, dst=dst, nxt=17, hlim=255, data=udp, plen=len(bytes(udp)))
     frame = bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x33" * 6, type=0x86DD, data=ip6))
     (p,) = iter_packets(write(tmp_path / "v6.pcap", _pcap([frame])))
     assert (p.ip_version, p.src_ip, p.dst_ip, p.proto) == (6, "fe80::1", "ff02::fb", 17)
