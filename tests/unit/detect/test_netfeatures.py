@@ -42,7 +42,7 @@ def real_packets() -> list[Packet]:
 def test_names_match_nbaiot_columns() -> None:
     path = bundled_path("nbaiot/Danmini_Doorbell.csv.gz")
     header = gzip.decompress(path.read_bytes()).decode().split("\n", 1)[0].strip().split(",")
-    assert FEATURE_NAMES == tuple(header[:-1])
+    assert tuple(header[:-1]) == FEATURE_NAMES
     assert len(FEATURE_NAMES) == 115 == NetFeatureConfig().n_features
     assert len(feature_names((1.0, 0.5))) == 46
 
