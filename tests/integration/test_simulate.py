@@ -28,10 +28,11 @@ def test_same_seed_same_metrics() -> None:
     a = run_simulation(_small(seed=1)).metrics
     b = run_simulation(_small(seed=1)).metrics
     c = run_simulation(_small(seed=2)).metrics
-    strip = lambda m: json.dumps(
-        [r["global"] for r in m["rounds"]] + [m["comparison"]],  # noqa: E731
-        sort_keys=True,
-    )
+    def strip(m):
+        return json.dumps(
+            [r["global"] for r in m["rounds"]] + [m["comparison"]],
+            sort_keys=True,
+        )
     assert strip(a) == strip(b)
     assert strip(a) != strip(c)
 
