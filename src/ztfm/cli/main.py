@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ledger": ("ztfm.cli.ledger", "ledger", "Identity ledger: Merkle log, signed heads, proofs."),
     "bundle": ("ztfm.cli.bundle", "bundle", "Publish, inspect and verify signed model bundles."),
     "lab": ("ztfm.cli.lab", "lab", "IoT traffic lab: namespaces, real attack tools, pcaps."),
+    "attest": ("ztfm.cli.attest", "attest", "TPM 2.0 attestation: swtpm devices, quotes."),
 }
 
 
