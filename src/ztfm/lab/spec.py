@@ -89,8 +89,9 @@ class LabConfig:
                 f"duration must be in (0, {MAX_DURATION_S:.0f}] seconds, got {self.duration_s}"
             )
         if float(self.duration_s) < 20:
-            raise ConfigError(f"duration must be at least 20 s (warm-up + attacks), got "
-                              f"{self.duration_s}")
+            raise ConfigError(
+                f"duration must be at least 20 s (warm-up + attacks), got {self.duration_s}"
+            )
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise ConfigError(f"unknown attack {unknown[0]!r}; known: {', '.join(ATTACKS)}")
@@ -105,8 +106,10 @@ class LabConfig:
         for name in self.attacks:
             kind = ATTACKS[name]
             if not any(self.devices > i for i, t in enumerate(DEVICE_TYPES) if t in kind.targets):
-                raise ConfigError(f"attack {name!r} needs a device of type "
-                                  f"{'/'.join(kind.targets)}; add more devices")
+                raise ConfigError(
+                    f"attack {name!r} needs a device of type "
+                    f"{'/'.join(kind.targets)}; add more devices"
+                )
 
     @property
     def prefix(self) -> str:
@@ -183,8 +186,14 @@ class LabPlan:
 
 
 def _host(cfg: LabConfig, name: str, ip_host: int, kind: str, seed: int) -> Host:
-    return Host(name=name, netns=f"{cfg.prefix}{name}", ip=f"{SUBNET}.{ip_host}",
-                veth=f"z{cfg.run_id}{ip_host}"[:15], kind=kind, seed=seed)
+    return Host(
+        name=name,
+        netns=f"{cfg.prefix}{name}",
+        ip=f"{SUBNET}.{ip_host}",
+        veth=f"z{cfg.run_id}{ip_host}"[:15],
+        kind=kind,
+        seed=seed,
+    )
 
 
 def plan_lab(cfg: LabConfig) -> LabPlan:
@@ -200,8 +209,13 @@ def plan_lab(cfg: LabConfig) -> LabPlan:
     services = _host(cfg, "srv", 2, "services", int(seeds[0]))
     attacker = _host(cfg, "atk", 3, "attacker", int(seeds[1]))
     devices = tuple(
-        _host(cfg, f"dev{i:02d}", FIRST_DEVICE_HOST + i, DEVICE_TYPES[i % len(DEVICE_TYPES)],
-              int(seeds[2 + i]))
+        _host(
+            cfg,
+            f"dev{i:02d}",
+            FIRST_DEVICE_HOST + i,
+            DEVICE_TYPES[i % len(DEVICE_TYPES)],
+            int(seeds[2 + i]),
+        )
         for i in range(cfg.devices)
     )
     dur = float(cfg.duration_s)
@@ -221,10 +235,19 @@ def plan_lab(cfg: LabConfig) -> LabPlan:
                 src, tgt = attacker.name, dev.name
             else:
                 src, tgt = dev.name, (services.name if name.startswith("mqtt") else attacker.name)
-            schedule.append(AttackEvent(name, src, tgt, round(start, 3), round(end, 3),
-                                        int(seeds[2 + cfg.devices + j])))
-    return LabPlan(config=cfg, bridge_ns=f"{cfg.prefix}br", services=services,
-                   attacker=attacker, devices=devices, schedule=tuple(schedule))
+            schedule.append(
+                AttackEvent(
+                    name, src, tgt, round(start, 3), round(end, 3), int(seeds[2 + cfg.devices + j])
+                )
+            )
+    return LabPlan(
+        config=cfg,
+        bridge_ns=f"{cfg.prefix}br",
+        services=services,
+        attacker=attacker,
+        devices=devices,
+        schedule=tuple(schedule),
+    )
 
 
 def tools_needed(cfg: LabConfig) -> tuple[str, ...]:
