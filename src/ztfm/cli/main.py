@@ -23,7 +23,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "policy": ("ztfm.cli.policy", "policy", "Validate and evaluate Cedar zero-trust policies."),
     "simulate": ("ztfm.cli.simulate", "simulate", "Run a whole federated fleet in one process."),
     "detect": ("ztfm.cli.detect", "detect", "Evaluate on-device anomaly detectors on real data."),
+    "ledger": ("ztfm.cli.ledger", "ledger", "Identity ledger: Merkle log, signed heads, proofs."),
+    "bundle": ("ztfm.cli.bundle", "bundle", "Publish, inspect and verify signed model bundles."),
     "lab": ("ztfm.cli.lab", "lab", "IoT traffic lab: namespaces, real attack tools, pcaps."),
+    "attest": ("ztfm.cli.attest", "attest", "TPM 2.0 attestation: swtpm devices, quotes."),
 }
 
 
