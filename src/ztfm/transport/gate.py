@@ -1,0 +1,216 @@
+"""The zero-trust request gate, independent of gRPC so it can be tested without sockets.
+
+``RequestGate.admit(peer_cert, method, raw, now)`` runs, in order: peer certificate -> identity
+(chain, validity with skew, revocation, SPIFFE URI) -> size and protobuf parsing -> request
+binding (unknown key, replay, staleness, signature, payload digest, signer == certificate
+identity == claimed device id) -> policy (Cedar, with the live trust context) -> audit. It returns
+an ``Admitted`` request or raises ``Rejected`` carrying an opaque reference for the peer; the
+detail goes to the audit log, and rejected updates are kept as forensic snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from ztfm.audit import AuditSink, SnapshotStore
+from ztfm.crypto.pki import Certificate
+from ztfm.errors import CryptoError, IdentityError, PolicyDenied, RequestRejected, ZtfmError
+from ztfm.identity import CertValidator, Envelope, Identity, InMemoryKeyRegistry, RequestVerifier
+from ztfm.policy import AccessRequest, Policy, Resource, TrustContext, TrustSource
+from ztfm.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES, SIGNED_METHODS, decode_signed_request
+
+log = logging.getLogger(__name__)
+
+#: The resource kind each signed method acts on.
+METHOD_KIND: Final = {
+    "RenewCert": "cert",
+    "GetRound": "round",
+    "SubmitUpdate": "update",
+    "GetModel": "model",
+    "GetRevocations": "revocations",
+}
+assert set(METHOD_KIND) == set(SIGNED_METHODS)
+
+
+class RpcHandler(Protocol):
+    """What the coordinator (or a gateway) plugs into the server: bytes in, bytes out.
+
+    ``identity`` is the authenticated, authorised caller (from its certificate). Raise a
+    ``ZtfmError`` to refuse; its ``code`` (not its message) is what the caller sees.
+    """
+
+    def __call__(self, identity: Identity, method: str, payload: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    identity: Identity
+    envelope: Envelope
+    payload: bytes
+    resource: Resource
+
+
+class Rejected(ZtfmError):
+    """A request was refused. ``stage`` and ``cause`` stay local; the peer sees only ``ref``."""
+
+    code = "rejected"
+
+    def __init__(self, stage: str, ref: str, cause: ZtfmError) -> None:
+        super().__init__(f"request rejected at {stage}: {cause} (ref {ref})")
+        self.stage = stage
+        self.ref = ref
+        self.cause = cause
+
+    @property
+    def public_message(self) -> str:
+        return f"request rejected (ref {self.ref})"
+
+
+class StaticTrustSource:
+    """The same trust context for everyone (tests, or a fleet without attestation yet)."""
+
+    def __init__(self, context: TrustContext) -> None:
+        self.context = context
+
+    def context_for(self, identity: Identity, now: float) -> TrustContext:
+        return self.context
+
+
+def _resource_for(method: str, env: Envelope, identity: Identity) -> Resource:
+    kind = METHOD_KIND[method]
+    if not env.resource:
+        return Resource(kind, identity.fleet, identity.segment)
+    parts = env.resource.split(":")
+    if len(parts) not in (2, 3) or parts[0] != kind:
+        raise RequestRejected(f"resource {env.resource!r} does not fit method {method}")
+    return Resource(kind, identity.fleet, parts[1], parts[2] if len(parts) == 3 else "default")
+
+
+class RequestGate:
+    """Authenticates, verifies, authorises and audits every signed request."""
+
+    def __init__(
+        self,
+        validator: CertValidator,
+        verifier: RequestVerifier,
+        registry: InMemoryKeyRegistry,
+        policy: Policy,
+        trust: TrustSource,
+        audit: AuditSink,
+        snapshots: SnapshotStore | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self.validator = validator
+        self.verifier = verifier
+        self.registry = registry
+        self.policy = policy
+        self.trust = trust
+        self.audit = audit
+        self.snapshots = snapshots
+        self.max_payload_bytes = max_payload_bytes
+        self._lock = threading.Lock()
+
+    def _reject(
+        self,
+        stage: str,
+        cause: ZtfmError,
+        method: str,
+        peer: str,
+        raw: bytes,
+        now: float,
+        payload: bytes | None = None,
+    ) -> Rejected:
+        ref = secrets.token_hex(6)
+        fields: dict[str, object] = {
+            "ref": ref,
+            "stage": stage,
+            "code": cause.code,
+            "detail": str(cause)[:500],
+            "method": method[:64],
+            "peer": peer,
+            "bytes": len(raw),
+        }
+        if self.snapshots is not None and method == "SubmitUpdate":
+            try:
+                fields["snapshot"] = self.snapshots.save(
+                    "rejected_update",
+                    payload if payload is not None else raw,
+                    {k: v for k, v in fields.items() if k != "bytes"},
+                    now,
+                )
+            except ZtfmError as exc:  # a full disk must not turn a rejection into a crash
+                fields["snapshot_error"] = str(exc)
+        self.audit.record("rpc.rejected", fields, now)
+        log.info("rejected %s from %s at %s: %s (ref %s)", method, peer, stage, cause, ref)
+        return Rejected(stage, ref, cause)
+
+    def authenticate(self, peer_cert: bytes | None, now: float) -> Identity:
+        """Peer certificate (PEM or DER) -> validated identity; raises ``IdentityError``."""
+        if not peer_cert:
+            raise IdentityError("no client certificate")
+        try:
+            cert = (
+                Certificate.from_pem(peer_cert)
+                if peer_cert.lstrip().startswith(b"-----")
+                else Certificate(peer_cert)
+            )
+        except CryptoError as exc:
+            raise IdentityError(f"client certificate is malformed: {exc}") from exc
+        identity = self.validator.validate(cert, now)
+        if self.registry.lookup(cert.public_key.fingerprint()) is None:
+            try:
+                self.registry.register(cert.public_key, identity)
+            except RequestRejected as exc:
+                raise IdentityError(f"certificate key is bound to another identity: {exc}") from exc
+        return identity
+
+    def admit(self, peer_cert: bytes | None, method: str, raw: bytes, now: float) -> Admitted:
+        """Return the admitted request or raise ``Rejected`` (already audited)."""
+        if method not in METHOD_KIND:
+            raise self._reject(
+                "method",
+                RequestRejected(f"unknown method {method!r}"),
+                method,
+                "unauthenticated",
+                raw,
+                now,
+            )
+        try:
+            identity = self.authenticate(peer_cert, now)
+        except IdentityError as exc:
+            raise self._reject("identity", exc, method, "unauthenticated", raw, now) from exc
+        peer = identity.uri
+        try:
+            env, payload = decode_signed_request(raw, self.max_payload_bytes)
+        except RequestRejected as exc:
+            raise self._reject("parse", exc, method, peer, raw, now) from exc
+        try:
+            with self._lock:
+                self.verifier.verify(env, payload, identity, now, expected_method=method)
+            resource = _resource_for(method, env, identity)
+        except (RequestRejected, PolicyDenied) as exc:
+            raise self._reject("binding", exc, method, peer, raw, now, payload) from exc
+        try:
+            ctx = self.trust.context_for(identity, now)
+            self.policy.authorize(AccessRequest(identity, method, resource, ctx), now)
+        except PolicyDenied as exc:
+            raise self._reject("policy", exc, method, peer, raw, now, payload) from exc
+        except Exception as exc:  # a failing trust source or policy bug denies (fail closed)
+            denied = PolicyDenied(f"policy/trust error (fail closed): {exc!r}"[:300])
+            raise self._reject("policy", denied, method, peer, raw, now, payload) from exc
+        self.audit.record(
+            "rpc.admitted",
+            {
+                "method": method,
+                "peer": peer,
+                "round": env.round_id,
+                "resource": resource.uid,
+                "bytes": len(payload),
+            },
+            now,
+        )
+        return Admitted(identity, env, payload, resource)
