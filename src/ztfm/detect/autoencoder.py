@@ -106,6 +106,25 @@ class Autoencoder(BaseDetector):
     ) -> float:
         import torch
 
+        # tiny model: one thread is much faster than several fighting over a busy CPU
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._train_torch(xs, epochs=epochs, rng=rng, prox_mu=prox_mu, anchor=anchor)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _train_torch(
+        self,
+        xs: np.ndarray,
+        *,
+        epochs: int,
+        rng: np.random.Generator,
+        prox_mu: float,
+        anchor: list[np.ndarray] | None,
+    ) -> float:
+        import torch
+
         ts = [torch.tensor(p, requires_grad=True) for p in self._params]
         anc = [torch.tensor(a) for a in anchor] if anchor is not None and prox_mu > 0 else None
         opt = torch.optim.Adam(ts, lr=self.lr, weight_decay=self.weight_decay)
