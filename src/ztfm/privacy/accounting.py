@@ -1,0 +1,299 @@
+"""Per-device privacy accounting across rounds with Google's ``dp-accounting`` (RDP).
+
+Why RDP: Rényi-DP composes by adding one vector per round, so tracking thousands of devices over
+hundreds of rounds costs a vector add and a cheap conversion, and every distinct (noise,
+sampling) event is evaluated once and cached. PLD accounting is tighter (typically 10-40% lower
+epsilon for the same noise) but costs ~0.5 s per composition; ``epsilon_for(..., method="pld")``
+gives the tighter figure for reports and calibration.
+
+Sampling: "poisson" (each device joins a round independently with probability q; add/remove-one
+adjacency) or "uniform" (a fixed-size sample of ``cohort`` out of ``population``; replace-one
+adjacency). Amplification by sampling only holds if the coordinator really samples at random;
+a device selected by other means must be accounted with ``sampling_rate=1``.
+
+Noise multipliers are rounded *down* to 3 significant digits before accounting (never
+under-counts the privacy loss) so that rounds with similar noise share a cache entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
+
+import dp_accounting as dpa
+import numpy as np
+from dp_accounting import pld, rdp
+
+from ztfm.errors import PrivacyBudgetExceeded, PrivacyError
+from ztfm.types import DeviceId
+
+Sampling = Literal["poisson", "uniform"]
+ORDERS: tuple[float, ...] = (
+    1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0, 4.5,
+    *(float(a) for a in range(5, 64)), 128.0, 256.0, 512.0,
+)  # fmt: skip
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _round_down(z: float) -> float:
+    if z <= 0:
+        return 0.0
+    digits = 3 - math.floor(math.log10(z)) - 1
+    f = 10.0**digits
+    return math.floor(z * f) / f
+
+
+def _event(
+    noise_multiplier: float, sampling_rate: float, sampling: Sampling, population: int
+) -> dpa.DpEvent:
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        raise PrivacyError("noise_multiplier must be positive (zero noise has infinite epsilon)")
+    if not 0 < sampling_rate <= 1:
+        raise PrivacyError("sampling_rate must be in (0, 1]")
+    g = dpa.GaussianDpEvent(noise_multiplier)
+    if sampling_rate == 1.0:
+        return g
+    if sampling == "poisson":
+        return dpa.PoissonSampledDpEvent(sampling_rate, g)
+    if sampling == "uniform":
+        if population < 2:
+            raise PrivacyError("uniform sampling needs the population size")
+        size = max(1, round(sampling_rate * population))
+        return dpa.SampledWithoutReplacementDpEvent(population, size, g)
+    raise PrivacyError(f"unknown sampling {sampling!r}")
+
+
+def _relation(sampling: Sampling) -> dpa.NeighboringRelation:
+    if sampling == "uniform":
+        return dpa.NeighboringRelation.REPLACE_ONE
+    return dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+
+
+@lru_cache(maxsize=1024)
+def _event_rdp(z: float, q: float, sampling: Sampling, population: int) -> tuple[float, ...]:
+    acc = rdp.RdpAccountant(list(ORDERS), _relation(sampling))
+    acc.compose(_event(z, q, sampling, population))
+    vec = getattr(acc, "_rdp", None)  # dp-accounting keeps the RDP curve here
+    if vec is None or len(vec) != len(ORDERS):
+        raise PrivacyError("unsupported dp-accounting version (no RDP curve)")
+    return tuple(float(v) for v in vec)
+
+
+_A = np.asarray(ORDERS)
+
+
+def epsilons_from_rdp(rdp_rows: np.ndarray, delta: float) -> np.ndarray:
+    """Vectorised RDP -> (epsilon, delta) conversion, row by row; the same bound as
+    ``dp_accounting.rdp.compute_epsilon`` (Balle et al. 2020, Prop. 12)."""
+    r = np.atleast_2d(np.asarray(rdp_rows, dtype=np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eps = r + np.log1p(-1.0 / _A) - np.log(delta * _A) / (_A - 1.0)
+    eps = np.where(_A > 1.01, eps, np.inf)
+    eps = np.where(delta**2 + np.expm1(-r) > 0, 0.0, eps)
+    eps = np.where(r < 0, 0.0, eps)
+    out: np.ndarray = np.maximum(0.0, eps.min(axis=1))
+    return out
+
+
+def _epsilon(rdp_vec: np.ndarray, delta: float) -> float:
+    return float(epsilons_from_rdp(rdp_vec, delta)[0])
+
+
+@dataclass(frozen=True, slots=True)
+class RoundEvent:
+    """One accounted round for one device."""
+
+    noise_multiplier: float
+    sampling_rate: float
+
+
+@dataclass(slots=True)
+class DeviceAccountant:
+    """One device's (epsilon, delta) ledger. ``check`` raises ``PrivacyBudgetExceeded`` before a
+    round that would push epsilon past the budget; ``record`` then books the round."""
+
+    target_epsilon: float
+    target_delta: float
+    sampling: Sampling = "poisson"
+    population: int = 0
+    history: list[RoundEvent] = field(default_factory=list)
+    _rdp: np.ndarray = field(default_factory=lambda: np.zeros(len(ORDERS)), repr=False)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.target_epsilon) and self.target_epsilon > 0):
+            raise PrivacyError("target_epsilon must be positive and finite")
+        if not 0 < self.target_delta < 1:
+            raise PrivacyError("target_delta must be in (0, 1)")
+        if self.sampling not in ("poisson", "uniform"):
+            raise PrivacyError(f"unknown sampling {self.sampling!r}")
+
+    def _vec(self, noise_multiplier: float, sampling_rate: float) -> np.ndarray:
+        z = _round_down(noise_multiplier)
+        return np.asarray(_event_rdp(z, float(sampling_rate), self.sampling, self.population))
+
+    def epsilon_spent(self) -> float:
+        return _epsilon(self._rdp, self.target_delta)
+
+    def epsilon_after(
+        self, noise_multiplier: float, sampling_rate: float, rounds: int = 1
+    ) -> float:
+        """Epsilon if ``rounds`` more rounds with these settings were booked (nothing changes)."""
+        if rounds < 0:
+            raise PrivacyError("rounds must be non-negative")
+        return _epsilon(
+            self._rdp + rounds * self._vec(noise_multiplier, sampling_rate), self.target_delta
+        )
+
+    def check(self, noise_multiplier: float, sampling_rate: float) -> None:
+        """Return None if one more round fits the budget; raise ``PrivacyBudgetExceeded`` if not."""
+        eps = self.epsilon_after(noise_multiplier, sampling_rate)
+        if eps > self.target_epsilon:
+            raise PrivacyBudgetExceeded(
+                f"one more round would spend epsilon={eps:.3f} > budget {self.target_epsilon}"
+            )
+
+    def record(self, noise_multiplier: float, sampling_rate: float) -> None:
+        """Book one round (the check is the caller's gate; recording never refuses)."""
+        self._rdp = self._rdp + self._vec(noise_multiplier, sampling_rate)
+        self.history.append(RoundEvent(noise_multiplier, sampling_rate))
+
+
+@dataclass(slots=True)
+class FleetAccountant:
+    """Every device's ledger in one matrix (rows: devices, columns: RDP orders), so checking or
+    booking a round for thousands of devices is a few vector operations."""
+
+    target_epsilon: float
+    target_delta: float
+    sampling: Sampling = "poisson"
+    population: int = 0
+    _index: dict[DeviceId, int] = field(default_factory=dict, repr=False)
+    _rdp: np.ndarray = field(default_factory=lambda: np.zeros((0, len(ORDERS))), repr=False)
+
+    def __post_init__(self) -> None:
+        DeviceAccountant(self.target_epsilon, self.target_delta, self.sampling, self.population)
+
+    def _rows(self, devices: Iterable[DeviceId]) -> tuple[list[DeviceId], np.ndarray]:
+        devs = list(dict.fromkeys(devices))
+        new = [d for d in devs if d not in self._index]
+        if new:
+            for d in new:
+                self._index[d] = len(self._index)
+            grow = np.zeros((len(new), len(ORDERS)))
+            self._rdp = np.vstack([self._rdp, grow])
+        return devs, np.asarray([self._index[d] for d in devs], dtype=np.int64)
+
+    def _vec(self, noise_multiplier: float, sampling_rate: float) -> np.ndarray:
+        z = _round_down(noise_multiplier)
+        return np.asarray(_event_rdp(z, float(sampling_rate), self.sampling, self.population))
+
+    def epsilon_after(
+        self, devices: Iterable[DeviceId], noise_multiplier: float, sampling_rate: float
+    ) -> dict[DeviceId, float]:
+        devs, rows = self._rows(devices)
+        eps = epsilons_from_rdp(
+            self._rdp[rows] + self._vec(noise_multiplier, sampling_rate), self.target_delta
+        )
+        return dict(zip(devs, (float(e) for e in eps), strict=True))
+
+    def eligible(
+        self, devices: Iterable[DeviceId], noise_multiplier: float, sampling_rate: float
+    ) -> list[DeviceId]:
+        """The devices whose budget allows one more round (the others must sit it out)."""
+        after = self.epsilon_after(devices, noise_multiplier, sampling_rate)
+        return [d for d, e in after.items() if e <= self.target_epsilon]
+
+    def check(self, device: DeviceId, noise_multiplier: float, sampling_rate: float) -> None:
+        """Return None if ``device`` may take part; raise ``PrivacyBudgetExceeded`` if not."""
+        eps = self.epsilon_after([device], noise_multiplier, sampling_rate)[device]
+        if eps > self.target_epsilon:
+            raise PrivacyBudgetExceeded(
+                f"{device}: one more round would spend epsilon={eps:.3f} "
+                f"> budget {self.target_epsilon}"
+            )
+
+    def record_round(
+        self, devices: Iterable[DeviceId], noise_multiplier: float, sampling_rate: float
+    ) -> None:
+        """Book a round for ``devices``: with Poisson sampling, every device that *could* have
+        been sampled (the whole eligible population), not only the participants."""
+        _, rows = self._rows(devices)
+        self._rdp[rows] += self._vec(noise_multiplier, sampling_rate)
+
+    def epsilon_spent(self, device: DeviceId | None = None) -> dict[DeviceId, float]:
+        """Epsilon spent so far, for one device or all (sorted by id)."""
+        if device is not None:
+            devs, rows = self._rows([device])
+        else:
+            devs = sorted(self._index)
+            rows = np.asarray([self._index[d] for d in devs], dtype=np.int64)
+        eps = epsilons_from_rdp(self._rdp[rows], self.target_delta) if devs else np.zeros(0)
+        return dict(zip(devs, (float(e) for e in eps), strict=True))
+
+
+def epsilon_for(
+    noise_multiplier: float,
+    rounds: int,
+    sampling_rate: float,
+    delta: float,
+    *,
+    sampling: Sampling = "poisson",
+    population: int = 0,
+    method: Literal["rdp", "pld"] = "rdp",
+) -> float:
+    """Epsilon after ``rounds`` identical rounds."""
+    if rounds < 1:
+        raise PrivacyError("rounds must be at least 1")
+    if not 0 < delta < 1:
+        raise PrivacyError("delta must be in (0, 1)")
+    if method == "rdp":
+        vec = np.asarray(
+            _event_rdp(_round_down(noise_multiplier), sampling_rate, sampling, population)
+        )
+        return _epsilon(rounds * vec, delta)
+    if method == "pld":
+        acc = pld.PLDAccountant(_relation(sampling))
+        acc.compose(_event(noise_multiplier, sampling_rate, sampling, population), rounds)
+        return float(acc.get_epsilon(delta))
+    raise PrivacyError(f"unknown accounting method {method!r}")
+
+
+def noise_multiplier_for(
+    target_epsilon: float,
+    target_delta: float,
+    rounds: int,
+    sampling_rate: float,
+    *,
+    sampling: Sampling = "poisson",
+    population: int = 0,
+) -> float:
+    """Smallest noise multiplier whose RDP epsilon after ``rounds`` rounds is <= target."""
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise PrivacyError("target_epsilon must be positive and finite")
+    if rounds < 1:
+        raise PrivacyError("rounds must be at least 1")
+    _event(1.0, sampling_rate, sampling, population)  # validates arguments
+
+    def eps(z: float) -> float:
+        return epsilon_for(
+            z, rounds, sampling_rate, target_delta, sampling=sampling, population=population
+        )
+
+    lo, hi = 0.05, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            raise PrivacyError("no noise multiplier below 1e4 meets the target")
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if eps(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-4 * hi:
+            break
+    return hi
