@@ -50,6 +50,15 @@ CREATE TRIGGER IF NOT EXISTS heads_no_delete BEFORE DELETE ON tree_heads
 """
 
 
+def _blob(value: object, what: str) -> bytes:
+    """A BLOB column value; anything else means someone edited the file by hand."""
+    if isinstance(value, bytes):
+        return value
+    raise LedgerError(
+        f"{what} is stored as {type(value).__name__}, not bytes: the database was altered"
+    )
+
+
 class SqliteLedgerStore:
     """A ``LedgerStore`` in one SQLite file. One writer at a time (appends check the size)."""
 
@@ -134,7 +143,7 @@ class SqliteLedgerStore:
         row = self._db.execute("SELECT data FROM entries WHERE idx = ?", (index,)).fetchone()
         if row is None:
             raise LedgerError(f"no entry {index} in the ledger")
-        return bytes(row[0])
+        return _blob(row[0], f"entry {index}")
 
     def iter_leaves(self, start: int, stop: int) -> Iterator[Leaf]:
         chunk = 16384
@@ -150,7 +159,7 @@ class SqliteLedgerStore:
                 if idx != expect:
                     raise LedgerError(f"ledger entry {expect} is missing")
                 expect += 1
-                yield bytes(data), bytes(h)
+                yield _blob(data, f"entry {idx}"), _blob(h, f"leaf hash {idx}")
             if len(rows) < end - pos:
                 raise LedgerError(f"ledger entry {expect} is missing")
             pos = end
@@ -166,14 +175,14 @@ class SqliteLedgerStore:
             ).fetchone()
         if row is None:
             raise LedgerError(f"missing tree node ({level}, {index})")
-        return bytes(row[0])
+        return _blob(row[0], f"tree node ({level}, {index})")
 
     def node_range(self, level: int, start: int, stop: int) -> list[bytes]:
         rows = self._db.execute(
             "SELECT hash FROM nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
             (level, start, stop),
         ).fetchall()
-        return [bytes(r[0]) for r in rows]
+        return [_blob(r[0], f"tree node at level {level}") for r in rows]
 
     def add_tree_head(self, tree_size: int, data: bytes) -> None:
         try:
@@ -186,15 +195,15 @@ class SqliteLedgerStore:
 
     def tree_heads(self) -> list[bytes]:
         rows = self._db.execute("SELECT data FROM tree_heads ORDER BY seq").fetchall()
-        return [bytes(r[0]) for r in rows]
+        return [_blob(r[0], "tree head") for r in rows]
 
     def latest_tree_head(self) -> bytes | None:
         row = self._db.execute("SELECT data FROM tree_heads ORDER BY seq DESC LIMIT 1").fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else _blob(row[0], "tree head")
 
     def get_meta(self, key: str) -> bytes | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else _blob(row[0], f"metadata {key}")
 
     def set_meta(self, key: str, value: bytes) -> None:
         try:

@@ -333,3 +333,16 @@ def test_heads_going_backwards_fail(tmp_path: Path) -> None:
     _raw(db, ("INSERT INTO tree_heads (tree_size, data) VALUES (?, ?)", (10, old.to_bytes())))
     with pytest.raises(LedgerError, match="backwards"):
         _verify(db)
+
+
+def test_regression_text_instead_of_blob_raised_typeerror(tmp_path: Path) -> None:
+    """SQLite's replace() turns a BLOB into TEXT; reading it used to crash with TypeError."""
+    db, _ = _signed_ledger(tmp_path)
+    _raw(db, ("UPDATE entries SET data = replace(data, 'd3', 'd9') WHERE idx = 3", ()))
+    with pytest.raises(LedgerError, match="altered"):
+        _verify(db)
+    with pytest.raises(LedgerError, match="altered"):
+        Ledger(SqliteLedgerStore(db, create=False)).entry(3)
+    _raw(db, ("UPDATE nodes SET hash = 'x' WHERE level = 4 AND idx = 0", ()))
+    with pytest.raises(LedgerError, match="altered"):
+        Ledger(SqliteLedgerStore(db, create=False))
