@@ -20,7 +20,7 @@ from ztfm.fl.messages import EvalReply, EvalTask
 from ztfm.fl.params import Params
 from ztfm.fl.strategy import FedAvg
 from ztfm.sim.config import SimConfig
-from ztfm.sim.fleet import Fleet, build_fleet
+from ztfm.sim.fleet import DeviceSpec, Fleet, build_fleet
 from ztfm.transport.inproc import InProcessTransport, LatencyModel
 
 ROUND_PERIOD_S = 3600.0  # simulated time between round starts (one round an hour)
@@ -99,6 +99,33 @@ class SimulationResult:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
+def build_agent(cfg: SimConfig, spec: DeviceSpec, index: int, n_features: int) -> DeviceAgent:
+    """The device agent for fleet member ``index``: the same in process and in its own process."""
+    return DeviceAgent(
+        spec.device_id,
+        spec.segment,
+        make_local_model(cfg, n_features),
+        spec.data,
+        rng=np.random.default_rng([cfg.seed, 1, index]),
+        target_far=cfg.detector.target_far,
+        postprocess=causal_smoother(cfg.detector.smoothing),
+    )
+
+
+def build_coordinator(
+    cfg: SimConfig, n_features: int, events: Callable[[dict[str, Any]], None] | None = None
+) -> Coordinator:
+    """The coordinator with the configured strategy, starting from the detector's initial model."""
+    r = cfg.rounds
+    return Coordinator(
+        make_local_model(cfg, n_features).get_params(),
+        FedAvg(fraction=r.fraction, min_devices=r.min_devices, server_lr=r.server_lr),
+        RoundSettings(local_epochs=r.local_epochs, prox_mu=r.prox_mu, deadline_s=r.deadline_s),
+        rng=np.random.default_rng([cfg.seed, 2]),
+        events=events,
+    )
+
+
 class Simulation:
     """A fleet, its coordinator and the in-process transport, ready to run rounds."""
 
@@ -107,29 +134,13 @@ class Simulation:
         self.fleet = fleet or build_fleet(cfg.fleet, cfg.detector)
         seed = cfg.seed
         self.events: list[dict[str, Any]] = []
-        smoother = causal_smoother(cfg.detector.smoothing)
+        nf = self.fleet.n_features
         self.agents = {
-            d.device_id: DeviceAgent(
-                d.device_id,
-                d.segment,
-                make_local_model(cfg, self.fleet.n_features),
-                d.data,
-                rng=np.random.default_rng([seed, 1, i]),
-                target_far=cfg.detector.target_far,
-                postprocess=smoother,
-            )
-            for i, d in enumerate(self.fleet.devices)
+            d.device_id: build_agent(cfg, d, i, nf) for i, d in enumerate(self.fleet.devices)
         }
         self.segments = {d.device_id: d.segment for d in self.fleet.devices}
-        self.initial_params: Params = make_local_model(cfg, self.fleet.n_features).get_params()
-        r = cfg.rounds
-        self.coordinator = Coordinator(
-            self.initial_params,
-            FedAvg(fraction=r.fraction, min_devices=r.min_devices, server_lr=r.server_lr),
-            RoundSettings(local_epochs=r.local_epochs, prox_mu=r.prox_mu, deadline_s=r.deadline_s),
-            rng=np.random.default_rng([seed, 2]),
-            events=self.events.append,
-        )
+        self.coordinator = build_coordinator(cfg, nf, self.events.append)
+        self.initial_params: Params = self.coordinator.params
         for d in self.fleet.devices:
             self.coordinator.register(d.device_id, d.segment)
         n = cfg.network

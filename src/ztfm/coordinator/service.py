@@ -1,0 +1,156 @@
+"""The coordinator behind a network: devices pull their next task and push their replies.
+
+A networked transport (gRPC over mTLS) authenticates the caller and then calls ``next_task`` /
+``submit`` with the caller's device id, taken from its certificate. A driver thread calls
+``step`` with the current time to move the fleet through its phases:
+
+    train (round r open)  -> all selected replied or deadline -> aggregate
+    eval  (model v)       -> every registered device evaluated or deadline -> next round
+    done                  -> after the last round
+
+The same ``Coordinator`` object is used as in simulation, so a fleet reaches the same model for
+the same seed over the network as in process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ztfm.coordinator.core import Coordinator, RoundSummary
+from ztfm.errors import RoundError, UpdateRejected
+from ztfm.fl import codec
+from ztfm.fl.messages import EvalReply
+
+log = logging.getLogger(__name__)
+
+WAIT = b""  # "nothing for you yet": poll again later
+
+
+@dataclass(slots=True)
+class RoundLog:
+    """What happened in each round, for metrics and the final report."""
+
+    summaries: list[RoundSummary] = field(default_factory=list)
+    evals: list[dict[str, EvalReply]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    bytes_up: list[dict[str, int]] = field(default_factory=list)
+    bytes_down: list[dict[str, int]] = field(default_factory=list)
+
+
+class CoordinatorService:
+    """Thread-safe pull/push façade over a ``Coordinator`` for networked devices."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        *,
+        rounds: int,
+        expected_devices: int,
+        eval_deadline_s: float = 60.0,
+        on_round: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.coordinator = coordinator
+        self.rounds = rounds
+        self.expected_devices = expected_devices
+        self.eval_deadline_s = eval_deadline_s
+        self.phase = "enrol"
+        self.log = RoundLog()
+        self._lock = threading.Lock()
+        self._tasks: dict[str, bytes] = {}
+        self._done_round = 0
+        self._phase_started = 0.0
+        self._up: dict[str, int] = {}
+        self._down: dict[str, int] = {}
+        self._on_round = on_round
+        self.finished = threading.Event()
+
+    # --- called by the transport, on behalf of an authenticated device ----------------------
+    def register(self, device_id: str, segment: str) -> None:
+        with self._lock:
+            if device_id not in self.coordinator.devices:
+                self.coordinator.register(device_id, segment)
+
+    def next_task(self, device_id: str) -> bytes:
+        """The device's pending task (encoded), ``WAIT`` if none, ``b"done"`` at the end."""
+        with self._lock:
+            if self.phase == "done":
+                return b"done"
+            data = self._tasks.get(device_id, WAIT)
+            if data:
+                self._down[device_id] = self._down.get(device_id, 0) + len(data)
+            return data
+
+    def submit(self, device_id: str, data: bytes, now: float) -> None:
+        """A reply from ``device_id``; raises ``UpdateRejected`` with the reason if refused."""
+        with self._lock:
+            if self._tasks.pop(device_id, None) is None:
+                raise UpdateRejected(f"{device_id} has no open task")
+            self._up[device_id] = self._up.get(device_id, 0) + len(data)
+            if self.phase == "train":
+                self.coordinator.submit_bytes(device_id, data, now)
+            elif self.phase == "eval":
+                msg = codec.decode(data)
+                if not isinstance(msg, EvalReply):
+                    raise UpdateRejected("expected an evaluation reply")
+                self.coordinator.submit_eval(device_id, msg)
+            else:
+                raise UpdateRejected(f"no replies are taken in phase {self.phase}")
+
+    # --- called by the driver thread ---------------------------------------------------------
+    def step(self, now: float) -> None:
+        """Advance the phase if its work is complete or its deadline has passed."""
+        with self._lock:
+            if self.phase == "enrol":
+                if len(self.coordinator.devices) >= self.expected_devices:
+                    self._open_train(now)
+            elif self.phase == "train":
+                deadline = self.coordinator.settings.deadline_s
+                if not self._tasks or now - self._phase_started > deadline:
+                    self._close_train(now)
+            elif self.phase == "eval" and (
+                not self._tasks or now - self._phase_started > self.eval_deadline_s
+            ):
+                self._close_eval(now)
+
+    def _open_train(self, now: float) -> None:
+        try:
+            tasks = self.coordinator.open_round(now)
+        except RoundError as exc:
+            self.log.failures.append(str(exc))
+            self._finish()
+            return
+        self._tasks = codec.encode_many(tasks)
+        self._up, self._down = {}, {}
+        self.phase, self._phase_started = "train", now
+
+    def _close_train(self, now: float) -> None:
+        self._tasks = {}
+        try:
+            self.log.summaries.append(self.coordinator.close_round(now))
+        except RoundError as exc:
+            self.log.failures.append(str(exc))
+        self.log.bytes_up.append(dict(self._up))
+        self.log.bytes_down.append(dict(self._down))
+        self._tasks = codec.encode_many(self.coordinator.eval_tasks())
+        self.phase, self._phase_started = "eval", now
+
+    def _close_eval(self, now: float) -> None:
+        self._tasks = {}
+        evals = self.coordinator.eval_results()
+        self.log.evals.append(evals)
+        self._done_round += 1
+        if self._on_round is not None:
+            self._on_round(self._done_round, {"evals": evals})
+        if self._done_round >= self.rounds:
+            self._finish()
+        else:
+            self._open_train(now)
+
+    def _finish(self) -> None:
+        self.phase = "done"
+        self._tasks = {}
+        self.finished.set()
