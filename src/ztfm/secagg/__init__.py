@@ -11,6 +11,7 @@ Typical use, one round:
 """
 
 from ztfm.secagg.client import ClientPhase, SecAggClient
+from ztfm.secagg.costs import WireBytes, bytes_per_device
 from ztfm.secagg.driver import Dropouts, SecAggRun, run_secagg, simulate_round
 from ztfm.secagg.encoding import FixedPoint
 from ztfm.secagg.graph import default_degree, default_threshold, degree_for_dropout
@@ -48,6 +49,8 @@ __all__ = [
     "SurvivorsRequest",
     "UnmaskRequest",
     "UnmaskResponse",
+    "WireBytes",
+    "bytes_per_device",
     "default_degree",
     "default_threshold",
     "degree_for_dropout",
