@@ -14,52 +14,34 @@ from ztfm.errors import DataError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("skab", "nbaiot", "ton_iot", "iot23", "mqttset", "pcap")
+FORMATS = ("skab", "nbaiot", "ton_iot", "iot23", "mqttset", "pcap", "lab")
 TON_IOT_WARNING = (
     "TON_IoT telemetry carries no attack signal (attack rows look like normal readings); "
     "these figures test the plumbing only and say nothing about detection quality"
 )
 
 
-def _registry() -> Any:
-    try:
-        from ztfm.data import registry
-    except ImportError as exc:  # pragma: no cover - depends on the data engineer's module
-        raise DataError("the data format registry (ztfm.data.registry) is not available") from exc
-    return registry
-
-
 def _load(path: Path, fmt: str) -> list[Any]:
-    if fmt == "skab":
-        from ztfm.data.skab import load_skab
+    from ztfm.data import registry
 
-        return load_skab(path)
-    return list(_registry().load(path, fmt))
+    featurize = None
+    if registry.get_format(fmt).packets:
+        from ztfm.detect.netfeatures import packet_featurizer
+
+        featurize = packet_featurizer()
+    return registry.load(path, fmt, featurize=featurize)
 
 
 def _split(fmt: str, series: list[Any]) -> list[Any]:
-    if fmt == "skab":
-        from ztfm.data.skab import skab_split
+    from ztfm.data import registry
 
-        return skab_split(series)
-    return list(_registry().standard_split(fmt, series))
+    return registry.standard_split(fmt, series)
 
 
 def _guess_format(path: Path) -> str:
-    """SKAB is recognised by its header; everything else is left to the registry."""
-    from ztfm.data._io import iter_files, read_bytes
+    from ztfm.data import registry
 
-    first = next(iter_files(path, ("*.csv", "*.csv.gz", "*.log", "*.log.gz", "*.pcap*")))
-    head = read_bytes(first)[:4096].decode("utf-8", "replace")
-    if "Accelerometer1RMS" in head and ";" in head:
-        return "skab"
-    try:
-        guess = getattr(_registry(), "guess_format", None)
-    except DataError:
-        guess = None
-    if guess is not None:
-        return str(guess(path))
-    raise DataError(f"{path}: cannot tell the data format; pass --format")
+    return registry.detect_format(path)
 
 
 def _fmt(v: float | None, pct: bool = False) -> str:

@@ -12,7 +12,7 @@ from ztfm.detect.stream import PipelineConfig
 from ztfm.errors import DetectorError
 
 SENSOR_FORMATS = frozenset({"skab", "ton_iot"})
-NETWORK_FORMATS = frozenset({"nbaiot", "iot23", "mqttset", "pcap"})
+NETWORK_FORMATS = frozenset({"nbaiot", "iot23", "mqttset", "pcap", "lab"})
 
 SENSOR_FEATURES = FeatureSpec(windows=(10,), ewma_alphas=(), raw=True, delta=True)
 NETWORK_FEATURES = FeatureSpec(windows=(), ewma_alphas=(), raw=True, delta=False)
