@@ -40,8 +40,8 @@ logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def _round_down(z: float) -> float:
-    if z <= 0:
-        return 0.0
+    if not (math.isfinite(z) and z > 0):
+        raise PrivacyError("noise_multiplier must be positive (zero noise has infinite epsilon)")
     digits = 3 - math.floor(math.log10(z)) - 1
     f = 10.0**digits
     return math.floor(z * f) / f
