@@ -1,5 +1,7 @@
 """Ledger benchmark: append throughput, proof generation and verification at 10k and 1M entries.
 
+Also times signed model bundles (publish, parse, verify, atomic install) at 100k and 10M params.
+
 Run ``python bench/ledger.py [--sizes 10000 1000000] [--out bench/results/ledger.json]``; prints a
 table and writes JSON. ``measure(n_entries)`` is importable (bench/attest.py uses it).
 
@@ -49,8 +51,8 @@ def measure(
 
     Returns seconds/rates: ``append_entries_per_s`` (entry encoding + hashing + SQLite insert),
     ``append_total_s``, ``sign_head_ms``, ``inclusion_proof_ms`` / ``inclusion_verify_ms``,
-    ``consistency_proof_ms`` / ``consistency_verify_ms`` (means), ``db_bytes`` and, up to 100k
-    entries, ``verify_all_s`` (full recomputation).
+    ``consistency_proof_ms`` / ``consistency_verify_ms`` (means), ``db_bytes`` and
+    ``verify_all_s`` (full recomputation of every leaf, node and signed head).
     """
     rng = np.random.default_rng(seed)
     key = SigningKey.from_seed(bytes(range(32)))
@@ -105,12 +107,66 @@ def measure(
             "consistency_verify_ms": c_ver / n_proofs * 1e3,
             "db_bytes": float(sum(p.stat().st_size for p in Path(tmp).iterdir() if p.is_file())),
         }
-        if n_entries <= 100_000:
-            t0 = time.perf_counter()
-            ledger.verify_all(key.verify_key)
-            out["verify_all_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ledger.verify_all(key.verify_key)
+        out["verify_all_s"] = time.perf_counter() - t0
         store.close()
     return out
+
+
+def measure_bundle(n_params: int, *, repeats: int = 5, seed: int = 7) -> dict[str, float]:
+    """Publish, parse+verify and atomically install a bundle of ``n_params`` float32 weights."""
+    from ztfm.bundle import Bundle, InstalledModel, publish_bundle, verify_bundle
+    from ztfm.ledger import LedgerClient, MemoryLedgerStore
+
+    rng = np.random.default_rng(seed)
+    log_key = SigningKey.from_seed(bytes(range(32)))
+    rel_key = SigningKey.from_seed(bytes(range(1, 33)))
+    ledger = Ledger(MemoryLedgerStore(), log_key)
+    client = LedgerClient(log_key.verify_key)
+    half = n_params // 2
+    weights = {
+        "enc.weight": rng.normal(size=half).astype(np.float32),
+        "dec.weight": rng.normal(size=n_params - half).astype(np.float32),
+    }
+    t_pub = t_parse = t_verify = t_install = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        device = InstalledModel(tmp, model_id="bench", release_key=rel_key.verify_key)
+        for v in range(1, repeats + 1):
+            t0 = time.perf_counter()
+            b = publish_bundle(
+                ledger, rel_key, model_id="bench", version=v, parent_version=None,
+                architecture="bench", quantisation="none", training_round=v, weights=weights,
+                now=1000.0 + v,
+            )  # fmt: skip
+            data = b.to_bytes()
+            t1 = time.perf_counter()
+            head = ledger.latest_tree_head()
+            assert head is not None
+            old = client.head.tree_size if client.has_head else 0
+            client.update(head, ledger.consistency_proof(old) if old else None)
+            t2 = time.perf_counter()
+            parsed = Bundle.from_bytes(data)
+            t3 = time.perf_counter()
+            verify_bundle(
+                parsed, release_key=rel_key.verify_key, ledger=client,
+                installed_version=v - 1, model_id="bench",
+            )  # fmt: skip
+            t4 = time.perf_counter()
+            device.install(data, ledger=client)
+            t5 = time.perf_counter()
+            t_pub += t1 - t0
+            t_parse += t3 - t2
+            t_verify += t4 - t3
+            t_install += t5 - t4
+    return {
+        "n_params": float(n_params),
+        "bundle_bytes": float(len(data)),
+        "publish_ms": t_pub / repeats * 1e3,
+        "parse_ms": t_parse / repeats * 1e3,
+        "verify_ms": t_verify / repeats * 1e3,
+        "install_ms": t_install / repeats * 1e3,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--proofs", type=int, default=200)
+    ap.add_argument("--bundle-params", type=int, nargs="*", default=[100_000, 10_000_000])
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     rows = []
@@ -133,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         ("consistency_proof_ms", "cons gen ms", "{:.3f}"),
         ("consistency_verify_ms", "cons ver ms", "{:.3f}"),
         ("sign_head_ms", "sign ms", "{:.2f}"),
+        ("verify_all_s", "verify all s", "{:.1f}"),
         ("db_bytes", "db MB", "{:.0f}"),
     ]
     print(" | ".join(f"{title:>12}" for _k, title, _f in cols))
@@ -142,11 +200,23 @@ def main(argv: list[str] | None = None) -> int:
             v = r[k] / 1e6 if k == "db_bytes" else r[k]
             cells.append(f"{fmt.format(v):>12}")
         print(" | ".join(cells))
+    bundles = [measure_bundle(n) for n in args.bundle_params]
+    if bundles:
+        print()
+        print(" | ".join(f"{t:>12}" for t in ("params", "bundle MB", "publish ms", "parse ms",
+                                                "verify ms", "install ms")))  # fmt: skip
+        for r in bundles:
+            print(
+                f"{r['n_params']:>12.0f} | {r['bundle_bytes'] / 1e6:>12.2f} | "
+                f"{r['publish_ms']:>12.1f} | {r['parse_ms']:>12.1f} | {r['verify_ms']:>12.2f} | "
+                f"{r['install_ms']:>12.1f}"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "ledger",
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
         "results": rows,
+        "bundles": bundles,
     }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

@@ -95,12 +95,15 @@ class Ledger:
 
     def append_many(self, entries: Iterable[Entry]) -> range:
         """Append entries in one transaction (all or nothing); return their indices."""
-        return self.append_raw([e.to_bytes() for e in entries])
+        return self._append([e.to_bytes() for e in entries])
 
     def append_raw(self, datas: Sequence[bytes]) -> range:
         """Append already-encoded entries (each must parse as an ``Entry``)."""
         for d in datas:
             Entry.from_bytes(d)
+        return self._append(datas)
+
+    def _append(self, datas: Sequence[bytes]) -> range:
         first = self._frontier.size
         work = merkle.Frontier(first, list(self._frontier.hashes))
         leaves: list[tuple[bytes, bytes]] = []
