@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ztfm.attestation.evidence import (
     PCR_FIRMWARE,
@@ -89,6 +90,39 @@ class EnrolledDevice:
     def qualified_signer(self) -> bytes:
         return qualified_name_in_endorsement(self.ak.name)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe record (for the identity ledger or the verifier's own storage)."""
+        return {
+            "device_id": self.device_id,
+            "device_type": self.device_type,
+            "ak_public": self.ak.raw.hex(),
+            "ak_name": self.ak.name.hex(),
+            "ek_fingerprint": self.ek_fingerprint,
+            "ek_root": self.ek_root,
+            "hardware_backed": self.hardware_backed,
+            "enrolled_at": self.enrolled_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EnrolledDevice:
+        """Parse a record written by ``to_dict``; raise ``AttestationError`` if malformed."""
+        try:
+            ak = TpmPublic.from_bytes(bytes.fromhex(data["ak_public"]))
+            device = cls(
+                DeviceId(str(data["device_id"])),
+                str(data["device_type"]),
+                ak,
+                str(data["ek_fingerprint"]),
+                str(data["ek_root"]),
+                bool(data["hardware_backed"]),
+                float(data["enrolled_at"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AttestationError(f"enrolment record is malformed: {exc}") from exc
+        if data.get("ak_name") not in (None, ak.name.hex()):
+            raise AttestationError("enrolment record AK name does not match its AK")
+        return device
+
 
 @dataclass(frozen=True, slots=True)
 class AttestationVerdict:
@@ -106,6 +140,20 @@ class AttestationVerdict:
 
     def age_s(self, now: float) -> float:
         return now - self.time
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (for the ledger's ATTESTATION_VERDICT entries and the audit log)."""
+        return {
+            "device_id": self.device_id,
+            "ok": self.ok,
+            "reason": self.reason,
+            "detail": self.detail,
+            "time": self.time,
+            "pcr_digest": self.pcr_digest.hex(),
+            "firmware_version": self.firmware_version,
+            "model_digest": self.model_digest.hex() if self.model_digest else None,
+            "hardware_backed": self.hardware_backed,
+        }
 
     def require_fresh(self, now: float, max_age_s: float) -> None:
         """Return None if this verdict is a pass no older than ``max_age_s``; raise if not."""
@@ -178,8 +226,10 @@ class AttestationVerifier:
         self, device_id: DeviceId, device_type: str, request: EnrolmentRequest, now: float
     ) -> CredentialChallenge:
         """Check EK certificate and AK, then return a MakeCredential challenge for the device."""
-        if not device_type:
-            raise AttestationError("device type must be non-empty")
+        if not isinstance(request, EnrolmentRequest):
+            raise AttestationError("enrolment request has the wrong type")
+        if not isinstance(device_type, str) or not device_type:
+            raise AttestationError("device type must be a non-empty string")
         try:
             cert = Certificate.load(request.ek_certificate)
         except CryptoError as exc:
@@ -309,6 +359,8 @@ class AttestationVerifier:
         device = self._enrolled.get(device_id)
         if device is None:
             raise QuoteRejected("unknown_device", "quote from a device that is not enrolled")
+        if not isinstance(ev, QuoteEvidence):
+            raise QuoteRejected("evidence", "quote evidence has the wrong type")
         info = QuoteInfo.from_bytes(ev.attest)
         if not hmac.compare_digest(info.qualified_signer, device.qualified_signer):
             raise QuoteRejected("signer", "quote was not signed by the AK bound at enrolment")

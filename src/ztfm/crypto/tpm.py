@@ -18,6 +18,7 @@ in higher layers never see a `cryptography` object.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import hmac
 import struct
@@ -101,6 +102,7 @@ def _scalar_from(entropy: bytes, order: int) -> int:
     return 1 + int.from_bytes(entropy, "big") % (order - 1)
 
 
+@functools.lru_cache(maxsize=16384)
 def _ecc_public(point: EccPublicPoint) -> ec.EllipticCurvePublicKey:
     spec = _CURVES.get(point.curve)
     if spec is None:

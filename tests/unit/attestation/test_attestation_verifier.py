@@ -20,6 +20,7 @@ from attfix import (
 from ztfm.attestation import (
     AttestationVerifier,
     AttestingDevice,
+    EnrolledDevice,
     EnrolmentRequest,
     Measurement,
     QuoteEvidence,
@@ -430,3 +431,35 @@ def test_same_seed_same_devices() -> None:
         return AttestingDevice(SoftTpm(maker, rng, T0)).tpm.ak_public()
 
     assert keys(3) == keys(3) != keys(4)
+
+
+def test_enrolment_record_round_trips_and_rejects_tampering(fleet: SoftFleet) -> None:
+    fleet.enrol("cam-1")
+    record = fleet.verifier.enrolled(CAM).to_dict()
+    assert EnrolledDevice.from_dict(record) == fleet.verifier.enrolled(CAM)
+    other = fleet.device("cam-2").tpm.ak_public().hex()
+    with pytest.raises(AttestationError, match="does not match"):
+        EnrolledDevice.from_dict({**record, "ak_public": other})
+    with pytest.raises(AttestationError, match="malformed"):
+        EnrolledDevice.from_dict({k: v for k, v in record.items() if k != "ek_root"})
+    with pytest.raises(AttestationError, match="malformed"):
+        EnrolledDevice.from_dict({**record, "ak_public": "zz"})
+
+
+def test_verdict_to_dict_is_json_safe(fleet: SoftFleet) -> None:
+    import json
+
+    fleet.enrol("cam-1")
+    verdict = fleet.verifier.check_quote(CAM, _round(fleet), T0 + 11)
+    data = json.loads(json.dumps(verdict.to_dict()))
+    assert data["ok"] is True and data["model_digest"] == MODEL_V1.hex()
+
+
+def test_wrong_argument_types_are_rejected(fleet: SoftFleet) -> None:
+    fleet.enrol("cam-1")
+    with pytest.raises(QuoteRejected):
+        fleet.verifier.check_quote(CAM, {"attest": "00"}, T0)  # type: ignore[arg-type]
+    with pytest.raises(AttestationError, match="wrong type"):
+        fleet.verifier.begin_enrolment(CAM, "camera", {"x": 1}, T0)  # type: ignore[arg-type]
+    with pytest.raises(AttestationError, match="device type"):
+        fleet.verifier.begin_enrolment(CAM, "", fleet.devices["cam-1"].enrolment_request(), T0)
