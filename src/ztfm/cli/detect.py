@@ -119,6 +119,7 @@ def detect() -> None:
     help="False alarm rate to calibrate the threshold to on the benign training rows.",
 )
 @click.option("--smooth", type=int, default=None, help="Score smoothing window (rows).")
+@click.option("--int8", is_flag=True, help="Score with the int8 autoencoder (detector ae).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate(
@@ -128,6 +129,7 @@ def evaluate(
     train: Path | None,
     target_far: float | None,
     smooth: int | None,
+    int8: bool,
     seed: int,
     as_json: bool,
 ) -> None:
@@ -149,6 +151,8 @@ def evaluate(
         config = config.with_(target_far=float(target_far))
     if smooth is not None:
         config = config.with_(smooth=smooth)
+    if int8:
+        config = config.with_(int8=True)
     series = _load(data, fmt)
     train_series = _load(train, fmt) if train is not None else None
     if train_series is not None:

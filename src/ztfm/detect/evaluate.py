@@ -139,6 +139,7 @@ class EvalResult:
                 "smooth": self.config.smooth,
                 "target_far": self.config.target_far,
                 "threshold_margin": self.config.threshold_margin,
+                "int8": self.config.int8,
                 "hparams": {
                     k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config.hparams
                 },
@@ -196,7 +197,7 @@ def fit_pipeline(
     feats = _train_rows(train, pipe, benign_only)
     if feats.shape[0] < max(pipe.detector.min_train_rows, 2):
         raise DataError(f"only {feats.shape[0]} benign training rows; need more")
-    pipe.detector.fit(feats, rng=rng)
+    pipe.fit_features(feats, rng=rng)
     # calibrate the smoothed score on each training stream, pooled
     scores = []
     for s in train:

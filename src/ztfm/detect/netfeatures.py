@@ -101,13 +101,16 @@ class NetFeatureConfig:
 
 
 class _Slots:
-    """Key -> slot index with LRU order, fixed capacity and idle eviction (all O(1) amortised)."""
+    """Key -> slot index with LRU order, fixed capacity and idle eviction (all O(1) amortised).
 
-    def __init__(self, capacity: int, ttl_s: float) -> None:
+    ``last_t`` is the per-slot time of the last update (a view into the owner's state array).
+    """
+
+    def __init__(self, capacity: int, ttl_s: float, last_t: np.ndarray) -> None:
         self.capacity = capacity
         self.ttl_s = ttl_s
         self.index: OrderedDict[Hashable, int] = OrderedDict()
-        self.last_t = np.zeros(capacity)
+        self.last_t = last_t
         self._free = list(range(capacity - 1, -1, -1))
 
     def get(self, key: Hashable) -> int | None:
@@ -115,109 +118,69 @@ class _Slots:
 
     def acquire(self, key: Hashable, t: float) -> tuple[int, bool]:
         """(slot, is_new). Touches the key (most recently used); evicts as needed."""
-        while self.index:  # drop streams idle for longer than the ttl
-            old_key, old_slot = next(iter(self.index.items()))
+        index = self.index
+        while index:  # drop streams idle for longer than the ttl
+            old_key = next(iter(index))
+            old_slot = index[old_key]
             if t - self.last_t[old_slot] <= self.ttl_s:
                 break
-            del self.index[old_key]
+            del index[old_key]
             self._free.append(old_slot)
-        slot = self.index.get(key)
+        slot = index.get(key)
         if slot is not None:
-            self.index.move_to_end(key)
+            index.move_to_end(key)
             return slot, False
-        if self._free:
-            slot = self._free.pop()
-        else:
-            _, slot = self.index.popitem(last=False)
-        self.index[key] = slot
+        slot = self._free.pop() if self._free else index.popitem(last=False)[1]
+        index[key] = slot
         return slot, True
 
 
-class _Table1D:
-    """Damped weight, linear sum and squared sum per stream and lambda; last residual too."""
-
-    def __init__(self, lambdas: np.ndarray, capacity: int, ttl_s: float) -> None:
-        n = len(lambdas)
-        self.lambdas = lambdas
-        self.slots = _Slots(capacity, ttl_s)
-        self.w = np.zeros((capacity, n))
-        self.ls = np.zeros((capacity, n))
-        self.ss = np.zeros((capacity, n))
-        self.res = np.zeros((capacity, n))
-
-    def update(self, key: Hashable, x: float, t: float) -> int:
-        slot, new = self.slots.acquire(key, t)
-        if new:
-            self.w[slot] = 1.0
-            self.ls[slot] = x
-            self.ss[slot] = x * x
-            self.res[slot] = 0.0
-        else:
-            dt = t - self.slots.last_t[slot]
-            if dt > 0:
-                f = np.exp2(-self.lambdas * dt)
-                self.w[slot] *= f
-                self.ls[slot] *= f
-                self.ss[slot] *= f
-            self.w[slot] += 1.0
-            self.ls[slot] += x
-            self.ss[slot] += x * x
-            self.res[slot] = x - self.ls[slot] / self.w[slot]
-        self.slots.last_t[slot] = t
-        return slot
-
-    def stats(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(weight, mean, variance) per lambda."""
-        w = self.w[slot]
-        mean = self.ls[slot] / w
-        var = np.maximum(self.ss[slot] / w - mean * mean, 0.0)
-        return w, mean, var
-
-
-class _TableCov:
-    """Damped sum of residual products for a pair of opposite streams (one slot per pair)."""
-
-    def __init__(self, lambdas: np.ndarray, capacity: int, ttl_s: float) -> None:
-        self.lambdas = lambdas
-        self.slots = _Slots(capacity, ttl_s)
-        self.sr = np.zeros((capacity, len(lambdas)))
-
-    def update(self, key: Hashable, prod: np.ndarray | None, t: float) -> np.ndarray:
-        slot, new = self.slots.acquire(key, t)
-        if new:
-            self.sr[slot] = 0.0
-        else:
-            dt = t - self.slots.last_t[slot]
-            if dt > 0:
-                self.sr[slot] *= np.exp2(-self.lambdas * dt)
-        if prod is not None:
-            self.sr[slot] += prod
-        self.slots.last_t[slot] = t
-        row: np.ndarray = self.sr[slot]
-        return row
+# Stream tables of the 1-D store, and of the covariance store.
+_MI, _H, _HH, _JIT, _HP = range(5)
+_HH_COV, _HP_COV = range(2)
 
 
 class PacketFeatures:
     """Incremental extractor: ``update(packet)`` returns that packet's feature vector (float32).
 
     Deterministic: the same packets in the same order give the same vectors. Not thread-safe;
-    use one instance per packet stream.
+    use one instance per packet stream. All state lives in arrays allocated here (five 1-D
+    stream tables and two covariance tables of ``max_streams`` rows each); each packet updates
+    its rows with a handful of vectorised operations.
     """
 
     def __init__(self, config: NetFeatureConfig | None = None) -> None:
         self.config = config or NetFeatureConfig()
-        lam = np.asarray(self.config.lambdas, dtype=np.float64)
+        self._lam = np.asarray(self.config.lambdas, dtype=np.float64)
+        n = self._n = len(self._lam)
         cap, ttl = self.config.max_streams, self.config.ttl_s
-        self._n = len(lam)
-        self._mi = _Table1D(lam, cap, ttl)
-        self._h = _Table1D(lam, cap, ttl)
-        self._hh = _Table1D(lam, cap, ttl)
-        self._hh_cov = _TableCov(lam, cap, ttl)
-        self._jit = _Table1D(lam, cap, ttl)
-        self._hp = _Table1D(lam, cap, ttl)
-        self._hp_cov = _TableCov(lam, cap, ttl)
+        self._cap = cap
+        # 1-D store: damped weight, linear sum, squared sum, last residual (row = table*cap + slot)
+        self._w = np.zeros((5 * cap, n))
+        self._ls = np.zeros((5 * cap, n))
+        self._ss = np.zeros((5 * cap, n))
+        self._res = np.zeros((5 * cap, n))
+        self._last = np.zeros(5 * cap)
+        self._tables = [_Slots(cap, ttl, self._last[i * cap : (i + 1) * cap]) for i in range(5)]
+        # covariance store: damped sum of residual products per pair of opposite streams
+        self._sr = np.zeros((2 * cap, n))
+        self._last_c = np.zeros(2 * cap)
+        self._cov = [_Slots(cap, ttl, self._last_c[i * cap : (i + 1) * cap]) for i in range(2)]
         self.names = feature_names(self.config.lambdas)
         self._last_t = -math.inf
+        # scratch output: 1-D blocks (MI, H, JIT) x (3 stats, lambda), then 2-D blocks (HH, HP) x
+        # (7 stats, lambda); ``_perm`` reorders it into N-BaIoT's column order
+        self._buf = np.zeros(23 * n)
+        self._o1 = self._buf[: 9 * n].reshape(3, 3, n)
+        self._o2 = self._buf[9 * n :].reshape(2, 7, n)
+        perm: list[int] = []
+        for kind, blk in (("1", 0), ("1", 1), ("2", 0), ("1", 2), ("2", 1)):
+            for li in range(n):
+                if kind == "1":
+                    perm.extend(blk * 3 * n + st * n + li for st in range(3))
+                else:
+                    perm.extend(9 * n + blk * 7 * n + st * n + li for st in range(7))
+        self._perm = np.array(perm)
 
     @property
     def n_features(self) -> int:
@@ -225,65 +188,37 @@ class PacketFeatures:
 
     def stream_counts(self) -> dict[str, int]:
         """How many streams each table holds now (bounded by ``max_streams``)."""
+        t, c = self._tables, self._cov
         return {
-            "MI_dir": len(self._mi.slots.index),
-            "H": len(self._h.slots.index),
-            "HH": len(self._hh.slots.index),
-            "HH_cov": len(self._hh_cov.slots.index),
-            "HH_jit": len(self._jit.slots.index),
-            "HpHp": len(self._hp.slots.index),
-            "HpHp_cov": len(self._hp_cov.slots.index),
+            "MI_dir": len(t[_MI].index),
+            "H": len(t[_H].index),
+            "HH": len(t[_HH].index),
+            "HH_cov": len(c[_HH_COV].index),
+            "HH_jit": len(t[_JIT].index),
+            "HpHp": len(t[_HP].index),
+            "HpHp_cov": len(c[_HP_COV].index),
         }
 
-    def _two_d(
-        self,
-        table: _Table1D,
-        cov_table: _TableCov,
-        key: Hashable,
-        rkey: Hashable,
-        x: float,
-        t: float,
-        out: np.ndarray,
-        base: int,
-    ) -> None:
-        n = self._n
-        slot = table.update(key, x, t)
-        w, mean, var = table.stats(slot)
-        rslot = table.slots.get(rkey)
-        pair = (key, rkey) if repr(key) <= repr(rkey) else (rkey, key)
-        if rslot is None:
-            sr = cov_table.update(pair, None, t)
-            w_b = np.zeros(n)
-            mean_b = np.zeros(n)
-            var_b = np.zeros(n)
-        else:
-            sr = cov_table.update(pair, table.res[slot] * table.res[rslot], t)
-            w_b, mean_b, var_b = table.stats(rslot)
-            dt_b = t - table.slots.last_t[rslot]
-            if dt_b > 0:  # the reverse direction's weight as of now (its mean/var do not decay)
-                w_b = w_b * np.exp2(-table.lambdas * dt_b)
-        std = np.sqrt(var)
-        cov = sr / (w + w_b)
-        denom = std * np.sqrt(var_b)
-        pcc = np.divide(cov, denom, out=np.zeros(n), where=denom > 0)
-        s = 7 * n
-        out[base : base + s : 7] = w
-        out[base + 1 : base + s : 7] = mean
-        out[base + 2 : base + s : 7] = std
-        out[base + 3 : base + s : 7] = np.sqrt(mean * mean + mean_b * mean_b)
-        out[base + 4 : base + s : 7] = np.sqrt(var * var + var_b * var_b)
-        out[base + 5 : base + s : 7] = cov
-        out[base + 6 : base + s : 7] = pcc
+    def state_bytes(self) -> int:
+        """Bytes of the state arrays (fixed at construction; key indexes come on top)."""
+        arrays = (self._w, self._ls, self._ss, self._res, self._last, self._sr, self._last_c)
+        return sum(a.nbytes for a in arrays)
 
-    @staticmethod
-    def _one_d(
-        stats: tuple[np.ndarray, np.ndarray, np.ndarray], out: np.ndarray, base: int
-    ) -> None:
-        w, mean, var = stats
-        s = 3 * len(w)
-        out[base : base + s : 3] = w
-        out[base + 1 : base + s : 3] = mean
-        out[base + 2 : base + s : 3] = var
+    def _row(self, table: int, key: Hashable, t: float) -> int:
+        slot, new = self._tables[table].acquire(key, t)
+        row = table * self._cap + slot
+        if new:
+            self._w[row] = self._ls[row] = self._ss[row] = self._res[row] = 0.0
+            self._last[row] = t
+        return row
+
+    def _cov_row(self, table: int, key: Hashable, t: float) -> int:
+        slot, new = self._cov[table].acquire(key, t)
+        row = table * self._cap + slot
+        if new:
+            self._sr[row] = 0.0
+            self._last_c[row] = t
+        return row
 
     def update(self, packet: Packet) -> np.ndarray:
         """Fold one packet into the statistics and return its feature vector (float32)."""
@@ -292,33 +227,91 @@ class PacketFeatures:
             raise DetectorError(f"packet timestamp is not finite: {packet.ts!r}")
         t = max(t, self._last_t)  # out-of-order packets count as simultaneous
         self._last_t = t
-        n = self._n
+        cap, lam = self._cap, self._lam
         x = float(packet.length)
         src = packet.src_ip or packet.src_mac
         dst = packet.dst_ip or packet.dst_mac
-        out = np.empty(23 * n, dtype=np.float64)
-
-        self._one_d(self._mi.stats(self._mi.update((packet.src_mac, src), x, t)), out, 0)
-        self._one_d(self._h.stats(self._h.update(src, x, t)), out, 3 * n)
-
         chan, rchan = (src, dst), (dst, src)
-        prev = self._hh.slots.get(chan)
-        prev_t = None if prev is None else float(self._hh.slots.last_t[prev])
-        self._two_d(self._hh, self._hh_cov, chan, rchan, x, t, out, 6 * n)
-
-        if prev_t is None:
-            jslot = self._jit.slots.get(chan)
-            if jslot is None:
-                out[13 * n : 16 * n] = 0.0
-            else:  # a jitter stream outlived its channel entry: report it unchanged
-                self._one_d(self._jit.stats(jslot), out, 13 * n)
-        else:
-            self._one_d(self._jit.stats(self._jit.update(chan, t - prev_t, t)), out, 13 * n)
-
         sock = (src, packet.proto, packet.sport, dst, packet.dport)
         rsock = (dst, packet.proto, packet.dport, src, packet.sport)
-        self._two_d(self._hp, self._hp_cov, sock, rsock, x, t, out, 16 * n)
-        return out.astype(np.float32)
+
+        hh_tab, jit_tab = self._tables[_HH], self._tables[_JIT]
+        prev = hh_tab.get(chan)
+        prev_t = None if prev is None else float(hh_tab.last_t[prev])
+        rows = [
+            self._row(_MI, (packet.src_mac, src), t),
+            self._row(_H, src, t),
+            self._row(_HH, chan, t),
+            self._row(_HP, sock, t),
+        ]
+        xs = [x, x, x, x]
+        if prev_t is not None:
+            rows.append(self._row(_JIT, chan, t))
+            xs.append(t - prev_t)
+        crows = np.array(
+            [
+                self._cov_row(_HH_COV, frozenset((chan, rchan)), t),
+                self._cov_row(_HP_COV, frozenset((sock, rsock)), t),
+            ]
+        )
+
+        # damped 1-D update of every touched stream at once
+        r = np.array(rows)
+        xv = np.array(xs)[:, None]
+        f = np.exp2(-np.outer(t - self._last[r], lam))
+        w = self._w[r] * f + 1.0
+        ls = self._ls[r] * f + xv
+        ss = self._ss[r] * f + xv * xv
+        mean = ls / w
+        self._w[r], self._ls[r], self._ss[r] = w, ls, ss
+        self._res[r] = xv - mean
+        self._last[r] = t
+        var = np.maximum(ss / w - mean * mean, 0.0)
+
+        o1, o2 = self._o1, self._o2
+        o1[0:2, 0] = w[0:2]
+        o1[0:2, 1] = mean[0:2]
+        o1[0:2, 2] = var[0:2]
+        # jitter block: updated above, or reported unchanged, or empty (first packet)
+        if prev_t is not None:
+            o1[2, 0], o1[2, 1], o1[2, 2] = w[4], mean[4], var[4]
+        else:
+            jslot = jit_tab.get(chan)
+            if jslot is None:
+                o1[2] = 0.0
+            else:
+                jr = _JIT * cap + jslot
+                jw = self._w[jr]
+                jm = self._ls[jr] / jw
+                o1[2, 0], o1[2, 1] = jw, jm
+                o1[2, 2] = np.maximum(self._ss[jr] / jw - jm * jm, 0.0)
+
+        # 2-D statistics of the channel (row 2) and the socket (row 3) with their reverses
+        rev = [self._tables[_HH].get(rchan), self._tables[_HP].get(rsock)]
+        has = np.array([rev[0] is not None, rev[1] is not None])
+        rr = np.array([_HH * cap + (rev[0] or 0), _HP * cap + (rev[1] or 0)])
+        own = r[2:4]
+        w_a, mean_a, var_a = w[2:4], mean[2:4], var[2:4]
+        hm = has[:, None]
+        w_b = np.where(hm, self._w[rr] * np.exp2(-np.outer(t - self._last[rr], lam)), 0.0)
+        mean_b = np.where(hm, self._ls[rr] / np.where(hm, self._w[rr], 1.0), 0.0)
+        var_b = np.where(hm, np.maximum(self._ss[rr] / np.where(hm, self._w[rr], 1.0)
+                                        - mean_b * mean_b, 0.0), 0.0)  # fmt: skip
+        prod = np.where(hm, self._res[own] * self._res[rr], 0.0)
+        sr = self._sr[crows] * np.exp2(-np.outer(t - self._last_c[crows], lam)) + prod
+        self._sr[crows] = sr
+        self._last_c[crows] = t
+        o2[:, 0] = w_a
+        o2[:, 1] = mean_a
+        std = np.sqrt(var_a, out=o2[:, 2])
+        np.sqrt(mean_a * mean_a + mean_b * mean_b, out=o2[:, 3])
+        np.sqrt(var_a * var_a + var_b * var_b, out=o2[:, 4])
+        cov = np.divide(sr, w_a + w_b, out=o2[:, 5])
+        denom = std * np.sqrt(var_b)
+        o2[:, 6] = 0.0
+        np.divide(cov, denom, out=o2[:, 6], where=denom > 0)
+        out: np.ndarray = self._buf[self._perm].astype(np.float32)
+        return out
 
 
 def extract_features(

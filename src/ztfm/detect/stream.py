@@ -12,13 +12,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ztfm.detect.base import DEFAULT_TARGET_FAR, BaseDetector, check_rng, threshold_for_far
 from ztfm.detect.features import FeatureSpec, WindowFeatures
 from ztfm.errors import DetectorError
+
+if TYPE_CHECKING:
+    from ztfm.detect.quant import QuantizedAutoencoder
 
 MAX_SMOOTH = 10_000
 
@@ -64,6 +67,7 @@ class PipelineConfig:
     smooth: int = 1
     target_far: float = DEFAULT_TARGET_FAR
     threshold_margin: float = 1.0  # threshold = margin * calibrated quantile
+    int8: bool = False  # score with the int8 autoencoder (calibrated on the training rows)
     hparams: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -71,6 +75,8 @@ class PipelineConfig:
             raise DetectorError(f"smooth must be an int in [1, {MAX_SMOOTH}]")
         if not isinstance(self.target_far, float) or not 0.0 <= self.target_far < 1.0:
             raise DetectorError("target_far must be a float in [0, 1)")
+        if self.int8 and self.detector != "ae":
+            raise DetectorError("int8 inference exists for the autoencoder only")
         if not np.isfinite(self.threshold_margin) or self.threshold_margin <= 0:
             raise DetectorError("threshold_margin must be a positive finite number")
 
@@ -91,6 +97,7 @@ class StreamingDetector:
             self.config.detector, self.features.n_outputs, **dict(self.config.hparams)
         )
         self.smoother = ScoreSmoother(self.config.smooth)
+        self.quantized: QuantizedAutoencoder | None = None
         self.threshold: float | None = None
         self.n_inputs = n_inputs
 
@@ -98,8 +105,25 @@ class StreamingDetector:
         """Fit on a benign stream (in arrival order) and calibrate the smoothed threshold."""
         check_rng(rng)
         f = self.features.transform(x_benign)
-        self.detector.fit(f, rng=rng)
+        self.fit_features(f, rng=rng)
         return self.calibrate(x_benign)
+
+    def fit_features(self, feats: np.ndarray, *, rng: np.random.Generator) -> None:
+        """Fit the detector on benign feature rows (and quantise it when configured)."""
+        self.detector.fit(feats, rng=rng)
+        self.quantized = None
+        if self.config.int8:
+            from ztfm.detect.autoencoder import Autoencoder
+            from ztfm.detect.quant import QuantizedAutoencoder
+
+            assert isinstance(self.detector, Autoencoder)
+            self.quantized = QuantizedAutoencoder.from_float(self.detector, feats)
+
+    def score_features(self, feats: np.ndarray) -> np.ndarray:
+        """Unsmoothed detector scores of feature rows (int8 path when configured)."""
+        if self.quantized is not None:
+            return self.quantized.score(feats)
+        return self.detector.score(feats)
 
     def calibrate(self, x_benign: np.ndarray, target_far: float | None = None) -> float:
         far = self.config.target_far if target_far is None else float(target_far)
@@ -110,7 +134,7 @@ class StreamingDetector:
     def score_stream(self, x: np.ndarray) -> np.ndarray:
         """Smoothed scores of a whole stream replayed from its start (float32)."""
         f = self.features.transform(x)
-        return self.smoother.transform(self.detector.score(f))
+        return self.smoother.transform(self.score_features(f))
 
     def predict_stream(self, x: np.ndarray) -> np.ndarray:
         if self.threshold is None:
@@ -127,7 +151,7 @@ class StreamingDetector:
         if self.threshold is None:
             raise DetectorError("pipeline has no threshold (call fit or calibrate)")
         f = self.features.update(row)
-        s = self.smoother.update(float(self.detector.score(f[None, :])[0]))
+        s = self.smoother.update(float(self.score_features(f[None, :])[0]))
         return s, s > self.threshold
 
 
