@@ -83,11 +83,7 @@ def main() -> None:
         fx.update(replace(base, ts=i * 1e-4, length=60, src_ip=ip, dst_ip="10.0.0.1", proto=6,
                           sport=sport, dport=23))  # fmt: skip
     t_spray = time.perf_counter() - t0
-    state_bytes = sum(
-        arr.nbytes
-        for table in (fx._mi, fx._h, fx._hh, fx._jit, fx._hp)
-        for arr in (table.w, table.ls, table.ss, table.res)
-    ) + sum(t.sr.nbytes for t in (fx._hh_cov, fx._hp_cov))
+    state_bytes = fx.state_bytes()
     rows.append({"what": f"features, {args.spray} spoofed sources", "items": args.spray,
                  "seconds": t_spray, "per_s": args.spray / t_spray,
                  "max_streams_held": max(fx.stream_counts().values()),

@@ -123,14 +123,14 @@ def test_memory_bounded_under_address_spraying() -> None:
     fx = PacketFeatures(cfg)
     rng = np.random.default_rng(1)
     ips = rng.integers(0, 2**32, size=(20_000, 2), dtype=np.uint64)
-    arrays_before = fx._hh.w.nbytes  # preallocated, never grows
+    arrays_before = fx.state_bytes()  # preallocated, never grows
     for i, (a, b) in enumerate(ips):
         v = fx.update(pkt(i * 1e-3, src=str(int(a)), dst=str(int(b)), sport=int(a % 65536)))
         assert np.isfinite(v).all()
     counts = fx.stream_counts()
     assert max(counts.values()) <= 256
     assert counts["H"] == 256  # the tables are full, not larger
-    assert fx._hh.w.nbytes == arrays_before
+    assert fx.state_bytes() == arrays_before
 
 
 def test_sprayed_streams_evict_lru_not_active() -> None:
