@@ -106,7 +106,7 @@ def preflight(
     if euid() != 0:
         raise LabError(
             "the lab needs root (network namespaces, raw sockets): run it with sudo "
-            "or use the bundled lab set (`--format lab` without a folder)"
+            "or use the bundled lab set (`ztfm lab bundled`)"
         )
     missing = [t for t in tools_needed(cfg) if which(t) is None]
     if missing:
