@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -354,6 +354,31 @@ class AttestationVerifier:
 
     def latest_verdict(self, device_id: DeviceId) -> AttestationVerdict | None:
         return self._verdicts.get(device_id)
+
+    def status(self, device_id: DeviceId, now: float) -> tuple[bool, float | None]:
+        """(ok, age_s) of the latest verdict, as policy's ``TrustContext`` wants it.
+
+        (False, None) when the device never attested or the verdict is from the future.
+        """
+        verdict = self._verdicts.get(device_id)
+        if verdict is None or now < verdict.time:
+            return False, None
+        return verdict.ok and device_id in self._enrolled, now - verdict.time
+
+    def eligibility_gate(self, max_age_s: float) -> Callable[[str, float], str | None]:
+        """A coordinator eligibility gate: None if the device has a fresh pass, else a reason."""
+        if max_age_s <= 0:
+            raise ConfigError("max_age_s must be positive")
+
+        def gate(device_id: str, now: float) -> str | None:
+            ok, age = self.status(DeviceId(device_id), now)
+            if age is None:
+                return "no attestation"
+            if not ok:
+                return "attestation failed"
+            return None if age <= max_age_s else "attestation is not fresh"
+
+        return gate
 
     def _check(self, device_id: DeviceId, ev: QuoteEvidence, now: float) -> AttestationVerdict:
         device = self._enrolled.get(device_id)

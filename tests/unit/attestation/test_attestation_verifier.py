@@ -463,3 +463,19 @@ def test_wrong_argument_types_are_rejected(fleet: SoftFleet) -> None:
         fleet.verifier.begin_enrolment(CAM, "camera", {"x": 1}, T0)  # type: ignore[arg-type]
     with pytest.raises(AttestationError, match="device type"):
         fleet.verifier.begin_enrolment(CAM, "", fleet.devices["cam-1"].enrolment_request(), T0)
+
+
+def test_status_and_eligibility_gate(fleet: SoftFleet) -> None:
+    gate = fleet.verifier.eligibility_gate(max_age_s=60)
+    assert fleet.verifier.status(CAM, T0) == (False, None)
+    fleet.enrol("cam-1")
+    assert gate("cam-1", T0) == "no attestation"
+    fleet.verifier.check_quote(CAM, _round(fleet), T0 + 11)
+    assert fleet.verifier.status(CAM, T0 + 21) == (True, 10.0)
+    assert gate("cam-1", T0 + 21) is None
+    assert gate("cam-1", T0 + 100) == "attestation is not fresh"
+    assert fleet.verifier.status(CAM, T0) == (False, None)  # verdict from the future
+    fleet.verifier.assess_quote(CAM, fleet.devices["cam-1"].quote(b"\x01" * 32), T0 + 30)
+    assert gate("cam-1", T0 + 31) == "attestation failed"
+    with pytest.raises(ConfigError):
+        fleet.verifier.eligibility_gate(0)
