@@ -188,12 +188,15 @@ def repair_torn_tail(path: Path) -> int:
 
 
 class AuditLog:
-    """The writer. Thread-safe; every ``record`` is fsync'd before it returns."""
+    """The writer. Thread-safe; every ``record`` is fsync'd before it returns (group commit:
+    concurrent writers share one fsync)."""
 
     def __init__(self, path: Path, anchor: bool = True) -> None:
         self.path = Path(path)
         self.anchor = anchor
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._broken = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
             res = verify_log(self.path, use_anchor=anchor)
@@ -201,6 +204,7 @@ class AuditLog:
             self._prev = res.head.hash if res.head else GENESIS
         else:
             self._seq, self._prev = 0, GENESIS
+        self._synced = self._seq
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         _fsync_dir(self.path.parent)
 
@@ -235,18 +239,36 @@ class AuditLog:
             )
             if len(line) > MAX_RECORD_BYTES:
                 raise AuditError(f"audit record is larger than {MAX_RECORD_BYTES} bytes")
+            if self._broken:
+                raise AuditError("audit log is unusable after an earlier write error")
             try:
                 view = memoryview(line)
                 while view:
                     view = view[os.write(self._fd, view) :]
-                os.fsync(self._fd)
-                if self.anchor:
-                    self._write_head(AuditHead(seq, h))
             except OSError as exc:
+                self._broken = True
                 raise AuditError(f"cannot write audit log: {exc.strerror}") from exc
             rec = AuditRecord(seq, now, event, flds, self._prev, h)
             self._seq, self._prev = seq, h
-            return rec
+        self._sync(seq)
+        return rec
+
+    def _sync(self, seq: int) -> None:
+        """Group commit: one fsync (and anchor update) covers every record written before it."""
+        with self._sync_lock:
+            if self._synced >= seq:
+                return  # another thread's fsync already covered this record
+            with self._lock:
+                target = AuditHead(self._seq, self._prev)
+            try:
+                os.fsync(self._fd)
+                if self.anchor:
+                    self._write_head(target)
+            except OSError as exc:
+                with self._lock:
+                    self._broken = True
+                raise AuditError(f"cannot sync audit log: {exc.strerror}") from exc
+            self._synced = target.seq
 
     def _write_head(self, head: AuditHead) -> None:
         hp = head_path_for(self.path)

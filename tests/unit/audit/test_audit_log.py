@@ -194,3 +194,23 @@ def test_tampered_snapshot_detected(tmp_path: Path) -> None:
     p.write_text(json.dumps(obj))
     with pytest.raises(AuditError, match="digest"):
         store.load(seq)
+
+
+def test_concurrent_appends_keep_one_valid_chain(tmp_path: Path) -> None:
+    import threading
+
+    p = tmp_path / "c.jsonl"
+    with AuditLog(p) as log:
+
+        def work(k: int) -> None:
+            for i in range(25):
+                log.append("e", {"k": k, "i": i}, T0)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert log.head.seq == 200
+    res = verify_log(p)
+    assert res.records == 200 and res.head == AuditHead(200, res.head.hash if res.head else "")
