@@ -185,7 +185,13 @@ def run_fleet(
             failed_rounds += 1  # fail closed: keep the model
             continue
         params_now = spec.unflatten((spec.flatten(params_now) + agg.vector).astype(np.float32))
-        obs = observe_updates([DeviceId(d) for d in part], x, agg.vector, rule_weights=agg.weights)
+        # Trust judges behaviour against one fixed reference, the unweighted geometric median
+        # of the round (not the defence's own, possibly trust-weighted, result).
+        ref = make_aggregator("geometric_median", f=f).aggregate(x)
+        obs = observe_updates([DeviceId(d) for d in part], x, ref.vector, rule_weights=agg.weights)
+        # Without "+trust" the manager only watches: already quarantined devices still take part
+        # but are no longer observed.
+        obs = [o for o in obs if o.device not in quarantined_at]
         trust.observe_round(r, obs, now)
         for d in part:
             if (

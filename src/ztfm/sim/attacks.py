@@ -147,14 +147,18 @@ def alie_z(n: int, f: int) -> float:
 class ALIE:
     """A Little Is Enough (Baruch et al. 2019): every attacker sends ``mu - z * sigma``
     (coordinate-wise mean and std of the benign or own updates). ``z=None`` uses ``alie_z(n, f)``
-    with n = benign + attackers."""
+    with n = benign + attackers. ``noise > 0`` adds per-attacker Gaussian noise of ``noise``
+    benign standard deviations so that the attackers are no longer exact clones."""
 
     z: float | None = None
+    noise: float = 0.0
     name: str = field(default="alie", init=False)
 
     def __post_init__(self) -> None:
         if self.z is not None:
             _positive("z", self.z)
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ConfigError(f"noise must be >= 0, got {self.noise!r}")
 
     def craft(
         self, own: np.ndarray, benign: np.ndarray | None, rng: np.random.Generator
@@ -163,8 +167,11 @@ class ALIE:
         k = own.shape[0]
         n = k + (0 if benign is None else ref.shape[0])
         z = self.z if self.z is not None else max(alie_z(max(n, k + 1), k), 0.1)
-        mal = ref.mean(axis=0) - z * ref.std(axis=0)
-        return np.tile(mal, (k, 1))
+        sigma = ref.std(axis=0)
+        out = np.tile(ref.mean(axis=0) - z * sigma, (k, 1))
+        if self.noise > 0:  # adaptive variant: dodge clone detection
+            out = out + self.noise * sigma[None, :] * rng.normal(size=out.shape)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,12 @@ def update_evidence(obs: UpdateObservation, config: TrustConfig) -> tuple[float,
     if obs.distance_z > config.distance_z:
         flags.append("far_from_aggregate")
         negative += config.strong_flag
+    if obs.distance_z < -config.central_z:
+        # Much closer to the aggregate than the round's typical update: in high dimension honest
+        # updates concentrate at a similar distance, while ALIE-style updates (mean - z * std,
+        # with or without noise added to dodge the clone check) sit near the centre.
+        flags.append("too_central")
+        negative += config.strong_flag
     if obs.cosine < config.opposes_cosine:
         flags.append("opposes_aggregate")
         negative += config.strong_flag

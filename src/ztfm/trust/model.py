@@ -33,7 +33,7 @@ class TrustConfig:
 
     prior_alpha: float = 3.0
     prior_beta: float = 1.0
-    forgetting: float = 0.8
+    forgetting: float = 0.9
     gate: float = 0.4
     suspicious_below: float = 0.5
     active_above: float = 0.6
@@ -44,11 +44,12 @@ class TrustConfig:
     canary_tolerance: float = 0.02
     # update behaviour thresholds
     distance_z: float = 3.5
+    central_z: float = 3.5
     opposes_cosine: float = -0.1
     duplicate_ratio: float = 0.1
     negligible_ratio: float = 0.05
     # evidence weights
-    good_round: float = 1.0
+    good_round: float = 0.5
     strong_flag: float = 2.5
     weak_flag: float = 0.25
     attestation_ok: float = 0.2

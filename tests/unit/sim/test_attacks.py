@@ -98,6 +98,9 @@ def test_alie_z_and_vector() -> None:
     mal = ALIE(z=1.5).craft(own, benign, np.random.default_rng(0))
     np.testing.assert_allclose(mal[0], benign.mean(0) - 1.5 * benign.std(0))
     assert np.ptp(mal, axis=0).max() == 0.0  # all attackers send the same vector
+    noisy = ALIE(z=1.5, noise=0.5).craft(own, benign, np.random.default_rng(0))
+    assert np.ptp(noisy, axis=0).min() > 0  # no longer clones
+    np.testing.assert_allclose(noisy.mean(axis=0), mal[0], atol=0.5)
     for n, f in ((1, 1), (10, 0), (10, 10)):
         with pytest.raises(ConfigError):
             alie_z(n, f)
@@ -202,6 +205,7 @@ def test_data_attacks_reject_bad_rows(name: str) -> None:
         ("scaling", {"factor": -1.0}),
         ("gaussian", {"sigma": 0.0}),
         ("alie", {"z": -1.0}),
+        ("alie", {"noise": -0.1}),
         ("ipm", {"epsilon": float("inf")}),
         ("min_max", {"perturbation": "cosine"}),
         ("min_sum", {"iters": 0}),

@@ -46,7 +46,7 @@ def test_new_device_starts_at_prior_and_may_participate() -> None:
 def test_good_rounds_raise_trust_and_explain() -> None:
     m = _mgr()
     changes = [m.observe_round(r, [_obs()], float(r))[0] for r in range(5)]
-    assert changes[-1].new_score > 0.85
+    assert changes[-1].new_score > 0.8
     assert all(c.reason == "update_ok" and c.new_score >= c.old_score for c in changes)
     assert changes[0].to_dict()["inputs"]["cosine"] == 0.9
     assert "dev-1: update_ok" in changes[0].message
