@@ -25,7 +25,7 @@ from ztfm.attestation import (
     SystemNonceSource,
 )
 from ztfm.attestation.swtpm import SwtpmCa, SwtpmProcess
-from ztfm.errors import AttestationError, TpmError
+from ztfm.errors import AttestationError, CryptoError, TpmError
 from ztfm.types import DeviceId
 
 pytestmark = pytest.mark.tpm
@@ -207,3 +207,21 @@ def test_swtpm_process_stops_and_bad_tcti_is_refused(swtpm: SwtpmProcess) -> Non
         os.kill(pid, 0)
     with pytest.raises(TpmError, match="unsupported TCTI"):
         Tpm("mssim;rm -rf /")
+
+
+def test_tpm_resident_request_key(
+    swtpm_ca: SwtpmCa, swtpm: SwtpmProcess, open_tpm: Callable[[SwtpmProcess], AttestingDevice]
+) -> None:
+    dev = open_tpm(swtpm)
+    v = _verifier(swtpm_ca)
+    _enrol(v, "signer", dev)
+    did = DeviceId("signer")
+    key = v.certify_request_key(did, dev.certify_request_key(v.issue_nonce(did, T0 + 5)), T0 + 6)
+    message = b"ztfm/update round=3 digest=..."
+    key.verify(dev.sign_request(message), message)
+    with pytest.raises(CryptoError):
+        key.verify(dev.sign_request(message), message + b"!")
+    # the AK signed a certification of exactly this key: another name is refused
+    cert = dev.certify_request_key(v.issue_nonce(did, T0 + 7))
+    with pytest.raises(AttestationError, match="unrestricted"):
+        v.certify_request_key(did, replace(cert, key_public=dev.tpm.ak_public()), T0 + 8)

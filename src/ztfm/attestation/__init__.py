@@ -7,12 +7,13 @@ NOT hardware-backed, for large simulations). ``ztfm.attestation.swtpm`` provisio
 swtpm processes. See docs/attestation.md.
 """
 
-from ztfm.attestation.device import QUOTE_PCRS, AttestingDevice, TpmBackend
+from ztfm.attestation.device import QUOTE_PCRS, AttestingDevice, TpmBackend, TpmSigningBackend
 from ztfm.attestation.evidence import (
     PCR_FIRMWARE,
     PCR_MODEL,
     CredentialChallenge,
     EnrolmentRequest,
+    KeyCertification,
     Measurement,
     QuoteEvidence,
 )
@@ -24,6 +25,7 @@ from ztfm.attestation.verifier import (
     AttestationVerifier,
     EnrolledDevice,
     QuoteRejected,
+    TpmRequestKey,
 )
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "CredentialChallenge",
     "EnrolledDevice",
     "EnrolmentRequest",
+    "KeyCertification",
     "Measurement",
     "NonceBook",
     "NonceSource",
@@ -47,4 +50,6 @@ __all__ = [
     "SoftTpm",
     "SystemNonceSource",
     "TpmBackend",
+    "TpmRequestKey",
+    "TpmSigningBackend",
 ]

@@ -14,6 +14,7 @@ from ztfm.attestation.evidence import (
     PCR_MODEL,
     CredentialChallenge,
     EnrolmentRequest,
+    KeyCertification,
     Measurement,
     QuoteEvidence,
 )
@@ -44,6 +45,16 @@ class TpmBackend(Protocol):
     def read_pcrs(self, selection: PcrSelection) -> dict[int, bytes]: ...
 
     def quote(self, nonce: bytes, selection: PcrSelection) -> tuple[bytes, bytes]: ...
+
+
+class TpmSigningBackend(TpmBackend, Protocol):
+    """A TPM that also holds a request-signing key (unrestricted ECDSA-P256, fixedTPM)."""
+
+    def signing_key_public(self) -> bytes: ...
+
+    def certify_signing_key(self, nonce: bytes) -> tuple[bytes, bytes]: ...
+
+    def sign(self, message: bytes) -> bytes: ...
 
 
 class AttestingDevice:
@@ -84,6 +95,24 @@ class AttestingDevice:
     def activate(self, challenge: CredentialChallenge) -> bytes:
         """Run ActivateCredential; return the secret to send back to the verifier."""
         return self.tpm.activate_credential(challenge.credential_blob, challenge.encrypted_secret)
+
+    def certify_request_key(self, nonce: bytes) -> KeyCertification:
+        """Have the AK certify the TPM-resident request-signing key (TPM2_Certify)."""
+        tpm = self._signer()
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+            raise AttestationError(f"nonce must be {NONCE_BYTES} bytes")
+        attest, signature = tpm.certify_signing_key(nonce)
+        return KeyCertification(tpm.signing_key_public(), attest, signature)
+
+    def sign_request(self, message: bytes) -> bytes:
+        """Sign with the TPM-resident request key; returns a TPMT_SIGNATURE (ECDSA-SHA256)."""
+        return self._signer().sign(message)
+
+    def _signer(self) -> TpmSigningBackend:
+        tpm = self.tpm
+        if not all(hasattr(tpm, m) for m in ("signing_key_public", "certify_signing_key", "sign")):
+            raise AttestationError("this TPM backend has no request-signing key")
+        return tpm  # type: ignore[return-value]
 
     def quote(self, nonce: bytes) -> QuoteEvidence:
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:

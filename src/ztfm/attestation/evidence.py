@@ -162,3 +162,33 @@ class CredentialChallenge:
             _hex(_field(data, "credential_blob", "challenge"), "credential_blob", max_size=512),
             _hex(_field(data, "encrypted_secret", "challenge"), "encrypted_secret", max_size=512),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCertification:
+    """A TPM-resident request-signing key (TPMT_PUBLIC) certified by the AK with TPM2_Certify."""
+
+    key_public: bytes
+    attest: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        for name in ("key_public", "attest", "signature"):
+            v = getattr(self, name)
+            if not isinstance(v, bytes) or not 0 < len(v) <= _MAX_BLOB:
+                raise AttestationError(f"{name} must be 1..4096 bytes")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key_public": self.key_public.hex(),
+            "attest": self.attest.hex(),
+            "signature": self.signature.hex(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KeyCertification:
+        return cls(
+            _hex(_field(data, "key_public", "key certification"), "key_public"),
+            _hex(_field(data, "attest", "key certification"), "attest"),
+            _hex(_field(data, "signature", "key certification"), "signature"),
+        )

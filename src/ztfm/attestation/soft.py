@@ -26,6 +26,7 @@ from ztfm.attestation.structures import (
     SENSITIVE_DATA_ORIGIN,
     SIGN_ENCRYPT,
     USER_WITH_AUTH,
+    CertifyInfo,
     PcrSelection,
     QuoteInfo,
     TpmPublic,
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 AK_ATTRIBUTES = (
     FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH | RESTRICTED | SIGN_ENCRYPT
 )
+#: Attributes of the request-signing key (unrestricted ECDSA-P256 signing key, TPM-resident).
+SIGNER_ATTRIBUTES = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH | SIGN_ENCRYPT
 EK_ATTRIBUTES = (
     FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | ADMIN_WITH_POLICY | RESTRICTED | DECRYPT
 )
@@ -81,7 +84,18 @@ class SoftTpm:
     and a warning per manufacturer.
     """
 
-    __slots__ = ("_ak", "_ak_pub", "_clock", "_ek", "_ek_cert", "_ek_pub", "_pcrs", "_reset")
+    __slots__ = (
+        "_ak",
+        "_ak_pub",
+        "_clock",
+        "_ek",
+        "_ek_cert",
+        "_ek_pub",
+        "_pcrs",
+        "_reset",
+        "_signer",
+        "_signer_pub",
+    )
 
     def __init__(
         self,
@@ -101,6 +115,10 @@ class SoftTpm:
         )
         self._ak_pub = TpmPublic.build_ecc(
             self._ak.public, AK_ATTRIBUTES, scheme=(ALG_ECDSA, ALG_SHA256)
+        )
+        self._signer = EccP256Key.from_entropy(rng.bytes(48))
+        self._signer_pub = TpmPublic.build_ecc(
+            self._signer.public, SIGNER_ATTRIBUTES, scheme=(ALG_ECDSA, ALG_SHA256)
         )
         self._ek_cert = manufacturer.issue(self._ek_pub, label, now)
         self._pcrs: dict[int, bytes] = {}
@@ -157,3 +175,25 @@ class SoftTpm:
         )
         r, s = self._ak.sign_sha256(attest)
         return attest, TpmSignature.build_ecdsa(r, s)
+
+    # --- request-signing key (TpmSigningBackend) ------------------------------------------------
+    def signing_key_public(self) -> bytes:
+        return self._signer_pub.raw
+
+    def certify_signing_key(self, nonce: bytes) -> tuple[bytes, bytes]:
+        if len(nonce) > 64:
+            raise AttestationError("qualifying data is too long")
+        self._clock += 1
+        attest = CertifyInfo.build(
+            qualified_signer=qualified_name_in_endorsement(self._ak_pub.name),
+            extra_data=nonce,
+            name=self._signer_pub.name,
+            qualified_name=qualified_name_in_endorsement(self._signer_pub.name),
+            clock=self._clock,
+        )
+        r, s = self._ak.sign_sha256(attest)
+        return attest, TpmSignature.build_ecdsa(r, s)
+
+    def sign(self, message: bytes) -> bytes:
+        r, s = self._signer.sign_sha256(message)
+        return TpmSignature.build_ecdsa(r, s)

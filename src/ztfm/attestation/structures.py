@@ -32,6 +32,7 @@ _CURVE_IDS = {v: k for k, v in _CURVE_NAMES.items()}
 # TPM_GENERATED / TPM_ST
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
+TPM_ST_ATTEST_CERTIFY = 0x8017
 # TPM_RH
 TPM_RH_ENDORSEMENT = 0x4000000B
 # TPMA_OBJECT bits
@@ -211,6 +212,18 @@ class TpmPublic:
         elif self.scheme != (ALG_RSASSA, ALG_SHA256):
             raise AttestationError("RSA AK must use RSASSA-SHA256")
 
+    def check_request_key(self) -> None:
+        """Raise unless this is a TPM-resident, unrestricted ECDSA-P256/SHA-256 signing key."""
+        need = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | SIGN_ENCRYPT
+        if not self.has(need):
+            raise AttestationError("request key must be fixedTPM, sensitiveDataOrigin, sign")
+        if self.has(DECRYPT) or self.has(RESTRICTED):
+            raise AttestationError("request key must be an unrestricted signing-only key")
+        if not isinstance(self.key, EccPublicPoint) or self.key.curve != "P-256":
+            raise AttestationError("request key must be ECC P-256")
+        if self.scheme != (ALG_ECDSA, ALG_SHA256):
+            raise AttestationError("request key must use ECDSA-SHA256")
+
     def check_endorsement_key(self) -> None:
         """Raise unless this is a restricted decryption key with AES-128-CFB (an EK)."""
         need = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | RESTRICTED | DECRYPT
@@ -310,6 +323,43 @@ class QuoteInfo:
             + struct.pack(">Q", firmware_version)
             + selection.to_bytes()
             + _b2(pcr_digest)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CertifyInfo:
+    """A parsed TPMS_ATTEST of type TPM_ST_ATTEST_CERTIFY (TPM2_Certify of a loaded object)."""
+
+    raw: bytes
+    qualified_signer: bytes
+    extra_data: bytes
+    name: bytes
+    qualified_name: bytes
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CertifyInfo:
+        r = _Reader(data, "TPMS_ATTEST")
+        if r.u32() != TPM_GENERATED_VALUE:
+            raise AttestationError("attestation magic is not TPM_GENERATED_VALUE")
+        if r.u16() != TPM_ST_ATTEST_CERTIFY:
+            raise AttestationError("attestation type is not a certification")
+        signer, extra = r.b2(), r.b2()
+        r.take(8 + 4 + 4 + 1 + 8)  # clockInfo, firmwareVersion
+        name, qname = r.b2(), r.b2()
+        r.end()
+        return cls(bytes(data), signer, extra, name, qname)
+
+    @staticmethod
+    def build(*, qualified_signer: bytes, extra_data: bytes, name: bytes, qualified_name: bytes,
+              clock: int) -> bytes:  # fmt: skip
+        """Marshal a TPMS_ATTEST certification exactly as a TPM does (software TPM)."""
+        return (
+            struct.pack(">IH", TPM_GENERATED_VALUE, TPM_ST_ATTEST_CERTIFY)
+            + _b2(qualified_signer)
+            + _b2(extra_data)
+            + struct.pack(">QIIBQ", clock, 0, 0, 1, 0x5A54464D)
+            + _b2(name)
+            + _b2(qualified_name)
         )
 
 

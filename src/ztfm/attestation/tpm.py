@@ -17,17 +17,18 @@ it raises ``TpmError``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from types import TracebackType
 from typing import Any
 
-from ztfm.attestation.soft import AK_ATTRIBUTES
+from ztfm.attestation.soft import AK_ATTRIBUTES, SIGNER_ATTRIBUTES
 from ztfm.attestation.structures import PcrSelection, TpmPublic
 from ztfm.errors import TpmError
 
 try:
     from tpm2_pytss import ESAPI, TCTILdr, TSS2_Exception
-    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RH, TPM2_SE, TPM2_ST, TPMA_OBJECT
     from tpm2_pytss.types import (
         TPM2B_ENCRYPTED_SECRET,
         TPM2B_ID_OBJECT,
@@ -37,6 +38,7 @@ try:
         TPMT_HA,
         TPMT_SIG_SCHEME,
         TPMT_SYM_DEF,
+        TPMT_TK_HASHCHECK,
         TPMU_HA,
         TPMU_SIG_SCHEME,
     )
@@ -59,19 +61,29 @@ def parse_tcti(tcti: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
-def _ak_template() -> Any:
+def _ecdsa_template(*, restricted: bool) -> Any:
+    """ECC P-256 ECDSA-SHA256 signing key: the AK (restricted) or the request key."""
     attrs = 0
-    for bit in (
+    bits = [
         TPMA_OBJECT.FIXEDTPM,
         TPMA_OBJECT.FIXEDPARENT,
         TPMA_OBJECT.SENSITIVEDATAORIGIN,
         TPMA_OBJECT.USERWITHAUTH,
-        TPMA_OBJECT.RESTRICTED,
         TPMA_OBJECT.SIGN_ENCRYPT,
-    ):
+    ]
+    if restricted:
+        bits.append(TPMA_OBJECT.RESTRICTED)
+    for bit in bits:
         attrs |= int(bit)
-    assert attrs == AK_ATTRIBUTES
+    assert attrs == (AK_ATTRIBUTES if restricted else SIGNER_ATTRIBUTES)
     return TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=attrs)
+
+
+def _ecdsa_scheme() -> Any:
+    return TPMT_SIG_SCHEME(
+        scheme=TPM2_ALG.ECDSA,
+        details=TPMU_SIG_SCHEME(ecdsa=TPMS_SCHEME_HASH(hashAlg=TPM2_ALG.SHA256)),
+    )
 
 
 class Tpm:
@@ -87,10 +99,12 @@ class Tpm:
         self._ek: Any = None
         self._ek_transient = False
         self._ak: Any = None
+        self._signer: Any = None
+        self._signer_pub: TpmPublic | None = None
         try:
             self._ek_cert, self._ek_pub = self._load_ek()
             self._ak, ak_pub, _, _, _ = self._ctx.create_primary(
-                None, _ak_template(), ESYS_TR.ENDORSEMENT
+                None, _ecdsa_template(restricted=True), ESYS_TR.ENDORSEMENT
             )
             self._ak_pub = TpmPublic.from_bytes(bytes(ak_pub.publicArea.marshal()))
         except TSS2_Exception as exc:
@@ -184,22 +198,53 @@ class Tpm:
         return dict(zip(selection.pcrs, values, strict=True))
 
     def quote(self, nonce: bytes, selection: PcrSelection) -> tuple[bytes, bytes]:
-        scheme = TPMT_SIG_SCHEME(
-            scheme=TPM2_ALG.ECDSA,
-            details=TPMU_SIG_SCHEME(ecdsa=TPMS_SCHEME_HASH(hashAlg=TPM2_ALG.SHA256)),
-        )
         try:
-            attest, sig = self._ctx.quote(self._ak, str(selection), nonce, scheme)
+            attest, sig = self._ctx.quote(self._ak, str(selection), nonce, _ecdsa_scheme())
         except TSS2_Exception as exc:
             raise TpmError(f"Quote failed: {exc}") from exc
         return bytes(attest), bytes(sig.marshal())
+
+    # --- request-signing key (TpmSigningBackend) ------------------------------------------------
+    def _signing_key(self) -> Any:
+        if self._signer is None:
+            try:
+                self._signer, pub, _, _, _ = self._ctx.create_primary(
+                    None, _ecdsa_template(restricted=False), ESYS_TR.ENDORSEMENT
+                )
+            except TSS2_Exception as exc:
+                raise TpmError(f"cannot create the request-signing key: {exc}") from exc
+            self._signer_pub = TpmPublic.from_bytes(bytes(pub.publicArea.marshal()))
+        return self._signer
+
+    def signing_key_public(self) -> bytes:
+        self._signing_key()
+        assert self._signer_pub is not None
+        return self._signer_pub.raw
+
+    def certify_signing_key(self, nonce: bytes) -> tuple[bytes, bytes]:
+        handle = self._signing_key()
+        try:
+            attest, sig = self._ctx.certify(handle, self._ak, nonce, _ecdsa_scheme())
+        except TSS2_Exception as exc:
+            raise TpmError(f"Certify failed: {exc}") from exc
+        return bytes(attest), bytes(sig.marshal())
+
+    def sign(self, message: bytes) -> bytes:
+        handle = self._signing_key()
+        ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
+        digest = hashlib.sha256(message).digest()
+        try:
+            sig = self._ctx.sign(handle, digest, _ecdsa_scheme(), ticket)
+        except TSS2_Exception as exc:
+            raise TpmError(f"Sign failed: {exc}") from exc
+        return bytes(sig.marshal())
 
     # --- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
         ctx = getattr(self, "_ctx", None)
         if ctx is None:
             return
-        for handle in (self._ak, self._ek if self._ek_transient else None):
+        for handle in (self._ak, self._signer, self._ek if self._ek_transient else None):
             if handle is not None:
                 with contextlib.suppress(TSS2_Exception):  # the TPM may be gone already
                     ctx.flush_context(handle)

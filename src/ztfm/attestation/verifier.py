@@ -30,6 +30,7 @@ from ztfm.attestation.evidence import (
     PCR_MODEL,
     CredentialChallenge,
     EnrolmentRequest,
+    KeyCertification,
     QuoteEvidence,
 )
 from ztfm.attestation.nonce import NonceBook, NonceSource
@@ -37,6 +38,7 @@ from ztfm.attestation.reference import ReferenceValues
 from ztfm.attestation.structures import (
     ALG_ECDSA,
     ALG_RSASSA,
+    CertifyInfo,
     PcrSelection,
     QuoteInfo,
     TpmPublic,
@@ -164,6 +166,25 @@ class AttestationVerdict:
 
 
 @dataclass(frozen=True, slots=True)
+class TpmRequestKey:
+    """A device's request-signing key, proven by its AK to live in the same TPM."""
+
+    device_id: DeviceId
+    key: TpmPublic
+    certified_at: float
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        """Return None if ``signature`` (a TPMT_SIGNATURE) signs ``message``; raise if not."""
+        try:
+            sig = TpmSignature.from_bytes(signature)
+        except AttestationError as exc:
+            raise CryptoError(f"malformed TPM signature: {exc}") from exc
+        if sig.alg != ALG_ECDSA or not isinstance(self.key.key, EccPublicPoint):
+            raise CryptoError("request signature must be ECDSA")
+        verify_ecdsa_sha256(self.key.key, sig.r, sig.s, message)
+
+
+@dataclass(frozen=True, slots=True)
 class _Pending:
     device_type: str
     request_ak: TpmPublic
@@ -205,6 +226,7 @@ class AttestationVerifier:
     _book: NonceBook | None = None
     _clocks: dict[DeviceId, _ClockMark] = field(default_factory=dict)
     _verdicts: dict[DeviceId, AttestationVerdict] = field(default_factory=dict)
+    _request_keys: dict[DeviceId, TpmRequestKey] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         try:
@@ -310,6 +332,7 @@ class AttestationVerifier:
         """Forget a device's AK: it must enrol again before any quote is accepted."""
         self._enrolled.pop(device_id, None)
         self._verdicts.pop(device_id, None)
+        self._request_keys.pop(device_id, None)
 
     # --- quotes ----------------------------------------------------------------------------------
     def issue_nonce(self, device_id: DeviceId, now: float) -> bytes:
@@ -437,6 +460,43 @@ class AttestationVerifier:
             model_log[-1],
             device.hardware_backed,
         )
+
+    def certify_request_key(
+        self, device_id: DeviceId, cert: KeyCertification, now: float
+    ) -> TpmRequestKey:
+        """Accept a TPM-resident request key certified by the device's AK over a fresh nonce.
+
+        Nonce from ``issue_nonce``; raise ``AttestationError`` on any mismatch.
+        """
+        device = self.enrolled(device_id)
+        if not isinstance(cert, KeyCertification):
+            raise AttestationError("key certification has the wrong type")
+        info = CertifyInfo.from_bytes(cert.attest)
+        if not hmac.compare_digest(info.qualified_signer, device.qualified_signer):
+            raise AttestationError("key certification was not signed by the enrolled AK")
+        sig = TpmSignature.from_bytes(cert.signature)
+        if sig.alg != ALG_ECDSA or not isinstance(device.ak.key, EccPublicPoint):
+            raise AttestationError("key certification signature algorithm does not match the AK")
+        try:
+            verify_ecdsa_sha256(device.ak.key, sig.r, sig.s, cert.attest)
+        except CryptoError as exc:
+            raise AttestationError("key certification signature does not verify") from exc
+        assert self._book is not None
+        self._book.consume(device_id, info.extra_data, now, self.max_quote_age_s)
+        key = TpmPublic.from_bytes(cert.key_public)
+        key.check_request_key()
+        if not hmac.compare_digest(info.name, key.name):
+            raise AttestationError("certified object is not the presented request key")
+        request_key = TpmRequestKey(device_id, key, now)
+        self._request_keys[device_id] = request_key
+        return request_key
+
+    def request_key(self, device_id: DeviceId) -> TpmRequestKey:
+        """The certified TPM request key of an enrolled device; raise if none."""
+        key = self._request_keys.get(device_id)
+        if key is None or device_id not in self._enrolled:
+            raise AttestationError("device has no certified TPM request key")
+        return key
 
     def _check_clock(self, device_id: DeviceId, info: QuoteInfo) -> None:
         mark = _ClockMark(info.reset_count, info.restart_count, info.clock)
