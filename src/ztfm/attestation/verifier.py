@@ -218,6 +218,7 @@ class AttestationVerifier:
     max_quote_age_s: float = 60.0
     enrolment_ttl_s: float = 300.0
     require_ek_usage: bool = True
+    revoked_eks: set[str] = field(default_factory=set)
     _roots: list[Certificate] = field(default_factory=list)
     _soft: list[Certificate] = field(default_factory=list)
     _inter: list[Certificate] = field(default_factory=list)
@@ -256,6 +257,8 @@ class AttestationVerifier:
             cert = Certificate.load(request.ek_certificate)
         except CryptoError as exc:
             raise AttestationError(f"EK certificate is malformed: {exc}") from exc
+        if cert.fingerprint in self.revoked_eks:
+            raise AttestationError("EK certificate is revoked")
         if self.require_ek_usage and not cert.ek_usage:
             raise AttestationError("EK certificate lacks the TCG EK certificate key usage")
         hardware = True
@@ -319,12 +322,25 @@ class AttestationVerifier:
             raise AttestationError("device is not enrolled")
         return device
 
+    def revoke_ek(self, ek_fingerprint: str) -> list[DeviceId]:
+        """Revoke an EK certificate (SHA-256 of its DER): refuse it and drop devices bound to it.
+
+        Returns the devices whose enrolment was dropped.
+        """
+        self.revoked_eks.add(ek_fingerprint)
+        dropped = [d for d, e in self._enrolled.items() if e.ek_fingerprint == ek_fingerprint]
+        for device_id in dropped:
+            self.revoke(device_id)
+        return dropped
+
     def restore_enrolment(self, device: EnrolledDevice) -> None:
         """Re-load an enrolment recorded earlier (e.g. from the ledger after a restart).
 
         The caller vouches for the record; it must come from this verifier's own storage.
         """
         device.ak.check_attestation_key()
+        if device.ek_fingerprint in self.revoked_eks:
+            raise AttestationError("EK certificate is revoked")
         self._enrolled[device.device_id] = device
         self._clocks.pop(device.device_id, None)
 

@@ -479,3 +479,18 @@ def test_status_and_eligibility_gate(fleet: SoftFleet) -> None:
     assert gate("cam-1", T0 + 31) == "attestation failed"
     with pytest.raises(ConfigError):
         fleet.verifier.eligibility_gate(0)
+
+
+def test_revoked_ek_cannot_enrol_and_drops_devices(fleet: SoftFleet) -> None:
+    fleet.enrol("cam-1")
+    fp = fleet.verifier.enrolled(CAM).ek_fingerprint
+    record = fleet.verifier.enrolled(CAM)
+    assert fleet.verifier.revoke_ek(fp) == [CAM]
+    with pytest.raises(AttestationError, match="not enrolled"):
+        fleet.verifier.enrolled(CAM)
+    with pytest.raises(AttestationError, match="revoked"):
+        fleet.verifier.begin_enrolment(
+            CAM, "camera", fleet.devices["cam-1"].enrolment_request(), T0
+        )
+    with pytest.raises(AttestationError, match="revoked"):
+        fleet.verifier.restore_enrolment(record)
