@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ class Ledger:
             elif stored != raw:
                 raise LedgerError("this ledger belongs to a different log key")
         self._frontier = merkle.Frontier.load(store.node, store.size())
+        self._lock = threading.RLock()  # appends and head signing from several threads
 
     # --- reading -------------------------------------------------------------------------------
     @property
@@ -104,6 +106,10 @@ class Ledger:
         return self._append(datas)
 
     def _append(self, datas: Sequence[bytes]) -> range:
+        with self._lock:
+            return self._append_locked(datas)
+
+    def _append_locked(self, datas: Sequence[bytes]) -> range:
         first = self._frontier.size
         work = merkle.Frontier(first, list(self._frontier.hashes))
         leaves: list[tuple[bytes, bytes]] = []
@@ -121,10 +127,14 @@ class Ledger:
         """Sign and store a head over the current tree (log operator only)."""
         if self._key is None:
             raise LedgerError("this ledger was opened without the log signing key")
+        with self._lock:
+            return self._sign_locked(self._key, now)
+
+    def _sign_locked(self, key: SigningKey, now: float) -> SignedTreeHead:
         latest = self.latest_tree_head()
         if latest is not None and round(now * 1000) < latest.head.timestamp_ms:
             raise LedgerError("refusing to sign a tree head older than the latest one")
-        sth = SignedTreeHead.sign(self._key, self.size, self._frontier.root(), now=now)
+        sth = SignedTreeHead.sign(key, self.size, self._frontier.root(), now=now)
         self._store.add_tree_head(sth.tree_size, sth.to_bytes())
         return sth
 

@@ -9,6 +9,7 @@ them, which is why clients check consistency proofs against heads they saw befor
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -71,8 +72,13 @@ class SqliteLedgerStore:
         p = Path(path)
         if not create and not p.is_file():
             raise LedgerError(f"no ledger database at {p}")
+        # One connection shared by threads (gRPC handlers), serialised by this lock.
+        self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(str(p), isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the ledger database {p}: {exc}") from exc
+        try:
             self._db.execute("PRAGMA busy_timeout = 10000")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -80,7 +86,11 @@ class SqliteLedgerStore:
             self._db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self._init_schema(create)
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise LedgerError(f"{p} is not a usable ledger database: {exc}") from exc
+        except LedgerError:
+            self._db.close()
+            raise
 
     def _init_schema(self, create: bool) -> None:
         have = self._db.execute(
@@ -96,25 +106,46 @@ class SqliteLedgerStore:
             raise LedgerError(f"unsupported ledger schema version {version!r}")
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
+        def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
             self._db = db
+            self._lock = lock
 
         def __enter__(self) -> sqlite3.Connection:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._lock.acquire()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self._lock.release()
+                raise
             return self._db
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-            if exc_type is None:
-                self._db.execute("COMMIT")
-            else:
-                self._db.execute("ROLLBACK")
+            try:
+                self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            finally:
+                self._lock.release()
 
     def _tx(self) -> SqliteLedgerStore._Tx:
-        return SqliteLedgerStore._Tx(self._db)
+        return SqliteLedgerStore._Tx(self._db, self._lock)
+
+    def _one(self, sql: str, args: tuple[object, ...] = ()) -> tuple[object, ...] | None:
+        with self._lock:
+            row: tuple[object, ...] | None = self._db.execute(sql, args).fetchone()
+            return row
+
+    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
 
     def _size(self) -> int:
-        row = self._db.execute("SELECT MAX(idx) FROM entries").fetchone()
-        return 0 if row[0] is None else int(row[0]) + 1
+        row = self._one("SELECT MAX(idx) FROM entries")
+        assert row is not None
+        value = row[0]
+        if value is None:
+            return 0
+        if not isinstance(value, int):
+            raise LedgerError("entry index is not an integer: the database was altered")
+        return value + 1
 
     def size(self) -> int:
         return self._size()
@@ -140,7 +171,7 @@ class SqliteLedgerStore:
             raise LedgerError(f"ledger append failed: {exc}") from exc
 
     def entry(self, index: int) -> bytes:
-        row = self._db.execute("SELECT data FROM entries WHERE idx = ?", (index,)).fetchone()
+        row = self._one("SELECT data FROM entries WHERE idx = ?", (index,))
         if row is None:
             raise LedgerError(f"no entry {index} in the ledger")
         return _blob(row[0], f"entry {index}")
@@ -151,10 +182,10 @@ class SqliteLedgerStore:
         pos = start
         while pos < stop:
             end = min(pos + chunk, stop)
-            rows = self._db.execute(
+            rows = self._all(
                 "SELECT idx, data, leaf_hash FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
                 (pos, end),
-            ).fetchall()
+            )
             for idx, data, h in rows:
                 if idx != expect:
                     raise LedgerError(f"ledger entry {expect} is missing")
@@ -166,22 +197,18 @@ class SqliteLedgerStore:
 
     def node(self, level: int, index: int) -> bytes:
         if level == 0:
-            row = self._db.execute(
-                "SELECT leaf_hash FROM entries WHERE idx = ?", (index,)
-            ).fetchone()
+            row = self._one("SELECT leaf_hash FROM entries WHERE idx = ?", (index,))
         else:
-            row = self._db.execute(
-                "SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)
-            ).fetchone()
+            row = self._one("SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index))
         if row is None:
             raise LedgerError(f"missing tree node ({level}, {index})")
         return _blob(row[0], f"tree node ({level}, {index})")
 
     def node_range(self, level: int, start: int, stop: int) -> list[bytes]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT hash FROM nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
             (level, start, stop),
-        ).fetchall()
+        )
         return [_blob(r[0], f"tree node at level {level}") for r in rows]
 
     def add_tree_head(self, tree_size: int, data: bytes) -> None:
@@ -194,15 +221,15 @@ class SqliteLedgerStore:
             raise LedgerError(f"could not store the tree head: {exc}") from exc
 
     def tree_heads(self) -> list[bytes]:
-        rows = self._db.execute("SELECT data FROM tree_heads ORDER BY seq").fetchall()
+        rows = self._all("SELECT data FROM tree_heads ORDER BY seq")
         return [_blob(r[0], "tree head") for r in rows]
 
     def latest_tree_head(self) -> bytes | None:
-        row = self._db.execute("SELECT data FROM tree_heads ORDER BY seq DESC LIMIT 1").fetchone()
+        row = self._one("SELECT data FROM tree_heads ORDER BY seq DESC LIMIT 1")
         return None if row is None else _blob(row[0], "tree head")
 
     def get_meta(self, key: str) -> bytes | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else _blob(row[0], f"metadata {key}")
 
     def set_meta(self, key: str, value: bytes) -> None:
@@ -217,4 +244,5 @@ class SqliteLedgerStore:
             raise LedgerError(f"could not write ledger metadata: {exc}") from exc
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ztfm.crypto.signing import VerifyKey
 from ztfm.errors import LedgerError
 from ztfm.ledger.entry import parse_canonical_json
+from ztfm.ledger.merkle import EMPTY_ROOT
 from ztfm.ledger.proofs import MAX_JSON_BYTES, ConsistencyProof, InclusionProof, SignedTreeHead
 
 
@@ -45,6 +46,8 @@ class LedgerClient:
         """Accept ``new`` if it extends the trusted head; raise ``LedgerError`` and keep the old
         head otherwise. ``proof`` is required when the tree grew from a non-empty size."""
         new.verify(self._key)
+        if new.tree_size == 0 and new.root_hash != EMPTY_ROOT:
+            raise LedgerError("signed head of an empty tree with a non-empty root")
         old = self._head
         if old is None or old.tree_size == 0:
             if old is not None and new.head.timestamp_ms < old.head.timestamp_ms:

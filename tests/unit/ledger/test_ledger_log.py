@@ -346,3 +346,29 @@ def test_regression_text_instead_of_blob_raised_typeerror(tmp_path: Path) -> Non
     _raw(db, ("UPDATE nodes SET hash = 'x' WHERE level = 4 AND idx = 0", ()))
     with pytest.raises(LedgerError, match="altered"):
         Ledger(SqliteLedgerStore(db, create=False))
+
+
+def test_threads_appending_through_one_ledger(tmp_path: Path) -> None:
+    import threading
+
+    ledger = Ledger(SqliteLedgerStore(tmp_path / "l.db"), LOG_KEY)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(20):
+                ledger.append(entries(1, t * 1000 + i)[0])
+                if i % 5 == 0:
+                    ledger.sign_tree_head(now=10_000 + t * 100 + i)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    # timestamps may interleave backwards between threads: that is refused, not corrupting
+    assert all(isinstance(e, LedgerError) and "older" in str(e) for e in errors)
+    assert ledger.size == Ledger(SqliteLedgerStore(tmp_path / "l.db")).size
+    ledger.verify_all(LOG_KEY.verify_key)

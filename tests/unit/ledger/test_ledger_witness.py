@@ -157,3 +157,9 @@ def test_state_round_trip() -> None:
         LedgerClient.from_state(OTHER_KEY.verify_key, client.state_bytes())
     with pytest.raises(LedgerError):
         LedgerClient.from_state(LOG_KEY.verify_key, client.state_bytes() + b" ")
+
+
+def test_empty_head_with_nonempty_root_is_refused() -> None:
+    client = LedgerClient(LOG_KEY.verify_key)
+    with pytest.raises(LedgerError, match="empty tree"):
+        client.update(SignedTreeHead.sign(LOG_KEY, 0, b"\x01" * 32, now=1))
