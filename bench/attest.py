@@ -65,7 +65,7 @@ def bench_swtpm(n_devices: int, rounds: int) -> dict[str, Any]:
     from ztfm.attestation.tpm import Tpm
 
     times: dict[str, list[float]] = {
-        k: [] for k in ("provision", "open", "enrol", "quote", "verify")
+        k: [] for k in ("provision", "open", "enrol", "quote", "verify", "certify", "sign")
     }
     with tempfile.TemporaryDirectory() as tmp:
         ca = SwtpmCa.create(Path(tmp) / "ca")
@@ -98,6 +98,17 @@ def bench_swtpm(n_devices: int, rounds: int) -> dict[str, Any]:
                         verifier.finish_enrolment(did, dev.activate(ch), now)
 
                     times["enrol"].append(_timed(enrol)[1])
+                    cert, dt = _timed(
+                        lambda dev=dev, did=did, now=now: dev.certify_request_key(  # type: ignore[misc]
+                            verifier.issue_nonce(did, now)
+                        )
+                    )
+                    times["certify"].append(dt)
+                    key = verifier.certify_request_key(did, cert, now)
+                    for _ in range(rounds):
+                        sig, dt = _timed(lambda dev=dev: dev.sign_request(b"request"))  # type: ignore[misc]
+                        times["sign"].append(dt)
+                        key.verify(sig, b"request")
                     for _ in range(rounds):
                         nonce = verifier.issue_nonce(did, now)
                         ev, dt = _timed(lambda dev=dev, nonce=nonce: dev.quote(nonce))  # type: ignore[misc]
