@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from typing import Final, Protocol
 
 from ztfm.crypto.pki import Certificate
@@ -33,7 +35,7 @@ class UnsafeNoRevocation:
 class CertValidator:
     """Validates end-entity certs against one fleet CA."""
 
-    __slots__ = ("ca_cert", "fleet", "revocations", "skew_s")
+    __slots__ = ("_chain_ok", "_lock", "ca_cert", "cache_size", "fleet", "revocations", "skew_s")
 
     def __init__(
         self,
@@ -41,6 +43,7 @@ class CertValidator:
         fleet: str,
         revocations: RevocationSource,
         skew_s: float = DEFAULT_SKEW_S,
+        cache_size: int = 10_000,
     ) -> None:
         if not ca_cert.is_ca or ca_cert.uris != (ca_uri(fleet),):
             raise IdentityError(f"not the CA certificate of fleet {fleet!r}")
@@ -50,6 +53,11 @@ class CertValidator:
         self.fleet = fleet
         self.revocations = revocations
         self.skew_s = skew_s
+        self.cache_size = cache_size
+        # DER fingerprints whose CA signature already verified (the signature never changes;
+        # validity window, URI and revocation are re-checked on every call).
+        self._chain_ok: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
 
     def validate(self, cert: Certificate | bytes, now: float) -> Identity:
         """Return the identity of a valid cert; raise ``IdentityError`` with the reason if not."""
@@ -64,10 +72,20 @@ class CertValidator:
                 raise IdentityError(f"malformed certificate: {exc}") from exc
         if cert.is_ca:
             raise IdentityError("a CA certificate cannot be used as an end-entity identity")
-        try:
-            cert.verify_issued_by(self.ca_cert)
-        except CryptoError as exc:
-            raise IdentityError("certificate is not issued by the fleet CA") from exc
+        fp = cert.fingerprint()
+        with self._lock:
+            known = fp in self._chain_ok
+            if known:
+                self._chain_ok.move_to_end(fp)
+        if not known:
+            try:
+                cert.verify_issued_by(self.ca_cert)
+            except CryptoError as exc:
+                raise IdentityError("certificate is not issued by the fleet CA") from exc
+            with self._lock:
+                self._chain_ok[fp] = None
+                while len(self._chain_ok) > self.cache_size:
+                    self._chain_ok.popitem(last=False)
         if now + self.skew_s < cert.not_before:
             raise IdentityError("certificate is not yet valid (beyond clock-skew tolerance)")
         if now - self.skew_s > cert.not_after:
