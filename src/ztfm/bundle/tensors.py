@@ -136,7 +136,7 @@ def decode_tensors(
             object_pairs_hook=_no_duplicates,
             parse_constant=_no_constants,
         )
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError, JSONDecodeError
         raise BundleError("tensor header is not valid UTF-8 JSON") from exc
     if not isinstance(header, dict):
         raise BundleError("tensor header must be a JSON object")

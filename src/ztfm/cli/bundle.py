@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ def publish(
         try:
             with np.load(weights_path, allow_pickle=False) as npz:
                 weights = {k: npz[k] for k in npz.files}
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as exc:
             raise BundleError(f"cannot read weights {weights_path}: {exc}") from exc
     led = Ledger(SqliteLedgerStore(db, create=False), _signing_key(log_key_path))
     b = publish_bundle(

@@ -98,7 +98,7 @@ def append(db: Path, key_path: Path, kind: str, body: str, sign: bool) -> None:
 
     try:
         obj = json.loads(body)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise click.BadParameter(f"BODY is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise click.BadParameter("BODY must be a JSON object")

@@ -123,7 +123,7 @@ def parse_canonical_json(data: bytes, *, what: str, limit: int) -> Any:
         obj = json.loads(
             text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
         )
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError, JSONDecodeError
         raise LedgerError(f"{what} is not valid UTF-8 JSON") from exc
     if canonical_json(obj) != data:
         raise LedgerError(f"{what} is not in canonical form")

@@ -200,3 +200,9 @@ def test_limits_are_enforced_before_allocation() -> None:
         decode_tensors(raw(h, b"\x00" * 8))
     with pytest.raises(BundleError):
         encode_tensors({"w": np.zeros(11, np.int8)}, limits=small)
+
+
+def test_regression_huge_integer_in_header_raised_valueerror() -> None:
+    h = b'{"w":{"dtype":"F32","shape":[1' + b"0" * 5000 + b'],"data_offsets":[0,16]}}'
+    with pytest.raises(BundleError):
+        decode_tensors(struct.pack("<Q", len(h)) + h + F4)

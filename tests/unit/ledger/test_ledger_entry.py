@@ -151,3 +151,10 @@ def test_non_canonical_or_malformed_bytes_are_refused(bad: bytes) -> None:
 
 def test_good_bytes_parse() -> None:
     assert Entry.from_bytes(GOOD_BYTES).body == {"device_id": "d", "reason": "r"}
+
+
+def test_regression_huge_integer_literal_raised_valueerror() -> None:
+    """json.loads raises a bare ValueError for ints over 4300 digits; it escaped the parser."""
+    big = b'{"body":{"device_id":"d","reason":"r","x":1' + b"0" * 5000 + b'},"kind":"revocation"'
+    with pytest.raises(LedgerError):
+        Entry.from_bytes(big + b',"time_ms":1,"v":1}')
