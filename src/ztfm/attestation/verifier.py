@@ -51,6 +51,7 @@ from ztfm.crypto.tpm import (
     Certificate,
     EccPublicPoint,
     RsaPublicNumbers,
+    check_public_key,
     make_credential_ecc,
     make_credential_rsa,
     verify_certificate_chain,
@@ -278,6 +279,13 @@ class AttestationVerifier:
             raise AttestationError("EK public key does not match the EK certificate")
         ak = TpmPublic.from_bytes(request.ak_public)
         ak.check_attestation_key()
+        try:
+            check_public_key(ak.key)
+        except CryptoError as exc:
+            raise AttestationError(f"AK public key is invalid: {exc}") from exc
+        current = self._enrolled.get(device_id)
+        if current is not None and current.ek_fingerprint != cert.fingerprint:
+            raise AttestationError("device is enrolled with another EK: revoke it first")
         secret = self.nonces.token(_SECRET_BYTES)
         try:
             if isinstance(ek.key, RsaPublicNumbers):

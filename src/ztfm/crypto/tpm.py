@@ -135,6 +135,14 @@ def _numbers_of(key: object) -> PublicKeyNumbers:
     raise CryptoError("unsupported public key type")
 
 
+def check_public_key(key: PublicKeyNumbers) -> None:
+    """Return None if ``key`` is a usable public key (point on curve, RSA >= 2048); raise if not."""
+    if isinstance(key, EccPublicPoint):
+        _ecc_public(key)
+    else:
+        _rsa_public(key)
+
+
 # --- key derivation (TPM 2.0 Part 1, 11.4.10) ---------------------------------------------------
 def _label(label: bytes) -> bytes:
     return label if label.endswith(b"\x00") else label + b"\x00"
@@ -548,6 +556,7 @@ __all__ = [
     "RsaPublicNumbers",
     "SoftManufacturerCa",
     "WrappedCredential",
+    "check_public_key",
     "kdfa",
     "kdfe",
     "load_certificates",

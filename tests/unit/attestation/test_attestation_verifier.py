@@ -494,3 +494,28 @@ def test_revoked_ek_cannot_enrol_and_drops_devices(fleet: SoftFleet) -> None:
         )
     with pytest.raises(AttestationError, match="revoked"):
         fleet.verifier.restore_enrolment(record)
+
+
+def test_enrolled_device_id_cannot_be_taken_over_by_another_tpm(fleet: SoftFleet) -> None:
+    fleet.enrol("cam-1")
+    usurper = fleet.device("usurper")
+    with pytest.raises(AttestationError, match="another EK"):
+        fleet.verifier.begin_enrolment(CAM, "camera", usurper.enrolment_request(), T0 + 5)
+    # the same TPM may re-enrol (e.g. after an AK change); a revoked id may move
+    fleet.enrol("cam-1", now=T0 + 6)
+    fleet.verifier.revoke(CAM)
+    ch = fleet.verifier.begin_enrolment(CAM, "camera", usurper.enrolment_request(), T0 + 7)
+    fleet.verifier.finish_enrolment(CAM, usurper.activate(ch), T0 + 8)
+
+
+def test_ak_point_off_curve_is_rejected(fleet: SoftFleet) -> None:
+    dev = fleet.device("cam-1")
+    ak = TpmPublic.from_bytes(dev.tpm.ak_public())
+    from ztfm.crypto.tpm import EccPublicPoint
+
+    bogus = TpmPublic.build_ecc(
+        EccPublicPoint("P-256", 1, 2), ak.attributes, scheme=(ALG_ECDSA, ALG_SHA256)
+    )
+    req = dataclasses.replace(dev.enrolment_request(), ak_public=bogus.raw)
+    with pytest.raises(AttestationError, match="AK public key is invalid"):
+        fleet.verifier.begin_enrolment(CAM, "camera", req, T0)
