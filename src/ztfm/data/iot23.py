@@ -64,8 +64,11 @@ def _num(cell: str, where: str) -> float:
     return v
 
 
-def parse_conn_log(text: str, *, name: str, segment: str) -> LabelledSeries:
-    """Parse one labelled Zeek conn log; ``DataError`` on any defect."""
+def read_zeek_rows(
+    text: str, *, name: str, required: tuple[str, ...] = REQUIRED
+) -> tuple[dict[str, int], list[tuple[int, list[str]]]]:
+    """(column -> index, [(line number, cells)]) of a Zeek TSV log, IoT-23 tail quirk handled;
+    ``DataError`` on any structural defect or a missing ``required`` column."""
     if not text.strip():
         raise DataError(f"{name}: empty file")
     fields: list[str] | None = None
@@ -93,13 +96,29 @@ def parse_conn_log(text: str, *, name: str, segment: str) -> LabelledSeries:
         rows.append((lineno, cells))
     if fields is None:
         raise DataError(f"{name}: no #fields header (not a Zeek log)")
-    missing = [c for c in REQUIRED if c not in fields]
+    missing = [c for c in required if c not in fields]
     if missing:
         raise DataError(f"{name}: missing column {missing[0]!r}")
     if not rows:
         raise DataError(f"{name}: no data rows")
-    idx = {c: fields.index(c) for c in fields}
-    i_detail = idx.get("detailed-label")
+    return {c: i for i, c in enumerate(fields)}, rows
+
+
+def row_label(cells: list[str], idx: dict[str, int], where: str) -> tuple[int, str]:
+    """(y, kind) of one labelled row: Benign -> (0, "benign"), Malicious -> (1, detail)."""
+    label = cells[idx["label"]].lower()
+    if label == "benign":
+        return 0, "benign"
+    if label == "malicious":
+        i_detail = idx.get("detailed-label")
+        detail = cells[i_detail] if i_detail is not None else "-"
+        return 1, (detail if detail != "-" else "malicious")
+    raise DataError(f"{where}: label must be Benign or Malicious, got {label[:20]!r}")
+
+
+def parse_conn_log(text: str, *, name: str, segment: str) -> LabelledSeries:
+    """Parse one labelled Zeek conn log; ``DataError`` on any defect."""
+    idx, rows = read_zeek_rows(text, name=name)
     n = len(rows)
     x = np.zeros((n, len(COLUMNS)), dtype=np.float64)
     t = np.empty(n, dtype=np.float64)
@@ -125,14 +144,7 @@ def parse_conn_log(text: str, *, name: str, segment: str) -> LabelledSeries:
             raise DataError(f"{where}: unknown conn_state {state[:20]!r}")
         if state in state_col:
             x[r, state_col[state]] = 1.0
-        label = cells[idx["label"]].lower()
-        if label == "benign":
-            y[r], kinds[r] = 0, "benign"
-        elif label == "malicious":
-            detail = cells[i_detail] if i_detail is not None else "-"
-            y[r], kinds[r] = 1, (detail if detail != "-" else "malicious")
-        else:
-            raise DataError(f"{where}: label must be Benign or Malicious, got {label[:20]!r}")
+        y[r], kinds[r] = row_label(cells, idx, where)
     order = np.argsort(t, kind="stable")
     return LabelledSeries(
         name=name,
