@@ -81,6 +81,33 @@ class LedgerClient:
             raise LedgerError(f"the log is not consistent with the trusted head: {exc}") from exc
         self._head = new
 
+    def cross_check(self, other: SignedTreeHead, proof: ConsistencyProof | None = None) -> None:
+        """Gossip: check a head another party holds against ours, without adopting it.
+
+        Raises ``LedgerError`` if the two cannot both be true of one append-only log (a split
+        view). ``proof`` links the smaller of the two heads to the larger.
+        """
+        other.verify(self._key)
+        mine = self.head
+        small, large = (mine, other) if mine.tree_size <= other.tree_size else (other, mine)
+        if small.tree_size == large.tree_size:
+            if small.root_hash != large.root_hash:
+                raise LedgerError("split view: two signed roots for the same tree size")
+            return
+        if small.tree_size == 0:
+            return
+        if proof is None or (proof.old_size, proof.new_size) != (
+            small.tree_size,
+            large.tree_size,
+        ):
+            raise LedgerError(
+                f"a consistency proof {small.tree_size}->{large.tree_size} is required"
+            )
+        try:
+            proof.verify(small.root_hash, large.root_hash)
+        except LedgerError as exc:
+            raise LedgerError(f"split view: the two heads are not consistent: {exc}") from exc
+
     def check_inclusion(self, leaf_data: bytes, proof: InclusionProof) -> None:
         """Return None if ``leaf_data`` is in the trusted tree per ``proof``; raise otherwise."""
         proof.verify_against(leaf_data, self.head)

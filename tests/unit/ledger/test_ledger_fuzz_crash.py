@@ -52,7 +52,7 @@ def test_mutated_entries_and_heads_are_refused_or_reparse(data: st.DataObject) -
         assert parsed.to_bytes() == mutated  # accepted only if it is itself canonical
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c,
                                                                         max_size=3)))  # fmt: skip

@@ -163,3 +163,31 @@ def test_empty_head_with_nonempty_root_is_refused() -> None:
     client = LedgerClient(LOG_KEY.verify_key)
     with pytest.raises(LedgerError, match="empty tree"):
         client.update(SignedTreeHead.sign(LOG_KEY, 0, b"\x01" * 32, now=1))
+
+
+def test_cross_check_detects_split_view_without_adopting() -> None:
+    honest = make_ledger(10)
+    a = LedgerClient(LOG_KEY.verify_key, honest.sign_tree_head(now=1))
+    honest.append_many([entry(i) for i in range(10, 14)])
+    later = honest.sign_tree_head(now=2)
+    a.cross_check(later, honest.consistency_proof(10))
+    assert a.head.tree_size == 10  # not adopted
+    # a device that was shown a forked log of the same operator
+    fork = Ledger(MemoryLedgerStore(), LOG_KEY)
+    fork.append_many([entry(i, "x" if i == 2 else "") for i in range(12)])
+    b_head = fork.sign_tree_head(now=3)
+    with pytest.raises(LedgerError, match="split view"):
+        a.cross_check(b_head, fork.consistency_proof(10))
+    with pytest.raises(LedgerError, match="split view"):
+        a.cross_check(b_head, honest.consistency_proof(10, 12))
+    with pytest.raises(LedgerError, match="required"):
+        a.cross_check(b_head)
+    same_size = Ledger(MemoryLedgerStore(), LOG_KEY)
+    same_size.append_many([entry(i, "y" if i == 0 else "") for i in range(10)])
+    with pytest.raises(LedgerError, match="split view"):
+        a.cross_check(same_size.sign_tree_head(now=4))
+    # the other party is behind us: the proof goes from their head to ours
+    c = LedgerClient(LOG_KEY.verify_key, later)
+    c.cross_check(a.head, honest.consistency_proof(10, 14))
+    with pytest.raises(LedgerError):
+        c.cross_check(SignedTreeHead.sign(OTHER_KEY, 3, b"\x00" * 32, now=1))
