@@ -199,7 +199,7 @@ def test_expired_cert_refused_by_gate_clock(env: Env) -> None:
     gate = fleet.gate(audit, StaticTrustSource(GOOD))
     clock = FixedClock(now + 4 * 3600)
     handler = Recorder()
-    srv = fleet.serve(handler, gate, clock=clock, max_workers=2)
+    srv = fleet.serve(handler, gate, clock=clock, max_workers=2, rotate_tls=False)
     try:
         c = env.cam1.client(srv.target, fleet.ca.cert, np.random.default_rng(0), clock=clock)
         with pytest.raises(RpcFailed) as ei:
@@ -409,3 +409,25 @@ def test_enrollment_server(tmp_path: Path) -> None:
         log.close()
     res = verify_log(tmp_path / "audit.jsonl")
     assert res.records == 4
+
+
+def test_server_certificate_rotates_without_restart() -> None:
+    now = time.time()
+    fleet = LocalFleet.create(FLEET, now, cert_ttl_s=30)  # due for renewal after ~10 s
+    clock = FixedClock(now)
+    gate = fleet.gate(MemoryAuditSink(), StaticTrustSource(GOOD))
+    handler = Recorder()
+    srv = fleet.serve(handler, gate, clock=clock, max_workers=2)
+    try:
+        dev = fleet.enroll("cams", "cam-1", now, ttl_s=3600)
+        c1 = dev.client(srv.target, fleet.ca.cert, np.random.default_rng(0), clock=clock)
+        assert c1.call("GetRound", b"a") == b"ack:a"
+        first = fleet.coordinator.cert.serial
+        clock.advance(15)
+        c2 = dev.client(srv.target, fleet.ca.cert, np.random.default_rng(1), clock=clock)
+        assert c2.call("GetRound", b"b") == b"ack:b"  # new handshake with the renewed cert
+        assert fleet.coordinator.cert.serial != first
+        c1.close()
+        c2.close()
+    finally:
+        srv.stop(0)

@@ -24,6 +24,7 @@ from ztfm.identity import (
     RequestVerifier,
     RevocationChecker,
     SignedRevocationList,
+    needs_renewal,
 )
 from ztfm.identity.ca import DEFAULT_CERT_TTL_S, DEFAULT_CRL_TTL_S
 from ztfm.policy import Policy, PolicyEngine, TrustSource
@@ -125,6 +126,8 @@ class LocalFleet:
         self.ca_lock = threading.Lock()
         self.cert_ttl_s = cert_ttl_s
         self.revocations = CaBackedRevocations(ca, self.ca_lock)
+        self.server_names = server_names
+        self.server_ips = server_ips
         ident = Identity(ca.fleet, coordinator_segment, "coordinator", coordinator_id)
         keys = MemoryKeyStore()
         with self.ca_lock:
@@ -140,6 +143,22 @@ class LocalFleet:
     def server_tls(self) -> TlsFiles:
         c = self.coordinator
         return TlsFiles(c.cert.to_pem(), c.keystore.tls_private_key_pem(), self.ca.cert.to_pem())
+
+    def rotating_server_tls(self, clock: Clock, margin_s: float | None = None) -> TlsFiles:
+        """The server TLS files, renewing the coordinator cert (same key) when it is due."""
+        c = self.coordinator
+        now = clock.now()
+        if needs_renewal(c.cert, now, margin_s):
+            with self.ca_lock:
+                c.cert = self.ca.issue(
+                    c.keystore.make_csr(c.identity),
+                    c.identity,
+                    now,
+                    self.cert_ttl_s,
+                    self.server_names,
+                    self.server_ips,
+                )
+        return self.server_tls
 
     def enroll(
         self,
@@ -197,8 +216,13 @@ class LocalFleet:
         *,
         clock: Clock | None = None,
         max_workers: int = 16,
+        rotate_tls: bool = True,
     ) -> FleetServer:
-        """A started mTLS server with RenewCert and GetRevocations served from this CA."""
+        """A started mTLS server with RenewCert and GetRevocations served from this CA.
+
+        With ``rotate_tls`` the server certificate is renewed (same key) before it expires and
+        swapped in for new connections without a restart.
+        """
         clk = clock or SystemClock()
         return FleetServer(
             gate,
@@ -207,6 +231,7 @@ class LocalFleet:
             address,
             max_workers=max_workers,
             clock=clk,
+            tls_source=(lambda: self.rotating_server_tls(clk)) if rotate_tls else None,
             ca=self.ca,
             ca_lock=self.ca_lock,
             cert_ttl_s=self.cert_ttl_s,

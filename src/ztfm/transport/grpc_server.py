@@ -62,6 +62,12 @@ class TlsFiles:
     ca_cert_pem: bytes
 
 
+def _cert_config(tls: TlsFiles) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration(
+        [(tls.key_pem, tls.cert_pem)], root_certificates=tls.ca_cert_pem
+    )
+
+
 def _peer_cert(context: grpc.ServicerContext) -> bytes | None:
     auth = context.auth_context()
     certs = auth.get("x509_pem_cert")
@@ -81,6 +87,7 @@ class FleetServer:
         tls: TlsFiles,
         address: str = "127.0.0.1:0",
         *,
+        tls_source: Callable[[], TlsFiles] | None = None,
         max_workers: int = 16,
         clock: Clock | None = None,
         ca: FleetCA | None = None,
@@ -114,10 +121,10 @@ class FleetServer:
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(FLEET_SERVICE, handlers),)
         )
-        creds = grpc.ssl_server_credentials(
-            [(tls.key_pem, tls.cert_pem)],
-            root_certificates=tls.ca_cert_pem,
-            require_client_auth=True,
+        self._tls_source = tls_source
+        self._tls_current = tls
+        creds = grpc.dynamic_ssl_server_credentials(
+            _cert_config(tls), self._fetch_tls, require_client_authentication=True
         )
         self.port = self._server.add_secure_port(address, creds)
         if self.port == 0:
@@ -127,6 +134,20 @@ class FleetServer:
     @property
     def target(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def _fetch_tls(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by gRPC before every handshake: swap in a renewed server cert if any."""
+        if self._tls_source is None:
+            return None
+        try:
+            tls = self._tls_source()
+        except Exception:  # keep serving with the current cert; the source logs its failure
+            log.exception("server TLS source failed; keeping the current certificate")
+            return None
+        if tls == self._tls_current:
+            return None
+        self._tls_current = tls
+        return _cert_config(tls)
 
     def start(self) -> FleetServer:
         self._server.start()
