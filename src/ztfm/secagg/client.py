@@ -184,8 +184,8 @@ class SecAggClient:
             except CryptoError as exc:
                 raise self._abort(f"shares from {sender!r} failed authentication") from exc
             held[sender] = (
-                shamir.share_from_bytes(pt[:66]),
-                shamir.share_from_bytes(pt[66:]),
+                shamir.share_from_bytes(pt[: shamir.SHARE_BYTES]),
+                shamir.share_from_bytes(pt[shamir.SHARE_BYTES :]),
             )
         if len(held) < self._p.threshold:
             raise self._abort(

@@ -1,8 +1,9 @@
-"""t-of-k Shamir secret sharing over the prime field GF(2^521 - 1).
+"""t-of-k Shamir secret sharing over the prime field GF(2^256 + 297).
 
 Secrets are 32-byte strings (a mask seed or an X25519 scalar), read as integers < 2^256, so one
-field element holds a whole secret. Shares are (x, y) with x a small positive integer (the
-holder's roster position + 1) and y a field element serialised as 66 big-endian bytes.
+field element holds a whole secret (2^256 + 297 is the smallest prime above 2^256). Shares are
+(x, y) with x a small positive integer (the holder's roster position + 1) and y a field element
+serialised as 33 big-endian bytes.
 ``reconstruct`` needs at least ``threshold`` shares with distinct x; extra shares are checked to
 lie on the same polynomial, so an inconsistent share makes it raise instead of returning a wrong
 secret.
@@ -16,8 +17,8 @@ from functools import lru_cache
 from ztfm.crypto.kex import RandomSource
 from ztfm.errors import SecAggError
 
-PRIME = (1 << 521) - 1
-SHARE_BYTES = 66
+PRIME = (1 << 256) + 297
+SHARE_BYTES = 33
 SECRET_BYTES = 32
 MAX_X = 1 << 32
 
@@ -29,9 +30,9 @@ def split(secret: bytes, threshold: int, xs: Sequence[int], rng: RandomSource) -
     if threshold < 1 or threshold > len(xs):
         raise SecAggError(f"Shamir threshold {threshold} not in [1, {len(xs)}]")
     _check_xs(xs)
-    # 80 random bytes per coefficient: bias modulo p is below 2^-100.
+    # 48 random bytes per coefficient: bias modulo p is below 2^-120.
     coeffs = [int.from_bytes(secret, "big")]
-    coeffs += [int.from_bytes(rng.bytes(80), "big") % PRIME for _ in range(threshold - 1)]
+    coeffs += [int.from_bytes(rng.bytes(48), "big") % PRIME for _ in range(threshold - 1)]
     out: dict[int, int] = {}
     for x in xs:
         acc = 0
@@ -92,12 +93,23 @@ def _interpolate(xs: tuple[int, ...], ys: Sequence[int], at: int) -> int:
 
 @lru_cache(maxsize=4096)
 def _lagrange(xs: tuple[int, ...], at: int) -> tuple[int, ...]:
-    out = []
+    """Lagrange basis values at ``at`` for nodes ``xs``, with one modular inversion in all
+    (Montgomery's batch-inversion trick)."""
+    nums, dens = [], []
     for i, xi in enumerate(xs):
         num, den = 1, 1
         for j, xj in enumerate(xs):
             if i != j:
                 num = num * (at - xj) % PRIME
                 den = den * (xi - xj) % PRIME
-        out.append(num * pow(den, -1, PRIME) % PRIME)
-    return tuple(out)
+        nums.append(num)
+        dens.append(den)
+    prefix = [1]
+    for d in dens:
+        prefix.append(prefix[-1] * d % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)
+    invs = [0] * len(dens)
+    for i in range(len(dens) - 1, -1, -1):
+        invs[i] = inv * prefix[i] % PRIME
+        inv = inv * dens[i] % PRIME
+    return tuple(n * v % PRIME for n, v in zip(nums, invs, strict=True))

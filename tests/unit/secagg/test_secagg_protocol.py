@@ -473,7 +473,7 @@ def test_tampered_unmask_response_rejected(make_round: MakeRound) -> None:
             if m.device == bad:
                 seeds = dict(m.seed_shares)
                 k = next(iter(seeds))
-                seeds[k] = _flip(seeds[k], 65)
+                seeds[k] = _flip(seeds[k], 32)
                 m = dataclasses.replace(m, seed_shares=seeds)
             out.append(m)
         return out
@@ -492,7 +492,7 @@ def test_lying_share_holder_outvoted_by_commitment(make_round: MakeRound) -> Non
     orig = c.unmask
 
     def lie(req: UnmaskRequest) -> UnmaskResponse:
-        c._held = {d: ((s + 1) % (2**521 - 1), k) for d, (s, k) in c._held.items()}
+        c._held = {d: ((s + 1) % (2**256 + 297), k) for d, (s, k) in c._held.items()}
         return orig(req)
 
     c.unmask = lie  # type: ignore[method-assign]
@@ -511,7 +511,7 @@ def test_lying_holders_without_honest_quorum_abort(make_round: MakeRound) -> Non
         # and yield the right secret, which the commitment then accepts, correctly).
         def lie(req: UnmaskRequest, c: Any = c, orig: Any = orig) -> UnmaskResponse:
             c._held = {
-                d: ((s + int(noise.integers(1, 2**62))) % (2**521 - 1), k)
+                d: ((s + int(noise.integers(1, 2**62))) % (2**256 + 297), k)
                 for d, (s, k) in c._held.items()
             }
             return orig(req)

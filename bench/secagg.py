@@ -1,0 +1,342 @@
+"""SecAgg+ benchmark: client and server compute per round against the primitive lower bound and
+against Flower's SecAgg+ (SecAggPlusWorkflow + secaggplus_mod in Flower's simulation runtime).
+
+Grid: n in {10, 50, 100, 200}, d in {10k, 100k}, dropouts in {0, 10%, 30%} (the dropped devices
+vanish after sharing keys and before sending their masked input: the costly case for the server,
+which must rebuild their mask keys and regenerate their pairwise masks). The graph degree k is
+``degree_for_dropout(n, rate)`` (the threshold t = k//2 + 1 must survive in every neighbourhood).
+
+Lower bound, measured in the same run: per round the server must at least sum n_in inputs and
+expand n_in self masks, plus one X25519 and one mask expansion per (dropped, surviving
+neighbour) pair; a client must expand k+1 masks and run 2k X25519 agreements.
+
+Flower runs in a separate venv (not a ztfm dependency):
+  python3 -m venv /work/benchenv && /work/benchenv/bin/pip install 'flwr[simulation]>=1.41' numpy
+and is skipped with a message when absent (--flower-python or ZTFM_FLOWER_PYTHON to change).
+
+Usage: python bench/secagg.py [--quick] [--no-flower] [--repeats N]
+Prints a table; writes bench/results/secagg.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ztfm.crypto.kex import KexPrivateKey
+from ztfm.crypto.prg import MaskExpander
+from ztfm.secagg import Dropouts, SecAggRun, degree_for_dropout, simulate_round
+
+RESULTS = Path(__file__).resolve().parent / "results" / "secagg.json"
+
+FLOWER_SCRIPT = r"""
+import json, logging, sys, time, warnings
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+import numpy as np
+import flwr as fl
+from flwr.client import ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Context, ndarrays_to_parameters
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.simulation import run_simulation
+
+N, D, ROUNDS, SHARES, THRESH = (int(a) for a in sys.argv[1:6])
+times = []
+
+
+class Client(NumPyClient):
+    def __init__(self, cid):
+        self.cid = cid
+
+    def fit(self, parameters, config):
+        rng = np.random.default_rng(self.cid)
+        return [rng.uniform(-1, 1, D).astype(np.float32)], 1, {}
+
+
+def client_fn(context: Context):
+    return Client(int(context.node_config.get("partition-id", 0))).to_client()
+
+
+client_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+
+
+class TimedSecAggPlus(SecAggPlusWorkflow):
+    def __call__(self, grid, context):
+        t0 = time.perf_counter()
+        out = super().__call__(grid, context)
+        times.append(time.perf_counter() - t0)
+        return out
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=N,
+                      min_available_clients=N,
+                      initial_parameters=ndarrays_to_parameters([np.zeros(D, np.float32)]))
+    ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=ROUNDS),
+                        strategy=strategy)
+    wf = TimedSecAggPlus(num_shares=SHARES, reconstruction_threshold=THRESH)
+    DefaultWorkflow(fit_workflow=wf)(grid, ctx)
+
+
+t0 = time.perf_counter()
+run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
+               backend_config={"client_resources": {"num_cpus": 1},
+                               "init_args": {"num_cpus": 2, "include_dashboard": False,
+                                             "log_to_driver": False}})
+print(json.dumps({"n": N, "d": D, "per_round_s": times, "total_s": time.perf_counter() - t0,
+                  "num_shares": SHARES, "threshold": THRESH, "flwr": fl.__version__}))
+"""
+
+
+def _best(fn: Any, reps: int) -> float:
+    """Median seconds per call over ``reps`` calls (after one warm-up)."""
+    fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def primitives(d: int) -> dict[str, float]:
+    """Unit costs in seconds: mask expansion fused with the add, plain add, one X25519."""
+    exp = MaskExpander(d, np.uint32)
+    acc = np.zeros(d, np.uint32)
+    other = np.ones(d, np.uint32)
+    seed = bytes(range(32))
+    rng = np.random.default_rng(0)
+    a, b = KexPrivateKey.generate(rng), KexPrivateKey.generate(rng)
+    return {
+        "mask_expand_add_s": _best(lambda: exp.add_mask(acc, seed), 200),
+        "add_s": _best(lambda: np.add(acc, other, out=acc), 200),
+        "x25519_s": _best(lambda: a.exchange(b.public), 500),
+    }
+
+
+def lower_bounds(run: SecAggRun, prim: dict[str, float]) -> tuple[float, float]:
+    """(server, mean client) lower bound in seconds for this round's actual survivors."""
+    inc = set(run.result.included)
+    pairs = 0
+    for j in run.result.dropped:
+        pairs += sum(1 for i in run.params.neighbours[j] if i in inc)
+    server = len(inc) * (prim["add_s"] + prim["mask_expand_add_s"]) + pairs * (
+        prim["x25519_s"] + prim["mask_expand_add_s"]
+    )
+    k = run.params.degree
+    client = (k + 1) * prim["mask_expand_add_s"] + 2 * k * prim["x25519_s"]
+    return server, client
+
+
+def ztfm_round(
+    n: int, d: int, drop: float, seed: int, degree: int = 0, threshold: int = 0
+) -> SecAggRun:
+    rng = np.random.default_rng(seed)
+    xs = [rng.uniform(-1, 1, d) for _ in range(n)]
+    gone = rng.choice(n, size=round(drop * n), replace=False).tolist()
+    k = degree or degree_for_dropout(n, drop)
+    return simulate_round(
+        xs,
+        clip=1.0,
+        rng=rng,
+        dropouts=Dropouts.of(before_input=gone),
+        degree=k,
+        threshold=threshold,
+        timer=time.perf_counter,
+    )
+
+
+def measure(
+    n: int, d: int, drop: float, repeats: int, prim: dict[str, float], **kw: Any
+) -> dict[str, Any]:
+    rows = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        run = ztfm_round(n, d, drop, seed=1000 * n + r, **kw)
+        wall = time.perf_counter() - t0
+        active = [s for s in run.client_seconds.values() if s > 0]
+        lb_server, lb_client = lower_bounds(run, prim)
+        rows.append(
+            {
+                "wall_s": wall,
+                "server_s": run.server_seconds,
+                "client_mean_s": statistics.mean(active),
+                "client_max_s": max(active),
+                "client_total_s": sum(active),
+                "lb_server_s": lb_server,
+                "lb_client_s": lb_client,
+                "degree": run.params.degree,
+                "threshold": run.params.threshold,
+                "included": len(run.result.included),
+                "dropped": len(run.result.dropped),
+                "bytes_up": max(run.bytes_up.values()),
+            }
+        )
+    out = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+    out.update({"n": n, "d": d, "dropout": drop})
+    out["server_over_lb"] = out["server_s"] / out["lb_server_s"]
+    out["client_over_lb"] = out["client_mean_s"] / out["lb_client_s"]
+    return out
+
+
+def flower(python: str, n: int, d: int, rounds: int, shares: int, thresh: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "flower_secaggplus.py"
+        script.write_text(FLOWER_SCRIPT)
+        try:
+            res = subprocess.run(
+                [python, str(script), str(n), str(d), str(rounds), str(shares), str(thresh)],
+                capture_output=True,
+                text=True,
+                timeout=900,
+                cwd=tmp,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": "timeout"}
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode != 0 or not lines:
+        tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail)}
+    out: dict[str, Any] = json.loads(lines[-1])
+    pr = out.get("per_round_s") or []
+    # the first round includes Ray start-up and actor creation: leave it out when we can
+    steady = pr[1:] if len(pr) > 1 else pr
+    out["round_s"] = statistics.median(steady) if steady else None
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small grid, one Flower run")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-flower", action="store_true")
+    ap.add_argument(
+        "--flower-python",
+        default=os.environ.get("ZTFM_FLOWER_PYTHON", "/work/benchenv/bin/python"),
+    )
+    ap.add_argument("--flower-rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+
+    ns, ds, drops = [10, 50, 100, 200], [10_000, 100_000], [0.0, 0.1, 0.3]
+    if args.quick:
+        ns, ds, drops, args.repeats, args.flower_rounds = [10, 50], [10_000], [0.0, 0.3], 1, 2
+
+    prim_by_d = {d: primitives(d) for d in sorted({*ds, 105_000})}
+    grid = []
+    print(
+        f"{'n':>4} {'d':>7} {'drop':>5} {'k':>4} {'t':>3} {'client ms':>10} {'LB ms':>7} "
+        f"{'x':>5} {'server ms':>10} {'LB ms':>8} {'x':>5} {'round s':>8} {'up KiB':>8}"
+    )
+    for d in ds:
+        for n in ns:
+            for drop in drops:
+                row = measure(n, d, drop, args.repeats, prim_by_d[d])
+                grid.append(row)
+                print(
+                    f"{n:>4} {d:>7} {drop:>5.0%} {row['degree']:>4.0f} {row['threshold']:>3.0f} "
+                    f"{1e3 * row['client_mean_s']:>10.2f} {1e3 * row['lb_client_s']:>7.2f} "
+                    f"{row['client_over_lb']:>5.2f} {1e3 * row['server_s']:>10.2f} "
+                    f"{1e3 * row['lb_server_s']:>8.2f} {row['server_over_lb']:>5.2f} "
+                    f"{row['wall_s']:>8.3f} {row['bytes_up'] / 1024:>8.1f}",
+                    flush=True,
+                )
+
+    # Flower at n=50, d=105k; ztfm with the same neighbourhood size and threshold.
+    n_f, d_f = 50, 105_000
+    configs = [(12, 7)] if args.quick else [(12, 7), (2, 2)]  # (k, t); Flower shares = k + 1
+    have_flower = Path(args.flower_python).exists() and not args.no_flower
+    if not have_flower:
+        print(
+            f"Flower skipped: {args.flower_python} not found (create the venv described in "
+            "this script's docstring, or pass --flower-python)",
+            file=sys.stderr,
+        )
+    comparison = []
+    for k, t in configs:
+        z = measure(n_f, d_f, 0.0, max(args.repeats, 2), prim_by_d[105_000], degree=k, threshold=t)
+        entry: dict[str, Any] = {
+            "n": n_f,
+            "d": d_f,
+            "degree": k,
+            "threshold": t,
+            "flower_num_shares": k + 1,
+            "flower_threshold": t,
+            "ztfm_round_s": z["wall_s"],
+            "ztfm_server_s": z["server_s"],
+            "ztfm_client_mean_s": z["client_mean_s"],
+            "ztfm_critical_path_s": z["client_max_s"] + z["server_s"],
+        }
+        if have_flower:
+            f = flower(args.flower_python, n_f, d_f, args.flower_rounds, k + 1, t)
+            entry["flower"] = f
+            if f.get("round_s"):
+                entry["flower_round_s"] = f["round_s"]
+                entry["speedup_round"] = f["round_s"] / z["wall_s"]
+                entry["speedup_critical_path"] = f["round_s"] / entry["ztfm_critical_path_s"]
+        comparison.append(entry)
+
+    print()
+    print(
+        f"{'vs Flower n=50 d=105k':<24} {'k':>3} {'t':>3} {'ztfm round s':>13} "
+        f"{'flwr round s':>13} {'speedup':>8} {'crit-path x':>12}"
+    )
+    for e in comparison:
+        fr = e.get("flower_round_s")
+        sp = f"{e['speedup_round']:.1f}x" if fr else "-"
+        sc = f"{e['speedup_critical_path']:.1f}x" if fr else "-"
+        print(
+            f"{'':<24} {e['degree']:>3} {e['threshold']:>3} {e['ztfm_round_s']:>13.3f} "
+            f"{(f'{fr:.3f}' if fr else '-'):>13} "
+            f"{sp:>8} {sc:>12}"
+        )
+        if "flower" in e and "error" in e["flower"]:
+            print(f"  Flower failed: {e['flower']['error']}", file=sys.stderr)
+
+    print()
+    print(
+        "primitives (d=100k): "
+        + ", ".join(
+            f"{k}={1e6 * v:.1f}us" for k, v in prim_by_d.get(100_000, prim_by_d[105_000]).items()
+        )
+    )
+    report = {
+        "grid": grid,
+        "primitives": {str(d): p for d, p in prim_by_d.items()},
+        "flower_comparison": comparison,
+        "have_flower": have_flower,
+        "flower_python": args.flower_python,
+        "quick": args.quick,
+        "repeats": args.repeats,
+        "cpu_count": os.cpu_count(),
+        "notes": (
+            "round_s = whole simulated round in one process (every client sequentially + server);"
+            " critical path = slowest client + server, as with devices running in parallel."
+            " Flower round_s = wall time of SecAggPlusWorkflow per round in Flower's simulation"
+            " (Ray, 2 CPUs), first round (start-up) excluded."
+        ),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
