@@ -1,7 +1,8 @@
 """bench/transport.py: requests/s and latency of the mTLS gRPC transport on loopback.
 
-N devices (each with its own certificate, key and TLS channel) call ``SubmitUpdate`` with a
-signed payload through the full zero-trust gate (certificate validation with revocation, request
+N devices (each with its own certificate, key and TLS channel, driven by threads of this process)
+call ``SubmitUpdate`` on a server in a separate process, with a signed payload through the full
+zero-trust gate (certificate validation with revocation, request
 binding, Cedar policy, audit log) to a trivial handler. Up to ``--inflight`` calls run at once
 from a thread pool. Every loop is bounded: ``--requests`` calls in total per fleet size.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -21,6 +23,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,29 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
 
 
+def _serve_in_child(
+    fleet: LocalFleet, audit_kind: str, max_payload: int, workers: int, conn: Connection
+) -> None:
+    """Server process: builds the gate and serves until the parent closes the pipe."""
+    tmp = tempfile.TemporaryDirectory()
+    file_log = AuditLog(Path(tmp.name) / "audit.jsonl") if audit_kind == "file" else None
+    audit: AuditSink = file_log if file_log is not None else MemoryAuditSink()
+    gate = fleet.gate(
+        audit, StaticTrustSource(TrustContext(0.9, True, 10, False)), max_payload_bytes=max_payload
+    )
+
+    def handler(identity: Identity, method: str, payload: bytes) -> bytes:
+        return b"ok"
+
+    server = fleet.serve(handler, gate, max_workers=workers)
+    conn.send(server.target)
+    conn.recv()  # blocks until the parent is done
+    server.stop(0)
+    if file_log is not None:
+        file_log.close()
+    tmp.cleanup()
+
+
 def run(
     n_devices: int,
     total_requests: int,
@@ -51,23 +77,17 @@ def run(
 ) -> dict[str, object]:
     now = time.time()
     fleet = LocalFleet.create("bench.example", now)
-    tmp = tempfile.TemporaryDirectory()
-    file_log = AuditLog(Path(tmp.name) / "audit.jsonl") if audit_kind == "file" else None
-    audit: AuditSink = file_log if file_log is not None else MemoryAuditSink()
-    gate = fleet.gate(
-        audit,
-        StaticTrustSource(TrustContext(0.9, True, 10, False)),
-        max_payload_bytes=max(payload_bytes * 2, 64 * 1024),
-    )
-
-    def handler(identity: Identity, method: str, payload: bytes) -> bytes:
-        return b"ok"
-
-    server = fleet.serve(handler, gate, max_workers=server_workers)
     devices = [fleet.enroll(f"seg-{i % 4}", f"dev-{i}", now) for i in range(n_devices)]
+    max_payload = max(payload_bytes * 2, 64 * 1024)
+    ctx = mp.get_context("fork")  # before this process starts any gRPC machinery
+    parent_end, child_end = ctx.Pipe()
+    proc = ctx.Process(
+        target=_serve_in_child, args=(fleet, audit_kind, max_payload, server_workers, child_end)
+    )
+    proc.start()
+    target = parent_end.recv()
     clients = [
-        d.client(server.target, fleet.ca.cert, np.random.default_rng(i))
-        for i, d in enumerate(devices)
+        d.client(target, fleet.ca.cert, np.random.default_rng(i)) for i, d in enumerate(devices)
     ]
     per_device = max(1, total_requests // n_devices)
     payload = os.urandom(payload_bytes)
@@ -97,10 +117,10 @@ def run(
     wall = time.perf_counter() - t0
     for c in clients:
         c.close()
-    server.stop(0)
-    if file_log is not None:
-        file_log.close()
-    tmp.cleanup()
+    parent_end.send("stop")
+    proc.join(timeout=30)
+    if proc.is_alive():
+        proc.kill()
     done = len(first) + len(warm)
     return {
         "devices": n_devices,
