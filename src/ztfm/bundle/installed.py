@@ -5,7 +5,8 @@ in the same directory, fsynced, renamed over ``current.ztb`` (atomic on POSIX) a
 is fsynced. A crash at any point leaves either the old or the new bundle, never a mix; stray
 temporary files are removed on the next open. A refused bundle leaves the current one untouched.
 
-This is a file-backed storage adapter behind a small interface (``open``/``current``/``install``).
+It also keeps the device's ledger witness state (the last trusted tree head) in the same way.
+This is a file-backed storage adapter behind a small interface (``current``/``install``).
 Rollback protection holds against the network; an attacker who can delete files on the device can
 reset it, which a TPM NV monotonic counter (attestation) would close.
 """
@@ -20,11 +21,12 @@ from ztfm.bundle.bundle import Bundle, BundleRejected, LedgerReceipt, Reason
 from ztfm.bundle.tensors import DEFAULT_LIMITS, TensorLimits
 from ztfm.bundle.verify import verify_bundle
 from ztfm.crypto.signing import VerifyKey
-from ztfm.errors import BundleError, CryptoError
+from ztfm.errors import BundleError, CryptoError, LedgerError
 from ztfm.ledger import LedgerClient
 
 CURRENT = "current.ztb"
-_TMP_PREFIX = ".current.ztb.tmp-"
+WITNESS = "ledger-head.json"
+_TMP_PREFIX = ".ztfm.tmp-"
 
 
 class InstalledModel:
@@ -101,8 +103,30 @@ class InstalledModel:
         self._current = bundle
         return bundle
 
-    def _write_atomic(self, data: bytes) -> None:
-        tmp = self._dir / f"{_TMP_PREFIX}{os.getpid()}"
+    # --- the device's ledger witness state, kept beside the model --------------------------
+    def load_witness(self, log_key: VerifyKey) -> LedgerClient:
+        """The ``LedgerClient`` saved by ``save_witness`` (or a fresh one on first boot).
+
+        Keeping the trusted head across restarts is what makes a fork or rollback of the log
+        detectable after a reboot; a corrupt state file is an error, not a fresh start.
+        """
+        try:
+            data = (self._dir / WITNESS).read_bytes()
+        except FileNotFoundError:
+            return LedgerClient(log_key)
+        except OSError as exc:
+            raise BundleError(f"cannot read the ledger witness state: {exc}") from exc
+        try:
+            return LedgerClient.from_state(log_key, data)
+        except LedgerError as exc:
+            raise BundleError(f"ledger witness state is invalid: {exc}") from exc
+
+    def save_witness(self, client: LedgerClient) -> None:
+        """Persist the client's trusted head atomically."""
+        self._write_atomic(client.state_bytes(), WITNESS)
+
+    def _write_atomic(self, data: bytes, name: str = CURRENT) -> None:
+        tmp = self._dir / f"{_TMP_PREFIX}{name}-{os.getpid()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
@@ -113,7 +137,7 @@ class InstalledModel:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, self.path)
+            os.replace(tmp, self._dir / name)
             dfd = os.open(self._dir, os.O_RDONLY)
             try:
                 os.fsync(dfd)

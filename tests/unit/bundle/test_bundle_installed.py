@@ -87,7 +87,7 @@ def test_failed_write_keeps_old_and_leaves_no_temp(
 def test_stray_temp_files_are_removed_on_open(tmp_path: Path) -> None:
     d = tmp_path / "model"
     d.mkdir()
-    (d / ".current.ztb.tmp-123").write_bytes(b"half a bundle")
+    (d / ".ztfm.tmp-current.ztb-123").write_bytes(b"half a bundle")
     dev = device(tmp_path)
     assert dev.current is None
     assert list(d.iterdir()) == []
