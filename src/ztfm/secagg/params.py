@@ -6,6 +6,7 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ MAX_ID_BYTES = 256
 _DTYPES = {16: np.uint16, 32: np.uint32, 64: np.uint64}
 
 
+@lru_cache(maxsize=1 << 16)
 def lp(data: bytes | str) -> bytes:
     """Length-prefixed bytes, so concatenated fields cannot be re-split differently."""
     raw = data.encode() if isinstance(data, str) else data
