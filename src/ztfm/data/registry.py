@@ -1,7 +1,7 @@
 """One entry point for every dataset format: ``load``, ``standard_split``, ``register_format``.
 
-Known formats: ``skab``, ``nbaiot``, ``ton_iot``, ``iot23``, ``pcap``, ``mqttset`` (and ``lab``
-once ``ztfm.data.lab`` exists). Built-in formats are imported lazily, by name, the first time they
+Known formats: ``skab``, ``nbaiot``, ``ton_iot``, ``iot23``, ``iot23_packets``, ``pcap``,
+``mqttset`` and ``lab``. Built-in formats are imported lazily, by name, the first time they
 are used (like the CLI's command table), so importing the registry is cheap and a missing optional
 module only breaks its own format.
 
@@ -62,6 +62,8 @@ _BUILTIN: dict[str, tuple[str, str, str, str, bool]] = {
                 "TON_IoT telemetry per device (plumbing only)", False),
     "iot23": ("ztfm.data.iot23", "load_iot23", "iot23_split", "IoT-23 labelled Zeek conn logs",
               False),
+    "iot23_packets": ("ztfm.data.iot23_packets", "load_iot23_packets", "iot23_packets_split",
+                      "IoT-23 capture + conn log: per-packet features, conn-log labels", True),
     "pcap": ("ztfm.data.pcap", "load_pcap", "pcap_split", "pcap/pcapng captures, per packet",
              True),
     "mqttset": ("ztfm.data.mqttset", "load_mqttset", "mqttset_split",
