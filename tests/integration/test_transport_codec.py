@@ -105,3 +105,28 @@ def test_resource_must_fit_method() -> None:
         e = sign_request(dev.keystore, "GetRound", 1, "cam-1", b"", T, resource=res)
         with pytest.raises(Rejected):
             gate.admit(dev.cert.der, "GetRound", encode_signed_request(e, b""), T)
+
+
+def test_trust_manager_drives_policy_and_learns_from_rejections() -> None:
+    from ztfm.transport.gate import TrustManagerSource
+    from ztfm.trust.manager import TrustManager
+    from ztfm.trust.store import MemoryTrustStore
+    from ztfm.types import DeviceId
+
+    fleet = LocalFleet.create("acme.example", T)
+    mgr = TrustManager(MemoryTrustStore())
+    src = TrustManagerSource(mgr, lambda ident, now: 5.0)
+    audit = MemoryAuditSink()
+    gate = fleet.gate(audit, src, on_reject=src.observe_rejection)
+    dev = fleet.enroll("cams", "cam-1", T)
+    raw = encode_signed_request(sign_request(dev.keystore, "GetRound", 1, "cam-1", b"", T), b"")
+    assert gate.admit(dev.cert.der, "GetRound", raw, T).identity == dev.identity
+    before = mgr.score(DeviceId("cam-1"), T)
+    with pytest.raises(Rejected):  # replay: rejected, and it counts against trust
+        gate.admit(dev.cert.der, "GetRound", raw, T)
+    assert mgr.score(DeviceId("cam-1"), T) < before
+    mgr.observe_attestation(DeviceId("cam-1"), False, T)  # failing quote -> quarantine
+    raw2 = encode_signed_request(sign_request(dev.keystore, "GetRound", 1, "cam-1", b"", T), b"")
+    with pytest.raises(Rejected) as ei:
+        gate.admit(dev.cert.der, "GetRound", raw2, T)
+    assert ei.value.stage == "policy"

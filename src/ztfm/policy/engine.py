@@ -52,7 +52,8 @@ namespace Ztfm {
   };
   entity Resource { kind: String, fleet: String, segment: String, name: String };
   type Ctx = {
-    trust_milli: Long, attestation_ok: Bool, attestation_age_s: Long, revoked: Bool
+    trust_milli: Long, attestation_ok: Bool, attestation_age_s: Long, revoked: Bool,
+    quarantined: Bool
   };
   action Enroll, RenewCert, GetRound, SubmitUpdate, GetModel, GetRevocations
     appliesTo { principal: [Workload], resource: [Resource], context: Ctx };
@@ -71,6 +72,7 @@ class TrustContext:
     attestation_ok: bool
     attestation_age_s: float | None
     revoked: bool
+    quarantined: bool = False
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.trust_score) or not 0.0 <= self.trust_score <= 1.0:
@@ -87,6 +89,7 @@ class TrustContext:
             "attestation_ok": bool(self.attestation_ok),
             "attestation_age_s": 2**62 if age is None else min(math.ceil(age), 2**62),
             "revoked": bool(self.revoked),
+            "quarantined": bool(self.quarantined),
         }
 
 

@@ -21,6 +21,8 @@ from ztfm.crypto.pki import Certificate
 from ztfm.errors import CryptoError, IdentityError, PolicyDenied, RequestRejected, ZtfmError
 from ztfm.identity import CertValidator, Envelope, Identity, InMemoryKeyRegistry, RequestVerifier
 from ztfm.policy import AccessRequest, Policy, Resource, TrustContext, TrustSource
+from ztfm.trust.manager import TrustManager
+from ztfm.types import DeviceId
 from ztfm.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES, SIGNED_METHODS, decode_signed_request
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,50 @@ class StaticTrustSource:
         return self.context
 
 
+class RejectionObserver(Protocol):
+    """Told about every rejected request of an authenticated caller (e.g. to lower its trust)."""
+
+    def __call__(self, identity: Identity, code: str, now: float) -> None: ...
+
+
+class AttestationAge(Protocol):
+    """Seconds since the identity's last passing attestation, or None if it never attested."""
+
+    def __call__(self, identity: Identity, now: float) -> float | None: ...
+
+
+class TrustManagerSource:
+    """Live ``TrustContext`` from ``ztfm.trust.TrustManager`` plus an attestation-age lookup.
+
+    Quarantined or suspicious devices are also rate-limited here (``admit_request``): an empty
+    token bucket raises ``TrustError``, which the gate turns into a denial.
+    """
+
+    def __init__(
+        self, manager: TrustManager, attestation_age: AttestationAge, rate_limit: bool = True
+    ) -> None:
+        self.manager = manager
+        self.attestation_age = attestation_age
+        self.rate_limit = rate_limit
+
+    def observe_rejection(self, identity: Identity, code: str, now: float) -> None:
+        """A ``RejectionObserver``: each rejected request counts against the device's trust."""
+        self.manager.observe_rejection(DeviceId(identity.device_id), code, now)
+
+    def context_for(self, identity: Identity, now: float) -> TrustContext:
+        device = DeviceId(identity.device_id)
+        if self.rate_limit:
+            self.manager.admit_request(device, now)
+        info = self.manager.policy_input(device, now)
+        return TrustContext(
+            trust_score=float(info["trust_score"]),
+            attestation_ok=bool(info["attested_ok"]),
+            attestation_age_s=self.attestation_age(identity, now),
+            revoked=False,  # the gate has already checked the signed revocation list
+            quarantined=bool(info["quarantined"]),
+        )
+
+
 def _resource_for(method: str, env: Envelope, identity: Identity) -> Resource:
     kind = METHOD_KIND[method]
     if not env.resource:
@@ -103,7 +149,9 @@ class RequestGate:
         audit: AuditSink,
         snapshots: SnapshotStore | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        on_reject: RejectionObserver | None = None,
     ) -> None:
+        self.on_reject = on_reject
         self.validator = validator
         self.verifier = verifier
         self.registry = registry
@@ -123,6 +171,7 @@ class RequestGate:
         raw: bytes,
         now: float,
         payload: bytes | None = None,
+        identity: Identity | None = None,
     ) -> Rejected:
         ref = secrets.token_hex(6)
         fields: dict[str, object] = {
@@ -145,6 +194,11 @@ class RequestGate:
             except ZtfmError as exc:  # a full disk must not turn a rejection into a crash
                 fields["snapshot_error"] = str(exc)
         self.audit.record("rpc.rejected", fields, now)
+        if self.on_reject is not None and identity is not None:
+            try:
+                self.on_reject(identity, cause.code, now)
+            except Exception as exc:  # the trust store failing must not hide the rejection
+                log.warning("rejection observer failed: %r", exc)
         log.info("rejected %s from %s at %s: %s (ref %s)", method, peer, stage, cause, ref)
         return Rejected(stage, ref, cause)
 
@@ -187,21 +241,21 @@ class RequestGate:
         try:
             env, payload = decode_signed_request(raw, self.max_payload_bytes)
         except RequestRejected as exc:
-            raise self._reject("parse", exc, method, peer, raw, now) from exc
+            raise self._reject("parse", exc, method, peer, raw, now, None, identity) from exc
         try:
             with self._lock:
                 self.verifier.verify(env, payload, identity, now, expected_method=method)
             resource = _resource_for(method, env, identity)
         except (RequestRejected, PolicyDenied) as exc:
-            raise self._reject("binding", exc, method, peer, raw, now, payload) from exc
+            raise self._reject("binding", exc, method, peer, raw, now, payload, identity) from exc
         try:
             ctx = self.trust.context_for(identity, now)
             self.policy.authorize(AccessRequest(identity, method, resource, ctx), now)
         except PolicyDenied as exc:
-            raise self._reject("policy", exc, method, peer, raw, now, payload) from exc
+            raise self._reject("policy", exc, method, peer, raw, now, payload, identity) from exc
         except Exception as exc:  # a failing trust source or policy bug denies (fail closed)
             denied = PolicyDenied(f"policy/trust error (fail closed): {exc!r}"[:300])
-            raise self._reject("policy", denied, method, peer, raw, now, payload) from exc
+            raise self._reject("policy", denied, method, peer, raw, now, payload, identity) from exc
         self.audit.record(
             "rpc.admitted",
             {

@@ -28,7 +28,7 @@ from ztfm.identity import (
 )
 from ztfm.identity.ca import DEFAULT_CERT_TTL_S, DEFAULT_CRL_TTL_S
 from ztfm.policy import Policy, PolicyEngine, TrustSource
-from ztfm.transport.gate import RequestGate, RpcHandler
+from ztfm.transport.gate import RejectionObserver, RequestGate, RpcHandler
 from ztfm.transport.grpc_client import FleetClient, RetryPolicy
 from ztfm.transport.grpc_server import EnrollmentServer, FleetServer, TlsFiles
 from ztfm.types import Clock, SystemClock
@@ -196,6 +196,7 @@ class LocalFleet:
         max_age_s: float = 30.0,
         skew_s: float = 60.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        on_reject: RejectionObserver | None = None,
     ) -> RequestGate:
         return RequestGate(
             self.validator(skew_s),
@@ -206,6 +207,7 @@ class LocalFleet:
             audit,
             snapshots,
             max_payload_bytes,
+            on_reject,
         )
 
     def serve(

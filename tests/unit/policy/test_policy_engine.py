@@ -225,3 +225,11 @@ def test_composition(engine: PolicyEngine) -> None:
         AnyOf(_Boom()).authorize(r, T0)  # only FailClosed swallows bugs; wrap it
     with pytest.raises(PolicyDenied):
         FailClosed(AnyOf(_Boom(), DenyAll())).authorize(r, T0)
+
+
+def test_quarantine_gate(engine: PolicyEngine) -> None:
+    q = TrustContext(0.9, True, 10, False, quarantined=True)
+    for action, kind in (("GetRound", "round"), ("SubmitUpdate", "update"), ("RenewCert", "cert")):
+        with pytest.raises(PolicyDenied, match="quarantine"):
+            engine.authorize(req(CAM, action, kind, ctx=q), T0)
+    assert engine.authorize(req(CAM, "GetModel", "model", ctx=q), T0).allowed
