@@ -85,7 +85,12 @@ def run(
         target=_serve_in_child, args=(fleet, audit_kind, max_payload, server_workers, child_end)
     )
     proc.start()
-    target = parent_end.recv()
+    child_end.close()
+    try:
+        target = parent_end.recv()
+    except EOFError as exc:
+        proc.join()
+        raise SystemExit(f"server process failed (exit code {proc.exitcode})") from exc
     clients = [
         d.client(target, fleet.ca.cert, np.random.default_rng(i)) for i, d in enumerate(devices)
     ]
