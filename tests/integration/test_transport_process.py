@@ -1,0 +1,85 @@
+"""The coordinator's server in a real separate process (as `ztfm coordinator serve` will run it),
+a device client in this one; the server's audit log on disk records the refusal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from ztfm.audit import verify_log
+from ztfm.identity import Identity, MemoryKeyStore, sign_request
+from ztfm.identity.store import init_ca
+from ztfm.transport.grpc_fleet import Credentials
+from ztfm.wire.codec import encode_signed_request
+
+SERVER = r"""
+import sys, time
+from pathlib import Path
+from ztfm.audit import AuditLog
+from ztfm.identity.store import load_ca
+from ztfm.policy import TrustContext
+from ztfm.transport.gate import StaticTrustSource
+from ztfm.transport.grpc_fleet import LocalFleet
+
+d = Path(sys.argv[1])
+fleet = LocalFleet(load_ca(d / "ca"), time.time())
+log = AuditLog(d / "audit.jsonl")
+gate = fleet.gate(log, StaticTrustSource(TrustContext(0.9, True, 10, False)))
+srv = fleet.serve(lambda ident, method, payload: b"pong:" + ident.device_id.encode(), gate)
+print(srv.target, flush=True)
+sys.stdin.read()
+srv.stop(0)
+log.close()
+"""
+
+
+def test_server_in_another_process(tmp_path: Path) -> None:
+    now = time.time()
+    ca = init_ca(tmp_path / "ca", "acme.example", now - 60)
+    ident = Identity("acme.example", "cams", "device", "cam-1")
+    keys = MemoryKeyStore()
+    creds = Credentials(ident, keys, ca.issue(keys.make_csr(ident), ident, now))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        target = proc.stdout.readline().strip()
+        assert target.startswith("127.0.0.1:"), target
+        with creds.client(target, ca.cert, np.random.default_rng(0)) as c:
+            assert c.call("GetModel", b"") == b"pong:cam-1"
+        env = sign_request(keys, "GetModel", 0, "cam-1", b"", time.time())
+        raw = encode_signed_request(env, b"")
+        ch = grpc.secure_channel(
+            target,
+            grpc.ssl_channel_credentials(
+                ca.cert.to_pem(), keys.tls_private_key_pem(), creds.cert.to_pem()
+            ),
+            options=[("grpc.ssl_target_name_override", "localhost")],
+        )
+        stub = ch.unary_unary("/ztfm.v1.Fleet/GetModel")
+        assert stub(raw, timeout=10) == b"\n\npong:cam-1"  # Reply{payload} on the wire
+        try:
+            stub(raw, timeout=10)
+            raise AssertionError("replay accepted")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.PERMISSION_DENIED
+        ch.close()
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert verify_log(tmp_path / "audit.jsonl").records >= 5
+    records = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    (rej,) = [r["fields"] for r in records if r["event"] == "rpc.rejected"]
+    assert rej["code"] == "replay" and rej["peer"] == ident.uri
