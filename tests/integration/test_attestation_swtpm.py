@@ -54,8 +54,7 @@ def _verifier(ca: SwtpmCa) -> AttestationVerifier:
     )
 
 
-@pytest.fixture
-def open_tpm() -> Iterator[Callable[[SwtpmProcess], AttestingDevice]]:
+def _opener() -> Iterator[Callable[[SwtpmProcess], AttestingDevice]]:
     from ztfm.attestation.tpm import Tpm
 
     opened: list[Tpm] = []
@@ -70,6 +69,16 @@ def open_tpm() -> Iterator[Callable[[SwtpmProcess], AttestingDevice]]:
         tpm.close()
 
 
+@pytest.fixture
+def open_tpm() -> Iterator[Callable[[SwtpmProcess], AttestingDevice]]:
+    yield from _opener()
+
+
+@pytest.fixture(scope="module")
+def open_tpm_module() -> Iterator[Callable[[SwtpmProcess], AttestingDevice]]:
+    yield from _opener()
+
+
 def _device(
     factory: Callable[[], SwtpmProcess],
     open_tpm: Callable[[SwtpmProcess], AttestingDevice],
@@ -82,9 +91,16 @@ def _device(
     return dev
 
 
-def _enrol(v: AttestationVerifier, name: str, dev: AttestingDevice, now: float = T0) -> None:
+def _enrol(
+    v: AttestationVerifier,
+    name: str,
+    dev: AttestingDevice,
+    now: float = T0,
+    first_quote: bool = False,
+) -> None:
     challenge = v.begin_enrolment(DeviceId(name), "gateway", dev.enrolment_request(), now)
-    v.finish_enrolment(DeviceId(name), dev.activate(challenge), now + 1)
+    quote = dev.quote(challenge.nonce) if first_quote else None
+    v.finish_enrolment(DeviceId(name), dev.activate(challenge), now + 1, quote=quote)
 
 
 def test_three_swtpm_devices_enrol_and_attest_every_round(
@@ -95,8 +111,9 @@ def test_three_swtpm_devices_enrol_and_attest_every_round(
     devices = {f"gw-{i}": _device(swtpm_factory, open_tpm) for i in range(3)}
     v = _verifier(swtpm_ca)
     for name, dev in devices.items():
-        _enrol(v, name, dev)
+        _enrol(v, name, dev, first_quote=True)  # enrolment nonce -> first quote
         assert v.enrolled(DeviceId(name)).ek_root == "CN=swtpm-localca-rootca"
+        assert v.status(DeviceId(name), T0 + 1) == (True, 0.0)
     seen_nonces: set[bytes] = set()
     for rnd in range(3):
         now = T0 + 60 * (rnd + 1)
@@ -120,17 +137,17 @@ def test_three_swtpm_devices_enrol_and_attest_every_round(
     assert dev0.tpm.read_pcrs(QUOTE_PCRS) == golden
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def rig(
     swtpm_ca: SwtpmCa,
-    swtpm_factory: Callable[[], SwtpmProcess],
-    open_tpm: Callable[[SwtpmProcess], AttestingDevice],
+    swtpm_module_factory: Callable[[], SwtpmProcess],
+    open_tpm_module: Callable[[SwtpmProcess], AttestingDevice],
 ) -> Rig:
     devices = {
-        "good": _device(swtpm_factory, open_tpm),
-        "other": _device(swtpm_factory, open_tpm),
-        "evil-fw": _device(swtpm_factory, open_tpm, fw=FW_EVIL),
-        "evil-model": _device(swtpm_factory, open_tpm, model=MODEL_EVIL),
+        "good": _device(swtpm_module_factory, open_tpm_module),
+        "other": _device(swtpm_module_factory, open_tpm_module),
+        "evil-fw": _device(swtpm_module_factory, open_tpm_module, fw=FW_EVIL),
+        "evil-model": _device(swtpm_module_factory, open_tpm_module, model=MODEL_EVIL),
     }
     v = _verifier(swtpm_ca)
     for name, dev in devices.items():

@@ -145,15 +145,18 @@ class EnrolmentRequest:
 
 @dataclass(frozen=True, slots=True)
 class CredentialChallenge:
-    """MakeCredential output sent to the device: TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET."""
+    """MakeCredential output sent to the device (TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET) and
+    the enrolment nonce for the device's first quote."""
 
     credential_blob: bytes
     encrypted_secret: bytes
+    nonce: bytes = b""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "credential_blob": self.credential_blob.hex(),
             "encrypted_secret": self.encrypted_secret.hex(),
+            "nonce": self.nonce.hex(),
         }
 
     @classmethod
@@ -161,6 +164,7 @@ class CredentialChallenge:
         return cls(
             _hex(_field(data, "credential_blob", "challenge"), "credential_blob", max_size=512),
             _hex(_field(data, "encrypted_secret", "challenge"), "encrypted_secret", max_size=512),
+            _hex(data.get("nonce", ""), "nonce", max_size=64),
         )
 
 

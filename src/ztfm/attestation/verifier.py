@@ -300,10 +300,22 @@ class AttestationVerifier:
         )
         if not hardware:
             log.info("device %s enrols with a software TPM (not hardware-backed)", device_id)
-        return CredentialChallenge(wrapped.credential_blob, wrapped.encrypted_secret)
+        assert self._book is not None
+        nonce = self._book.issue(device_id, now)
+        return CredentialChallenge(wrapped.credential_blob, wrapped.encrypted_secret, nonce)
 
-    def finish_enrolment(self, device_id: DeviceId, secret: bytes, now: float) -> EnrolledDevice:
-        """Bind the AK if ``secret`` is the activated credential; raise if not."""
+    def finish_enrolment(
+        self,
+        device_id: DeviceId,
+        secret: bytes,
+        now: float,
+        quote: QuoteEvidence | None = None,
+    ) -> EnrolledDevice:
+        """Bind the AK if ``secret`` is the activated credential; raise if not.
+
+        With ``quote`` (over the challenge's enrolment nonce) the first quote is checked too and
+        the enrolment is rolled back if it fails: a tampered device cannot even enrol.
+        """
         pending = self._pending.pop(device_id, None)
         if pending is None:
             raise AttestationError("no enrolment in progress for this device")
@@ -320,8 +332,18 @@ class AttestationVerifier:
             pending.hardware_backed,
             now,
         )
+        previous = self._enrolled.get(device_id)
         self._enrolled[device_id] = device
         self._clocks.pop(device_id, None)
+        if quote is not None:
+            try:
+                self.check_quote(device_id, quote, now)
+            except QuoteRejected:
+                if previous is None:
+                    self._enrolled.pop(device_id, None)
+                else:
+                    self._enrolled[device_id] = previous
+                raise
         return device
 
     def enrolled(self, device_id: DeviceId) -> EnrolledDevice:

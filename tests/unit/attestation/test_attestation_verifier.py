@@ -519,3 +519,30 @@ def test_ak_point_off_curve_is_rejected(fleet: SoftFleet) -> None:
     req = dataclasses.replace(dev.enrolment_request(), ak_public=bogus.raw)
     with pytest.raises(AttestationError, match="AK public key is invalid"):
         fleet.verifier.begin_enrolment(CAM, "camera", req, T0)
+
+
+def test_enrolment_with_first_quote(fleet: SoftFleet) -> None:
+    dev = fleet.device("cam-1")
+    ch = fleet.verifier.begin_enrolment(CAM, "camera", dev.enrolment_request(), T0)
+    assert len(ch.nonce) == 32
+    fleet.verifier.finish_enrolment(CAM, dev.activate(ch), T0 + 1, quote=dev.quote(ch.nonce))
+    assert fleet.verifier.status(CAM, T0 + 2) == (True, 1.0)
+
+
+def test_tampered_device_cannot_enrol_with_first_quote(fleet: SoftFleet) -> None:
+    dev = fleet.device("cam-1", fw=FW_EVIL)
+    ch = fleet.verifier.begin_enrolment(CAM, "camera", dev.enrolment_request(), T0)
+    with pytest.raises(QuoteRejected) as info:
+        fleet.verifier.finish_enrolment(CAM, dev.activate(ch), T0 + 1, quote=dev.quote(ch.nonce))
+    assert info.value.reason == "firmware"
+    with pytest.raises(AttestationError, match="not enrolled"):
+        fleet.verifier.enrolled(CAM)
+
+
+def test_enrolment_quote_with_wrong_nonce_is_rejected(fleet: SoftFleet) -> None:
+    dev = fleet.device("cam-1")
+    ch = fleet.verifier.begin_enrolment(CAM, "camera", dev.enrolment_request(), T0)
+    with pytest.raises(QuoteRejected):
+        fleet.verifier.finish_enrolment(
+            CAM, dev.activate(ch), T0 + 1, quote=dev.quote(b"\x00" * 32)
+        )
