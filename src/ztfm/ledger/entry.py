@@ -199,6 +199,15 @@ class Entry:
     def time_s(self) -> float:
         return self.time_ms / 1000.0
 
+    def subjects(self) -> tuple[str, ...]:
+        """Who or what the entry is about (device ids, model id, round contributors): the keys
+        of the ledger's lookup index."""
+        body = self.body
+        out = [body[k] for k in ("device_id", "model_id") if isinstance(body.get(k), str)]
+        if self.kind is EntryKind.ROUND_CONTRIBUTORS:
+            out.extend(body["contributors"])
+        return tuple(dict.fromkeys(out))
+
 
 def _check_body(kind: EntryKind, body: dict[str, Any]) -> None:
     for key in body:

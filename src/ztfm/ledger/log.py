@@ -97,20 +97,20 @@ class Ledger:
 
     def append_many(self, entries: Iterable[Entry]) -> range:
         """Append entries in one transaction (all or nothing); return their indices."""
-        return self._append([e.to_bytes() for e in entries])
+        es = list(entries)
+        return self._append([e.to_bytes() for e in es], es)
 
     def append_raw(self, datas: Sequence[bytes]) -> range:
         """Append already-encoded entries (each must parse as an ``Entry``)."""
-        for d in datas:
-            Entry.from_bytes(d)
-        return self._append(datas)
+        return self._append(datas, [Entry.from_bytes(d) for d in datas])
 
-    def _append(self, datas: Sequence[bytes]) -> range:
+    def _append(self, datas: Sequence[bytes], entries: Sequence[Entry]) -> range:
         with self._lock:
-            return self._append_locked(datas)
+            return self._append_locked(datas, entries)
 
-    def _append_locked(self, datas: Sequence[bytes]) -> range:
+    def _append_locked(self, datas: Sequence[bytes], entries: Sequence[Entry]) -> range:
         first = self._frontier.size
+        subjects = [(subject, first + i) for i, e in enumerate(entries) for subject in e.subjects()]
         work = merkle.Frontier(first, list(self._frontier.hashes))
         leaves: list[tuple[bytes, bytes]] = []
         nodes: list[Node] = []
@@ -118,7 +118,7 @@ class Ledger:
             h = merkle.leaf_hash(d)
             leaves.append((d, h))
             nodes.extend(work.push(h))
-        self._store.append(first, leaves, nodes)
+        self._store.append(first, leaves, nodes, subjects)
         self._frontier = work
         return range(first, work.size)
 
@@ -156,6 +156,23 @@ class Ledger:
         n = self._check_size(new_size)
         path = merkle.consistency_path(self._store.node, old_size, n)
         return ConsistencyProof(old_size, n, tuple(path))
+
+    def history(self, subject: str) -> list[tuple[int, Entry]]:
+        """Entries about ``subject`` (a device id, model id or round contributor), oldest first.
+
+        Uses the store's subject index, then re-reads each entry and checks it really names
+        ``subject``; it cannot show that nothing was *left out* of the index (``verify_all``
+        and a scan with ``find`` can).
+        """
+        out: list[tuple[int, Entry]] = []
+        for index in self._store.indices_for(subject):
+            if not 0 <= index < self.size:
+                raise LedgerError(f"subject index points outside the ledger ({index})")
+            entry = self.entry(index)
+            if subject not in entry.subjects():
+                raise LedgerError(f"subject index for {subject!r} is wrong at entry {index}")
+            out.append((index, entry))
+        return out
 
     def find(self, predicate: Callable[[Entry], bool], *, start: int = 0) -> list[int]:
         """Indices of entries matching ``predicate`` (a linear scan; for tools, not hot paths)."""
@@ -203,14 +220,16 @@ class Ledger:
         for chunk_start in range(0, size, VERIFY_CHUNK):
             chunk_end = min(chunk_start + VERIFY_CHUNK, size)
             computed: dict[int, list[tuple[int, bytes]]] = {}
+            subjects: set[tuple[str, int]] = set()
             for offset, (data, stored_leaf) in enumerate(
                 self._store.iter_leaves(chunk_start, chunk_end)
             ):
                 index = chunk_start + offset
                 try:
-                    Entry.from_bytes(data)
+                    entry = Entry.from_bytes(data)
                 except LedgerError as exc:
                     raise LedgerError(f"entry {index} is malformed: {exc}") from exc
+                subjects.update((s, index) for s in entry.subjects())
                 h = merkle.leaf_hash(data)
                 if h != stored_leaf:
                     raise LedgerError(f"entry {index} does not match its stored leaf hash")
@@ -219,6 +238,12 @@ class Ledger:
                 self._check_heads_at(frontier.size, frontier, by_size)
             if frontier.size != chunk_end:
                 raise LedgerError(f"ledger entry {frontier.size} is missing")
+            stored_subjects = self._store.subjects_range(chunk_start, chunk_end)
+            if len(stored_subjects) != len(subjects) or set(stored_subjects) != subjects:
+                raise LedgerError(
+                    f"the subject index for entries {chunk_start}..{chunk_end - 1} does not "
+                    "match the entries"
+                )
             for level, items in computed.items():
                 first = items[0][0]
                 stored = self._store.node_range(level, first, first + len(items))

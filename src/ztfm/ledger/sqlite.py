@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ztfm.errors import LedgerError
-from ztfm.ledger.store import Leaf, Node
+from ztfm.ledger.store import Leaf, Node, Subject
 
 SCHEMA_VERSION = b"1"
 
@@ -31,6 +31,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     hash BLOB NOT NULL,
     PRIMARY KEY (level, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subjects (
+    subject TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (subject, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS subjects_by_idx ON subjects (idx);
 CREATE TABLE IF NOT EXISTS tree_heads (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     tree_size INTEGER NOT NULL,
@@ -44,6 +50,10 @@ CREATE TRIGGER IF NOT EXISTS nodes_no_update BEFORE UPDATE ON nodes
     BEGIN SELECT RAISE(ABORT, 'ledger nodes are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS nodes_no_delete BEFORE DELETE ON nodes
     BEGIN SELECT RAISE(ABORT, 'ledger nodes are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS subjects_no_update BEFORE UPDATE ON subjects
+    BEGIN SELECT RAISE(ABORT, 'the subject index is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS subjects_no_delete BEFORE DELETE ON subjects
+    BEGIN SELECT RAISE(ABORT, 'the subject index is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS heads_no_update BEFORE UPDATE ON tree_heads
     BEGIN SELECT RAISE(ABORT, 'tree heads are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS heads_no_delete BEFORE DELETE ON tree_heads
@@ -150,7 +160,13 @@ class SqliteLedgerStore:
     def size(self) -> int:
         return self._size()
 
-    def append(self, first_index: int, leaves: Sequence[Leaf], nodes: Sequence[Node]) -> None:
+    def append(
+        self,
+        first_index: int,
+        leaves: Sequence[Leaf],
+        nodes: Sequence[Node],
+        subjects: Sequence[Subject] = (),
+    ) -> None:
         try:
             with self._tx() as db:
                 size = self._size()
@@ -166,6 +182,9 @@ class SqliteLedgerStore:
                 db.executemany(
                     "INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)",
                     ((lv, ix, h) for lv, ix, h in nodes),
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO subjects (subject, idx) VALUES (?, ?)", subjects
                 )
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"ledger append failed: {exc}") from exc
@@ -194,6 +213,24 @@ class SqliteLedgerStore:
             if len(rows) < end - pos:
                 raise LedgerError(f"ledger entry {expect} is missing")
             pos = end
+
+    def indices_for(self, subject: str) -> list[int]:
+        rows = self._all("SELECT idx FROM subjects WHERE subject = ? ORDER BY idx", (subject,))
+        out = [r[0] for r in rows]
+        if not all(isinstance(i, int) for i in out):
+            raise LedgerError("subject index is not an integer: the database was altered")
+        return out  # type: ignore[return-value]
+
+    def subjects_range(self, start: int, stop: int) -> list[Subject]:
+        rows = self._all(
+            "SELECT subject, idx FROM subjects WHERE idx >= ? AND idx < ?", (start, stop)
+        )
+        out: list[Subject] = []
+        for subject, idx in rows:
+            if not isinstance(subject, str) or not isinstance(idx, int):
+                raise LedgerError("subject index has a wrong type: the database was altered")
+            out.append((subject, idx))
+        return out
 
     def node(self, level: int, index: int) -> bytes:
         if level == 0:

@@ -14,6 +14,7 @@ from ztfm.errors import LedgerError
 
 Leaf = tuple[bytes, bytes]  # (entry data, leaf hash)
 Node = tuple[int, int, bytes]  # (level >= 1, index, hash)
+Subject = tuple[str, int]  # (subject, entry index): the lookup index, not authenticated
 
 
 class LedgerStore(Protocol):
@@ -23,9 +24,24 @@ class LedgerStore(Protocol):
         """Number of entries."""
         ...
 
-    def append(self, first_index: int, leaves: Sequence[Leaf], nodes: Sequence[Node]) -> None:
-        """Atomically add ``leaves`` at ``first_index`` (which must equal ``size()``) and the
-        interior ``nodes`` they complete; raise ``LedgerError`` and change nothing otherwise."""
+    def append(
+        self,
+        first_index: int,
+        leaves: Sequence[Leaf],
+        nodes: Sequence[Node],
+        subjects: Sequence[Subject] = (),
+    ) -> None:
+        """Atomically add ``leaves`` at ``first_index`` (which must equal ``size()``), the
+        interior ``nodes`` they complete and their ``subjects`` index rows; raise
+        ``LedgerError`` and change nothing otherwise."""
+        ...
+
+    def indices_for(self, subject: str) -> list[int]:
+        """Entry indices recorded for ``subject``, ascending (a hint: callers re-check)."""
+        ...
+
+    def subjects_range(self, start: int, stop: int) -> list[Subject]:
+        """Index rows for entries ``start <= idx < stop`` (any order; for ``verify_all``)."""
         ...
 
     def entry(self, index: int) -> bytes:
@@ -67,11 +83,18 @@ class MemoryLedgerStore:
         self._levels: list[list[bytes]] = [[]]  # _levels[0] = leaf hashes
         self._heads: list[bytes] = []
         self._meta: dict[str, bytes] = {}
+        self._subjects: dict[str, list[int]] = {}
 
     def size(self) -> int:
         return len(self._data)
 
-    def append(self, first_index: int, leaves: Sequence[Leaf], nodes: Sequence[Node]) -> None:
+    def append(
+        self,
+        first_index: int,
+        leaves: Sequence[Leaf],
+        nodes: Sequence[Node],
+        subjects: Sequence[Subject] = (),
+    ) -> None:
         if first_index != len(self._data):
             raise LedgerError(
                 f"append at {first_index} but the ledger has {len(self._data)} entries"
@@ -93,6 +116,14 @@ class MemoryLedgerStore:
             while len(self._levels) <= level:
                 self._levels.append([])
             self._levels[level].append(h)
+        for subject, index in subjects:
+            self._subjects.setdefault(subject, []).append(index)
+
+    def indices_for(self, subject: str) -> list[int]:
+        return list(self._subjects.get(subject, ()))
+
+    def subjects_range(self, start: int, stop: int) -> list[Subject]:
+        return [(s, i) for s, idxs in self._subjects.items() for i in idxs if start <= i < stop]
 
     def entry(self, index: int) -> bytes:
         if not 0 <= index < len(self._data):

@@ -189,6 +189,7 @@ def test_sqlite_triggers_refuse_in_place_edits(tmp_path: Path) -> None:
         "DELETE FROM entries WHERE idx = 3",
         "UPDATE nodes SET hash = x'00' WHERE level = 1",
         "DELETE FROM nodes",
+        "DELETE FROM subjects",
     ):
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             con.execute(sql)
@@ -214,6 +215,8 @@ def _raw(db: Path, *sql: tuple[str, tuple[object, ...]]) -> None:
         "nodes_no_delete",
         "heads_no_update",
         "heads_no_delete",
+        "subjects_no_update",
+        "subjects_no_delete",
     ):
         con.execute(f"DROP TRIGGER IF EXISTS {name}")
     for stmt, args in sql:
@@ -372,3 +375,43 @@ def test_threads_appending_through_one_ledger(tmp_path: Path) -> None:
     assert all(isinstance(e, LedgerError) and "older" in str(e) for e in errors)
     assert ledger.size == Ledger(SqliteLedgerStore(tmp_path / "l.db")).size
     ledger.verify_all(LOG_KEY.verify_key)
+
+
+def test_history_by_subject(store: LedgerStore) -> None:
+    ledger = Ledger(store, LOG_KEY)
+    ledger.append(Entry.create(EntryKind.ENROLMENT, {"device_id": "cam", "public_key": "k"}, now=1))
+    ledger.append_many(entries(3))
+    ledger.append(
+        Entry.create(
+            EntryKind.ROUND_CONTRIBUTORS, {"round": 1, "contributors": ["cam", "d1"]}, now=2
+        )
+    )
+    ledger.append(
+        Entry.create(EntryKind.REVOCATION, {"device_id": "cam", "reason": "stolen"}, now=3)
+    )
+    assert [i for i, _ in ledger.history("cam")] == [0, 4, 5]
+    assert [e.kind for _, e in ledger.history("cam")][-1] is EntryKind.REVOCATION
+    assert [i for i, _ in ledger.history("d1")] == [2, 4]
+    assert ledger.history("nobody") == []
+    ledger.verify_all(LOG_KEY.verify_key)
+
+
+def test_subject_index_tampering_is_detected(tmp_path: Path) -> None:
+    db, _ = _signed_ledger(tmp_path)
+    _raw(db, ("DELETE FROM subjects WHERE subject = 'd4'", ()))  # hide an entry from lookups
+    with pytest.raises(LedgerError, match="subject index"):
+        _verify(db)
+    (tmp_path / "b").mkdir()
+    db2, _ = _signed_ledger(tmp_path / "b")
+    _raw(db2, ("INSERT INTO subjects VALUES ('d4', 9)", ()))  # point a lookup at a wrong entry
+    with pytest.raises(LedgerError, match="subject index"):
+        Ledger(SqliteLedgerStore(db2, create=False)).history("d4")
+    with pytest.raises(LedgerError, match="subject index"):
+        _verify(db2)
+    _raw(
+        db2,
+        ("DELETE FROM subjects WHERE subject = 'd4' AND idx = 9", ()),
+        ("INSERT INTO subjects VALUES ('d4', 999)", ()),
+    )
+    with pytest.raises(LedgerError, match="outside"):
+        Ledger(SqliteLedgerStore(db2, create=False)).history("d4")
