@@ -106,17 +106,18 @@ print(json.dumps({"n": N, "d": D, "per_round_s": times, "total_s": time.perf_cou
 
 
 def _best(fn: Any, reps: int) -> float:
-    """Median seconds per call over ``reps`` calls (after one warm-up)."""
+    """Fastest of ``reps`` calls in seconds (after one warm-up): the machine is shared and
+    noisy, and the minimum is the least disturbed estimate of the cost."""
     fn()
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return min(ts)
 
 
-def primitives(d: int) -> dict[str, float]:
+def primitives(d: int, reps: int = 100) -> dict[str, float]:
     """Unit costs in seconds: mask expansion fused with the add, plain add, one X25519."""
     exp = MaskExpander(d, np.uint32)
     acc = np.zeros(d, np.uint32)
@@ -125,9 +126,9 @@ def primitives(d: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     a, b = KexPrivateKey.generate(rng), KexPrivateKey.generate(rng)
     return {
-        "mask_expand_add_s": _best(lambda: exp.add_mask(acc, seed), 200),
-        "add_s": _best(lambda: np.add(acc, other, out=acc), 200),
-        "x25519_s": _best(lambda: a.exchange(b.public), 500),
+        "mask_expand_add_s": _best(lambda: exp.add_mask(acc, seed), reps),
+        "add_s": _best(lambda: np.add(acc, other, out=acc), reps),
+        "x25519_s": _best(lambda: a.exchange(b.public), 3 * reps),
     }
 
 
@@ -163,11 +164,14 @@ def ztfm_round(
     )
 
 
-def measure(
-    n: int, d: int, drop: float, repeats: int, prim: dict[str, float], **kw: Any
-) -> dict[str, Any]:
+def measure(n: int, d: int, drop: float, repeats: int, **kw: Any) -> dict[str, Any]:
+    """Run ``repeats`` rounds, re-measuring the primitives just before each (so both see the
+    same machine load); report the fastest round and the fastest primitive costs."""
     rows = []
+    prims = []
     for r in range(repeats):
+        prim = primitives(d)
+        prims.append(prim)
         t0 = time.perf_counter()
         run = ztfm_round(n, d, drop, seed=1000 * n + r, **kw)
         wall = time.perf_counter() - t0
@@ -189,8 +193,9 @@ def measure(
                 "bytes_up": max(run.bytes_up.values()),
             }
         )
-    out = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-    out.update({"n": n, "d": d, "dropout": drop})
+    out: dict[str, Any] = {key: min(r[key] for r in rows) for key in rows[0]}
+    out.update({"n": n, "d": d, "dropout": drop, "repeats": repeats})
+    out["primitives"] = {k: min(p[k] for p in prims) for k in prims[0]}
     out["server_over_lb"] = out["server_s"] / out["lb_server_s"]
     out["client_over_lb"] = out["client_mean_s"] / out["lb_client_s"]
     return out
@@ -225,7 +230,7 @@ def flower(python: str, n: int, d: int, rounds: int, shares: int, thresh: int) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small grid, one Flower run")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-flower", action="store_true")
     ap.add_argument(
         "--flower-python",
@@ -239,7 +244,6 @@ def main() -> None:
     if args.quick:
         ns, ds, drops, args.repeats, args.flower_rounds = [10, 50], [10_000], [0.0, 0.3], 1, 2
 
-    prim_by_d = {d: primitives(d) for d in sorted({*ds, 105_000})}
     grid = []
     print(
         f"{'n':>4} {'d':>7} {'drop':>5} {'k':>4} {'t':>3} {'client ms':>10} {'LB ms':>7} "
@@ -248,7 +252,7 @@ def main() -> None:
     for d in ds:
         for n in ns:
             for drop in drops:
-                row = measure(n, d, drop, args.repeats, prim_by_d[d])
+                row = measure(n, d, drop, args.repeats)
                 grid.append(row)
                 print(
                     f"{n:>4} {d:>7} {drop:>5.0%} {row['degree']:>4.0f} {row['threshold']:>3.0f} "
@@ -263,7 +267,9 @@ def main() -> None:
     n_f, d_f = 50, 105_000
     configs = [(12, 7)] if args.quick else [(12, 7), (2, 2)]  # (k, t); Flower shares = k + 1
     have_flower = Path(args.flower_python).exists() and not args.no_flower
-    if not have_flower:
+    if args.no_flower:
+        print("Flower skipped (--no-flower)", file=sys.stderr)
+    elif not have_flower:
         print(
             f"Flower skipped: {args.flower_python} not found (create the venv described in "
             "this script's docstring, or pass --flower-python)",
@@ -271,7 +277,7 @@ def main() -> None:
         )
     comparison = []
     for k, t in configs:
-        z = measure(n_f, d_f, 0.0, max(args.repeats, 2), prim_by_d[105_000], degree=k, threshold=t)
+        z = measure(n_f, d_f, 0.0, max(args.repeats, 3), degree=k, threshold=t)
         entry: dict[str, Any] = {
             "n": n_f,
             "d": d_f,
@@ -310,16 +316,11 @@ def main() -> None:
         if "flower" in e and "error" in e["flower"]:
             print(f"  Flower failed: {e['flower']['error']}", file=sys.stderr)
 
-    print()
-    print(
-        "primitives (d=100k): "
-        + ", ".join(
-            f"{k}={1e6 * v:.1f}us" for k, v in prim_by_d.get(100_000, prim_by_d[105_000]).items()
-        )
-    )
+    last = grid[-1]
+    units = ", ".join(f"{k}={1e6 * v:.1f}us" for k, v in last["primitives"].items())
+    print(f"\nprimitives (d={last['d']}): {units}")
     report = {
         "grid": grid,
-        "primitives": {str(d): p for d, p in prim_by_d.items()},
         "flower_comparison": comparison,
         "have_flower": have_flower,
         "flower_python": args.flower_python,

@@ -108,19 +108,15 @@ class FixedPoint:
         if not 1 <= n_inputs <= self.max_inputs:
             raise SecAggError(f"sum of {n_inputs} inputs outside [1, {self.max_inputs}]")
         signed = total.view(_SIGNED[self.bits])
-        limit = math.ceil(n_inputs * (self.clip * self.scale + 1.0))
-        bad = np.abs(signed.astype(np.int64)) > limit if self.bits < 64 else _over64(signed, limit)
-        if np.any(bad):
+        limit = min(
+            math.ceil(n_inputs * (self.clip * self.scale + 1.0)), (1 << (self.bits - 1)) - 1
+        )
+        bad = (signed > limit) | (signed < -limit)  # no abs(): abs(INT_MIN) overflows
+        if bad.any():
             raise SecAggError(
                 f"aggregate out of range in {int(np.count_nonzero(bad))} coordinates: "
                 "wrong mask or tampered input"
             )
-        out: FloatArray = signed.astype(np.float64) / self.scale
+        out: FloatArray = signed.astype(np.float64)
+        out *= 1.0 / self.scale
         return out
-
-
-def _over64(signed: npt.NDArray[np.int64], limit: int) -> npt.NDArray[np.bool_]:
-    # |x| on int64 overflows for INT64_MIN; compare both sides instead.
-    lim = np.int64(min(limit, (1 << 63) - 1))
-    res: npt.NDArray[np.bool_] = (signed > lim) | (signed < -lim)
-    return res

@@ -145,6 +145,19 @@ def test_forged_advert_rejected_by_server(make_round: MakeRound) -> None:
     assert bad not in h.log["result"].included
 
 
+def test_unverified_adverts_forged_key_still_caught_by_neighbours(make_round: MakeRound) -> None:
+    h = make_round(n=10)
+    h.server = SecAggServer(h.params, h.identities, h.server_key, verify_adverts=False)
+    bad = h.ids[5]
+
+    def forge(ads: list[AdvertiseKeys]) -> list[AdvertiseKeys]:
+        fake = KexPrivateKey.generate(np.random.default_rng(3)).public.raw
+        return [dataclasses.replace(a, channel_key=fake) if a.device == bad else a for a in ads]
+
+    with pytest.raises(SecAggError, match="signature"):
+        h.run(tamper={"adverts": forge})
+
+
 def test_key_substituted_by_server_detected_by_client(make_round: MakeRound) -> None:
     h = make_round()
     victim, swapped = h.ids[0], None
