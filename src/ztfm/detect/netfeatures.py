@@ -25,8 +25,9 @@ holds inter-arrival times, never raw timestamps.
 Cost is O(1) per packet. Memory is fixed at construction: each stream table has ``max_streams``
 preallocated slots; a new stream takes a free slot, else the least recently updated stream's
 slot, and streams idle for more than ``idle_ttl_s`` are dropped as packets arrive. An attacker
-spraying random addresses therefore only churns the tables; it cannot grow them. Packets whose
-timestamp goes backwards are treated as simultaneous with the last one (no negative decay).
+spraying random addresses therefore only churns the tables; it cannot grow them. A packet older
+than a stream's last packet counts as simultaneous with it (no negative decay); this is decided
+per stream, so one packet with a wild timestamp cannot freeze the clock of unrelated streams.
 Non-IP frames (ARP keeps its protocol addresses) are keyed by MAC address.
 """
 
@@ -167,7 +168,6 @@ class PacketFeatures:
         self._last_c = np.zeros(2 * cap)
         self._cov = [_Slots(cap, ttl, self._last_c[i * cap : (i + 1) * cap]) for i in range(2)]
         self.names = feature_names(self.config.lambdas)
-        self._last_t = -math.inf
         # scratch output: 1-D blocks (MI, H, JIT) x (3 stats, lambda), then 2-D blocks (HH, HP) x
         # (7 stats, lambda); ``_perm`` reorders it into N-BaIoT's column order
         self._buf = np.zeros(23 * n)
@@ -225,8 +225,6 @@ class PacketFeatures:
         t = float(packet.ts)
         if not math.isfinite(t):
             raise DetectorError(f"packet timestamp is not finite: {packet.ts!r}")
-        t = max(t, self._last_t)  # out-of-order packets count as simultaneous
-        self._last_t = t
         cap, lam = self._cap, self._lam
         x = float(packet.length)
         src = packet.src_ip or packet.src_mac
@@ -247,7 +245,7 @@ class PacketFeatures:
         xs = [x, x, x, x]
         if prev_t is not None:
             rows.append(self._row(_JIT, chan, t))
-            xs.append(t - prev_t)
+            xs.append(max(t - prev_t, 0.0))
         crows = np.array(
             [
                 self._cov_row(_HH_COV, frozenset((chan, rchan)), t),
@@ -258,14 +256,16 @@ class PacketFeatures:
         # damped 1-D update of every touched stream at once
         r = np.array(rows)
         xv = np.array(xs)[:, None]
-        f = np.exp2(-np.outer(t - self._last[r], lam))
+        # per stream, a packet older than the stream's last one counts as simultaneous with it
+        last = self._last[r]
+        f = np.exp2(-np.outer(np.maximum(t - last, 0.0), lam))
         w = self._w[r] * f + 1.0
         ls = self._ls[r] * f + xv
         ss = self._ss[r] * f + xv * xv
         mean = ls / w
         self._w[r], self._ls[r], self._ss[r] = w, ls, ss
         self._res[r] = xv - mean
-        self._last[r] = t
+        self._last[r] = np.maximum(last, t)
         var = np.maximum(ss / w - mean * mean, 0.0)
 
         o1, o2 = self._o1, self._o2
@@ -293,14 +293,17 @@ class PacketFeatures:
         own = r[2:4]
         w_a, mean_a, var_a = w[2:4], mean[2:4], var[2:4]
         hm = has[:, None]
-        w_b = np.where(hm, self._w[rr] * np.exp2(-np.outer(t - self._last[rr], lam)), 0.0)
+        w_b = np.where(
+            hm, self._w[rr] * np.exp2(-np.outer(np.maximum(t - self._last[rr], 0.0), lam)), 0.0
+        )
         mean_b = np.where(hm, self._ls[rr] / np.where(hm, self._w[rr], 1.0), 0.0)
         var_b = np.where(hm, np.maximum(self._ss[rr] / np.where(hm, self._w[rr], 1.0)
                                         - mean_b * mean_b, 0.0), 0.0)  # fmt: skip
         prod = np.where(hm, self._res[own] * self._res[rr], 0.0)
-        sr = self._sr[crows] * np.exp2(-np.outer(t - self._last_c[crows], lam)) + prod
+        last_c = self._last_c[crows]
+        sr = self._sr[crows] * np.exp2(-np.outer(np.maximum(t - last_c, 0.0), lam)) + prod
         self._sr[crows] = sr
-        self._last_c[crows] = t
+        self._last_c[crows] = np.maximum(last_c, t)
         o2[:, 0] = w_a
         o2[:, 1] = mean_a
         std = np.sqrt(var_a, out=o2[:, 2])

@@ -192,3 +192,12 @@ def test_non_finite_timestamp(ts: float) -> None:
 def test_bad_config(kwargs: dict[str, object]) -> None:
     with pytest.raises(DetectorError):
         NetFeatureConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_wild_timestamp_does_not_freeze_other_streams() -> None:
+    fx = PacketFeatures()
+    fx.update(pkt(1.0, src="10.0.0.1"))
+    fx.update(pkt(1e9, src="10.6.6.6", dst="10.0.0.9"))  # one packet from the far future
+    v = fx.update(pkt(101.0, src="10.0.0.1"))
+    # 10.0.0.1's own clock still advances: its L5 weight decayed over the 100 s gap
+    assert v[col("H_L5_weight")] == pytest.approx(1.0, abs=1e-6)
