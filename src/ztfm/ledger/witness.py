@@ -108,6 +108,20 @@ class LedgerClient:
         except LedgerError as exc:
             raise LedgerError(f"split view: the two heads are not consistent: {exc}") from exc
 
+    def check_fresh(self, *, now: float, max_age_s: float, max_skew_s: float = 300.0) -> None:
+        """Raise ``LedgerError`` unless the trusted head was signed within ``max_age_s`` of
+        ``now`` (and not more than ``max_skew_s`` in the future).
+
+        Consistency alone cannot tell a frozen log from a quiet one: a log operator (or a
+        network attacker replaying old heads) could hide a revocation by never showing a newer
+        head. Callers that rely on absence (no revocation) should demand fresh heads.
+        """
+        age_s = now - self.head.head.timestamp_ms / 1000.0
+        if age_s > max_age_s:
+            raise LedgerError(f"trusted tree head is {age_s:.0f} s old (limit {max_age_s:.0f} s)")
+        if age_s < -max_skew_s:
+            raise LedgerError(f"trusted tree head is {-age_s:.0f} s in the future")
+
     def check_inclusion(self, leaf_data: bytes, proof: InclusionProof) -> None:
         """Return None if ``leaf_data`` is in the trusted tree per ``proof``; raise otherwise."""
         proof.verify_against(leaf_data, self.head)

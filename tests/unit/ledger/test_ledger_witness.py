@@ -191,3 +191,16 @@ def test_cross_check_detects_split_view_without_adopting() -> None:
     c.cross_check(a.head, honest.consistency_proof(10, 14))
     with pytest.raises(LedgerError):
         c.cross_check(SignedTreeHead.sign(OTHER_KEY, 3, b"\x00" * 32, now=1))
+
+
+def test_freshness_of_the_trusted_head() -> None:
+    ledger = make_ledger(2)
+    client = LedgerClient(LOG_KEY.verify_key, ledger.sign_tree_head(now=1000.0))
+    client.check_fresh(now=1000.0, max_age_s=60)
+    client.check_fresh(now=1059.0, max_age_s=60)
+    with pytest.raises(LedgerError, match="old"):
+        client.check_fresh(now=1061.0, max_age_s=60)
+    with pytest.raises(LedgerError, match="future"):
+        client.check_fresh(now=600.0, max_age_s=60)
+    with pytest.raises(LedgerError, match="not accepted"):
+        LedgerClient(LOG_KEY.verify_key).check_fresh(now=0, max_age_s=1)
