@@ -74,6 +74,10 @@ class AttestingDevice:
     def log(self) -> tuple[Measurement, ...]:
         return tuple(self._log)
 
+    def tpm_was_reset(self) -> None:
+        """Forget the log after a TPM reset (power cycle): PCRs are zero again; measure anew."""
+        self._log.clear()
+
     def measure_firmware(self, image_digest: bytes, label: str = "firmware") -> None:
         """Extend the firmware image digest into PCR 8 (once per boot)."""
         if any(m.pcr == PCR_FIRMWARE for m in self._log):

@@ -546,3 +546,23 @@ def test_enrolment_quote_with_wrong_nonce_is_rejected(fleet: SoftFleet) -> None:
         fleet.verifier.finish_enrolment(
             CAM, dev.activate(ch), T0 + 1, quote=dev.quote(b"\x00" * 32)
         )
+
+
+def test_device_reboot_then_fresh_measurements_pass(fleet: SoftFleet) -> None:
+    dev = fleet.enrol("cam-1")
+    assert fleet.verifier.check_quote(CAM, _round(fleet), T0 + 11).ok
+    tpm = dev.tpm
+    assert isinstance(tpm, SoftTpm)
+    tpm.reboot()
+    dev.tpm_was_reset()
+    dev.measure_firmware(FW_GOOD)
+    dev.measure_model(MODEL_V1)
+    assert fleet.verifier.check_quote(CAM, _round(fleet, at=T0 + 20), T0 + 21).ok
+
+
+def test_reboot_without_log_reset_is_caught(fleet: SoftFleet) -> None:
+    dev = fleet.enrol("cam-1")
+    tpm = dev.tpm
+    assert isinstance(tpm, SoftTpm)
+    tpm.reboot()  # PCRs are zero, but the agent still reports the old log
+    _reject(fleet, _round(fleet), "pcr_log")
