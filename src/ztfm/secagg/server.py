@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 import numpy as np
 
@@ -79,6 +79,7 @@ class SecAggServer:
         self._key = key
         self._exp = expander
         self._verify_adverts = verify_adverts
+        self._roster = frozenset(params.roster)
         if not verify_adverts:
             _log.warning("secagg round %d: server does not verify advertised keys", params.round_id)
         self.phase = ServerPhase.ADVERTISE
@@ -104,7 +105,7 @@ class SecAggServer:
         self.rejected.setdefault(device, reason)
 
     def _accept_from(
-        self, device: DeviceId, seen: set[DeviceId], allowed: Iterable[DeviceId]
+        self, device: DeviceId, seen: set[DeviceId], allowed: Container[DeviceId]
     ) -> bool:
         if not self._p.in_roster(device):
             return False  # not ours: nothing to record against a roster device
@@ -129,7 +130,7 @@ class SecAggServer:
         self._enter(ServerPhase.ADVERTISE)
         seen: set[DeviceId] = set()
         for m in msgs:
-            if not self._accept_from(m.device, seen, self._p.roster):
+            if not self._accept_from(m.device, seen, self._roster):
                 continue
             try:
                 if self._verify_adverts:

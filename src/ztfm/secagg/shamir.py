@@ -93,17 +93,18 @@ def _interpolate(xs: tuple[int, ...], ys: Sequence[int], at: int) -> int:
 
 @lru_cache(maxsize=4096)
 def _lagrange(xs: tuple[int, ...], at: int) -> tuple[int, ...]:
-    """Lagrange basis values at ``at`` for nodes ``xs``, with one modular inversion in all
-    (Montgomery's batch-inversion trick)."""
+    """Lagrange basis values at ``at`` for nodes ``xs``. The nodes are small integers, so the
+    products are computed exactly (cheap small-int arithmetic) and reduced once; all
+    denominators are inverted with a single modular inversion (Montgomery's trick)."""
     nums, dens = [], []
     for i, xi in enumerate(xs):
         num, den = 1, 1
         for j, xj in enumerate(xs):
             if i != j:
-                num = num * (at - xj) % PRIME
-                den = den * (xi - xj) % PRIME
-        nums.append(num)
-        dens.append(den)
+                num *= at - xj
+                den *= xi - xj
+        nums.append(num % PRIME)
+        dens.append(den % PRIME)
     prefix = [1]
     for d in dens:
         prefix.append(prefix[-1] * d % PRIME)
