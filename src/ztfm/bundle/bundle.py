@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -223,9 +223,31 @@ def _member(name: str, data: bytes) -> bytes:
     return bytes([len(raw)]) + raw + struct.pack(">Q", len(data)) + data
 
 
+def encode_bundle(
+    manifest_bytes: bytes, weights_blob: bytes, signature: bytes, receipt: LedgerReceipt | None
+) -> bytes:
+    """The container bytes for these members (no checks: parse the result with ``from_bytes``)."""
+    parts = [
+        MAGIC,
+        _member(MANIFEST, manifest_bytes),
+        _member(WEIGHTS, weights_blob),
+        _member(SIGNATURE, signature),
+    ]
+    if receipt is not None:
+        parts.append(_member(RECEIPT, receipt.to_bytes()))
+    return b"".join(parts)
+
+
+_SEAL = object()
+
+
 @dataclass(frozen=True, slots=True)
 class Bundle:
-    """A parsed bundle. Its weights are read-only arrays that passed every format check."""
+    """A parsed bundle. Its weights are read-only arrays that passed every format check.
+
+    Only ``Bundle.from_bytes`` (and ``with_receipt``) make one, so ``weights`` always is the
+    decoding of ``weights_blob``, whose hash the manifest names.
+    """
 
     manifest: Manifest
     manifest_bytes: bytes
@@ -233,6 +255,11 @@ class Bundle:
     signature: bytes
     receipt: LedgerReceipt | None
     weights: dict[str, np.ndarray[Any, Any]]
+    _seal: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._seal is not _SEAL:
+            raise BundleError("a Bundle is made by Bundle.from_bytes, not by hand")
 
     @classmethod
     def from_bytes(cls, data: bytes, *, limits: TensorLimits = DEFAULT_LIMITS) -> Bundle:
@@ -263,18 +290,10 @@ class Bundle:
         except BundleError as exc:
             raise BundleRejected(Reason.MALFORMED, f"weights: {exc}") from exc
         receipt = LedgerReceipt.from_bytes(members[RECEIPT]) if RECEIPT in members else None
-        return cls(manifest, manifest_bytes, blob, signature, receipt, weights)
+        return cls(manifest, manifest_bytes, blob, signature, receipt, weights, _SEAL)
 
     def to_bytes(self) -> bytes:
-        parts = [
-            MAGIC,
-            _member(MANIFEST, self.manifest_bytes),
-            _member(WEIGHTS, self.weights_blob),
-            _member(SIGNATURE, self.signature),
-        ]
-        if self.receipt is not None:
-            parts.append(_member(RECEIPT, self.receipt.to_bytes()))
-        return b"".join(parts)
+        return encode_bundle(self.manifest_bytes, self.weights_blob, self.signature, self.receipt)
 
     def with_receipt(self, receipt: LedgerReceipt | None) -> Bundle:
         """The same signed bundle with a (new) ledger receipt; the signature is unaffected."""
@@ -285,6 +304,7 @@ class Bundle:
             self.signature,
             receipt,
             self.weights,
+            _SEAL,
         )
 
     @property

@@ -15,6 +15,7 @@ from ztfm.bundle.bundle import (
     LedgerReceipt,
     Manifest,
     Reason,
+    encode_bundle,
 )
 from ztfm.bundle.tensors import DEFAULT_LIMITS, TensorLimits, encode_tensors
 from ztfm.crypto.signing import SigningKey, VerifyKey
@@ -93,7 +94,7 @@ def publish_bundle(
     signature = release_key.sign(manifest.signing_bytes())
     head = ledger.sign_tree_head(now=now)
     receipt = LedgerReceipt(entry.to_bytes(), ledger.inclusion_proof(index, head.tree_size))
-    data = Bundle(manifest, manifest.to_bytes(), blob, signature, receipt, {}).to_bytes()
+    data = encode_bundle(manifest.to_bytes(), blob, signature, receipt)
     return Bundle.from_bytes(data, limits=limits)
 
 

@@ -195,16 +195,16 @@ def test_hash_mismatch_is_refused_even_when_signed(w1: tuple[World, Bundle]) -> 
 
 
 def test_pickle_inside_is_refused(w1: tuple[World, Bundle]) -> None:
-    w, b = w1
+    _w, b = w1
     payload = pickle.dumps(weights(1))
     p = _parts(b)
     p[WEIGHTS] = payload
-    data = _resign(
-        w,
-        Bundle(b.manifest, b.manifest_bytes, payload, b.signature, b.receipt, {}),
-        weights_sha256=hashlib.sha256(payload).hexdigest(),
-        weights_bytes=len(payload),
+    m = dataclasses.replace(
+        b.manifest, weights_sha256=hashlib.sha256(payload).hexdigest(), weights_bytes=len(payload)
     )
+    p[MANIFEST] = m.to_bytes()
+    p[SIGNATURE] = RELEASE_KEY.sign(m.signing_bytes())
+    data = _container(*p.items())
     with pytest.raises(BundleRejected) as info:
         Bundle.from_bytes(data)
     assert info.value.reason is Reason.MALFORMED
@@ -364,3 +364,11 @@ def test_publish_refuses_bad_input_without_logging() -> None:
         with pytest.raises(BundleError):
             w.publish(1, **bad)
     assert w.ledger.size == 0
+
+
+def test_bundle_cannot_be_built_by_hand(w1: tuple[World, Bundle]) -> None:
+    b = w1[1]
+    evil = {"enc.weight": np.full((8, 4), 1e6, np.float32)}
+    with pytest.raises(BundleError, match="from_bytes"):
+        Bundle(b.manifest, b.manifest_bytes, b.weights_blob, b.signature, b.receipt, evil)
+    assert b.with_receipt(None).weights is b.weights
