@@ -170,7 +170,9 @@ def test_live_scoring_inside_a_device_namespace(small_lab: tuple[LabResult, dict
     import json
 
     summary = json.loads(live.stdout.strip().splitlines()[-1])
-    assert summary["packets"] > 0
+    assert summary["ip"] == f"{SUBNET}.13"
+    assert summary["warmup_windows"] >= 10
+    assert 5 <= summary["windows"] <= 9
     assert summary["threshold"] > 0
 
 

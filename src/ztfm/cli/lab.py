@@ -139,68 +139,68 @@ def bundled() -> None:
 @click.option("--netns", default=None, help="Enter this network namespace first (root).")
 @click.option("--iface", default="eth0", show_default=True, help="Interface to listen on.")
 @click.option(
-    "--type",
-    "device_type",
-    required=True,
-    type=click.Choice(["sensor", "plug", "camera", "gateway"]),
-    help="Device type: the detector is fitted on benign traffic of this type.",
+    "--warmup",
+    "warmup_s",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Seconds of the device's own traffic to learn from before scoring.",
 )
 @click.option(
-    "--train",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Lab folder to fit on (default: the bundled lab set).",
+    "--seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to score after the warm-up.",
 )
-@click.option("--seconds", type=float, default=30.0, show_default=True, help="How long to listen.")
+@click.option(
+    "--window",
+    "width_s",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Window width in seconds.",
+)
 @click.option("--detector", default="pca", show_default=True, help="Detector name.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per alarm, then a summary.")
-def live(
-    netns: str | None,
-    iface: str,
-    device_type: str,
-    train: Path | None,
-    seconds: float,
-    detector: str,
-    seed: int,
-    as_json: bool,
-) -> None:
-    """Score a device's interface live (AF_PACKET) with the same code path as files."""
+def live(netns: str | None, iface: str, warmup_s: float, seconds: float, width_s: float,
+         detector: str, seed: int, as_json: bool) -> None:  # fmt: skip
+    """Learn a device's traffic live, then score it window by window (AF_PACKET, root).
+
+    Inside a lab: `ztfm lab live --netns ztfm-<id>-dev03`. Same featurizer and detector code as
+    the lab evaluation of capture files.
+    """
     if netns is not None and os.environ.get(IN_NETNS_ENV) != netns:
         from ztfm.lab.netns import NETNS_DIR
 
         if os.geteuid() != 0:
             raise LabError("entering a network namespace needs root")
-        if "/" in netns or not (NETNS_DIR / netns).exists():
+        if "/" in netns or netns in (".", "..") or not (NETNS_DIR / netns).exists():
             raise LabError(f"no network namespace {netns!r}")
-        argv = [a for a in sys.argv[1:]]
         env = {**os.environ, IN_NETNS_ENV: netns}
         res = subprocess.run(
-            ["ip", "netns", "exec", netns, sys.executable, "-m", "ztfm.cli.main", *argv],
-            env=env,
-            check=False,
-            timeout=seconds + 300,
-        )
+            ["ip", "netns", "exec", netns, sys.executable, "-m", "ztfm.cli.main", *sys.argv[1:]],
+            env=env, check=False, timeout=warmup_s + seconds + 120,
+        )  # fmt: skip
         raise SystemExit(res.returncode)
     import numpy as np
 
-    from ztfm.data.bundled import bundled_path
-    from ztfm.data.lab import load_lab
-    from ztfm.detect.netfeatures import packet_featurizer
-    from ztfm.lab.live import fit_for_type, score_interface
+    from ztfm.lab.live import live_session
 
-    series = load_lab(train or bundled_path("lab"), featurize=packet_featurizer())
-    pipe = fit_for_type(series, device_type, rng=np.random.default_rng(seed), detector=detector)
-    n = alarms = 0
-    for s in score_interface(iface, pipe, seconds=seconds):
-        n += 1
-        if s.alarm:
-            alarms += 1
-            if as_json:
-                click.echo(
-                    json.dumps({"ts": s.ts, "score": s.score, "src": s.src_ip, "dst": s.dst_ip})
-                )
-            else:
-                click.echo(f"ALARM {s.ts:.3f} score={s.score:.3g} {s.src_ip} -> {s.dst_ip}")
-    summary = {"packets": n, "alarms": alarms, "threshold": pipe.threshold}
-    click.echo(json.dumps(summary) if as_json else f"{n} packets, {alarms} alarms")
+    rep = live_session(iface, warmup_s=warmup_s, seconds=seconds, width_s=width_s,
+                       detector=detector, rng=np.random.default_rng(seed))  # fmt: skip
+    for w in rep.windows:
+        if not w.alarm:
+            continue
+        if as_json:
+            click.echo(json.dumps({"window_start": w.start, "score": w.score}))
+        else:
+            click.echo(f"ALARM window {w.start:.1f} score={w.score:.3g} (> {rep.threshold:.3g})")
+    summary = {"ip": rep.ip, "warmup_windows": rep.warmup_windows, "windows": len(rep.windows),
+               "alarms": rep.alarms, "threshold": rep.threshold}  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"{rep.ip}: {len(rep.windows)} windows scored, {rep.alarms} alarms "
+                   f"(learnt on {rep.warmup_windows} windows)")  # fmt: skip

@@ -52,6 +52,7 @@ LABELS_HEADER = (
 DEVICES_HEADER = ("device", "type", "ip", "netns", "seed")
 FORMAT = "ztfm-lab/1"
 LABEL_SLACK_S = 1.0
+ANY_PEER = "0.0.0.0"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_ROWS = 100_000
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -227,9 +228,16 @@ def _capture(root: Path, device: str) -> Path:
 
 
 def label_packets(
-    packets: Sequence[Packet], device: LabDevice, labels: Sequence[LabLabel]
+    packets: Sequence[Packet],
+    device: LabDevice,
+    labels: Sequence[LabLabel],
+    *,
+    services_ip: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(y int8, kinds object) per packet of ``device`` from its attack intervals and peers."""
+    """(y int8, kinds object) per packet of ``device`` from its attack intervals and peers.
+
+    A peer of ``0.0.0.0`` (an attack on the whole subnet, e.g. a worm's telnet scan) matches
+    every peer except ``services_ip``, the fleet's own services host."""
     n = len(packets)
     y = np.zeros(n, dtype=np.int8)
     kinds = np.full(n, "benign", dtype=object)
@@ -242,11 +250,12 @@ def label_packets(
         if lab.device != device.name:
             continue
         peer = lab.peer_ip
-        m = (
-            (ts >= lab.start - LABEL_SLACK_S)
-            & (ts <= lab.end + LABEL_SLACK_S)
-            & (((src == peer) & (dst == device.ip)) | ((src == device.ip) & (dst == peer)))
-        )
+        if peer == ANY_PEER:
+            other = np.where(src == device.ip, dst, src)
+            involved = ((src == device.ip) | (dst == device.ip)) & (other != services_ip)
+        else:
+            involved = ((src == peer) & (dst == device.ip)) | ((src == device.ip) & (dst == peer))
+        m = (ts >= lab.start - LABEL_SLACK_S) & (ts <= lab.end + LABEL_SLACK_S) & involved
         y[m] = 1
         kinds[m] = lab.attack
     return y, kinds
@@ -264,6 +273,9 @@ def load_lab(
     manifest = read_manifest(root)
     devices = read_devices(root)
     labels = read_labels(root, devices)
+    services_ip = manifest.get("services_ip", "")
+    if not isinstance(services_ip, str):
+        raise DataError(f"{root}: bad services_ip in the manifest")
     first_attack = min((lab.start for lab in labels), default=math.inf)
     out: list[LabelledSeries] = []
     for dev in devices.values():
@@ -276,7 +288,7 @@ def load_lab(
             raise DataError(
                 f"{cap}: featurizer returned shape {x.shape} for {len(packets)} packets"
             )
-        y, kinds = label_packets(packets, dev, labels)
+        y, kinds = label_packets(packets, dev, labels, services_ip=services_ip)
         t = np.array([p.ts for p in packets], dtype=np.float64)
         out.append(
             LabelledSeries(

@@ -1,113 +1,127 @@
 """Live scoring inside the lab: the path a device agent uses on its own interface.
 
-Packets come from ``ztfm.data.live.LiveCapture`` (AF_PACKET, same ``decode_frame`` as capture
-files), go through the same ``PacketFeatures`` extractor the file loaders use, and are scored by
-a ``StreamingDetector`` fitted on benign lab traffic of the same device type. ``score_packets``
-is the shared core: fed from a file it reproduces what live mode would have said.
+Packets come from ``ztfm.data.live.LiveCapture`` (AF_PACKET, the same ``decode_frame`` as capture
+files), go through the same streaming ``DeviceWindows`` featurizer the lab evaluation uses, and
+are scored window by window by a ``StreamingDetector`` fitted on the device's own benign warm-up
+(learn, then protect). ``score_windows`` is the shared core: fed from a capture file it gives
+exactly what live mode would have said.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Iterator, Sequence
+import fcntl
+import socket
+import struct
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from ztfm.data.lab import lab_split
+from ztfm.data.live import LiveCapture
 from ztfm.data.pcap import Packet
-from ztfm.data.series import LabelledSeries
-from ztfm.detect.features import FeatureSpec
-from ztfm.detect.netfeatures import PacketFeatures
 from ztfm.detect.stream import PipelineConfig, StreamingDetector
 from ztfm.errors import DataError, LabError
+from ztfm.lab.evaluate import RAW
+from ztfm.lab.windows import DeviceWindows, rows_of
 
-NETWORK_FEATURES = FeatureSpec(windows=(), ewma_alphas=(), raw=True, delta=False)
 DEFAULT_DETECTOR = "pca"
 IDLE_S = 0.5
+MIN_WARMUP_WINDOWS = 10
+SIOCGIFADDR = 0x8915
 
 
 @dataclass(frozen=True, slots=True)
-class LiveScore:
-    ts: float
+class WindowScore:
+    start: float
     score: float
     alarm: bool
-    src_ip: str
-    dst_ip: str
 
 
-def lab_pipeline_config(
-    detector: str = DEFAULT_DETECTOR, *, target_far: float = 0.01
-) -> PipelineConfig:
-    """Per-packet Kitsune features used as they are (they carry their own damped windows)."""
+def fit_windows(rows: np.ndarray, *, rng: np.random.Generator,
+                detector: str = DEFAULT_DETECTOR) -> StreamingDetector:  # fmt: skip
+    """Fit on benign warm-up windows; threshold = the highest warm-up score (no warm-up alarm)."""
+    if rows.ndim != 2 or rows.shape[0] < MIN_WARMUP_WINDOWS:
+        raise LabError(f"need at least {MIN_WARMUP_WINDOWS} warm-up windows, got {rows.shape[0]}")
     hp: tuple[tuple[str, object], ...] = (("var_frac", 0.99),) if detector == "pca" else ()
-    return PipelineConfig(
-        detector=detector, features=NETWORK_FEATURES, smooth=1, target_far=target_far, hparams=hp
-    )
-
-
-def fit_for_type(
-    series: Sequence[LabelledSeries],
-    device_type: str,
-    *,
-    rng: np.random.Generator,
-    detector: str = DEFAULT_DETECTOR,
-    target_far: float = 0.01,
-) -> StreamingDetector:
-    """Fit one pipeline on the benign warm-up of every device of ``device_type``."""
-    units = [u for u in lab_split(series) if u.train.segment == device_type]
-    if not units:
-        raise LabError(f"no device of type {device_type!r} in the training lab data")
-    x = np.concatenate([u.train.x for u in units])
-    pipe = StreamingDetector(x.shape[1], lab_pipeline_config(detector, target_far=target_far))
+    pipe = StreamingDetector(rows.shape[1], PipelineConfig(detector=detector, features=RAW,
+                                                           smooth=1, hparams=hp))  # fmt: skip
     try:
-        pipe.fit(x, rng=rng)
+        pipe.fit(rows, rng=rng)
     except DataError as exc:
-        raise LabError(f"cannot fit on {device_type} warm-up traffic: {exc}") from exc
+        raise LabError(f"cannot fit on the warm-up windows: {exc}") from exc
+    top = float(np.max(pipe.score_stream(rows)))
+    pipe.threshold = top if top > 0 else top + 1e-9
     return pipe
 
 
-def score_packets(
-    packets: Iterable[Packet], pipe: StreamingDetector, *, max_packets: int = 10_000_000
-) -> Iterator[LiveScore]:
-    """Score packets one by one as they arrive (fresh feature state), at most ``max_packets``."""
-    fx = PacketFeatures()
+def score_windows(packets: Iterable[Packet], fx: DeviceWindows, pipe: StreamingDetector, *,
+                  flush: bool = True) -> Iterator[WindowScore]:  # fmt: skip
+    """Score each window as it closes (fresh stream position; the allow-list is kept)."""
+    fx.reset()
     pipe.reset()
-    for i, p in enumerate(packets):
-        if i >= max_packets:
-            return
-        score, alarm = pipe.update(fx.update(p))
-        yield LiveScore(
-            p.ts,
-            float(score) if math.isfinite(score) else math.inf,
-            bool(alarm),
-            p.src_ip,
-            p.dst_ip,
-        )
+    for p in packets:
+        for start, row in fx.push(p):
+            s, alarm = pipe.update(row)
+            yield WindowScore(start, float(s), bool(alarm))
+    if flush:
+        for start, row in fx.flush():
+            s, alarm = pipe.update(row)
+            yield WindowScore(start, float(s), bool(alarm))
 
 
-def score_interface(
-    interface: str, pipe: StreamingDetector, *, seconds: float, max_packets: int = 1_000_000
-) -> Iterator[LiveScore]:
-    """Score live traffic on ``interface`` for ``seconds`` (run inside the device's namespace)."""
-    import time
+def interface_ipv4(interface: str) -> str:
+    """The IPv4 address of ``interface`` (SIOCGIFADDR)."""
+    if not 1 <= len(interface) <= 15 or "/" in interface:
+        raise LabError(f"bad interface name {interface!r}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            res = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", interface.encode()))
+        except OSError as exc:
+            raise LabError(f"{interface}: no IPv4 address ({exc.strerror})") from exc
+    return socket.inet_ntoa(res[20:24])
 
-    from ztfm.data.live import LiveCapture
 
-    if not 0 < seconds <= 86_400:
-        raise LabError(f"seconds must be in (0, 86400], got {seconds}")
+def _bounded(cap: LiveCapture, seconds: float, max_packets: int) -> Iterator[Packet]:
+    """Packets for ``seconds`` (or ``max_packets``), whatever the traffic rate."""
     deadline = time.monotonic() + seconds
-
-    def bounded(cap: LiveCapture) -> Iterator[Packet]:
-        n = 0
-        for _ in range(int(seconds / IDLE_S) + 2):  # each idle round lasts IDLE_S
-            for p in cap.packets(max_packets=max_packets - n, idle_timeout_s=IDLE_S):
-                n += 1
-                yield p
-                if time.monotonic() >= deadline or n >= max_packets:
-                    return
-            if time.monotonic() >= deadline:
+    n = 0
+    for _ in range(int(seconds / IDLE_S) + 2):  # each idle round lasts IDLE_S
+        for p in cap.packets(max_packets=max_packets - n, idle_timeout_s=IDLE_S):
+            n += 1
+            yield p
+            if time.monotonic() >= deadline or n >= max_packets:
                 return
+        if time.monotonic() >= deadline:
+            return
 
+
+@dataclass(frozen=True, slots=True)
+class LiveReport:
+    ip: str
+    warmup_windows: int
+    threshold: float
+    windows: tuple[WindowScore, ...]
+
+    @property
+    def alarms(self) -> int:
+        return sum(w.alarm for w in self.windows)
+
+
+def live_session(interface: str, *, warmup_s: float, seconds: float, width_s: float = 1.0,
+                 detector: str = DEFAULT_DETECTOR, rng: np.random.Generator,
+                 max_packets: int = 1_000_000) -> LiveReport:  # fmt: skip
+    """Learn the device's traffic for ``warmup_s`` then score it for ``seconds``, live."""
+    for name, v in (("warmup_s", warmup_s), ("seconds", seconds)):
+        if not 0 < v <= 86_400:
+            raise LabError(f"{name} must be in (0, 86400], got {v}")
+    ip = interface_ipv4(interface)
+    fx = DeviceWindows(ip, width_s)
     with LiveCapture(interface) as cap:
-        yield from score_packets(bounded(cap), pipe, max_packets=max_packets)
+        warm = list(_bounded(cap, warmup_s, max_packets))
+        fx.learn(warm)
+        _, rows = rows_of(fx, warm)
+        pipe = fit_windows(rows, rng=rng, detector=detector)
+        scored = tuple(score_windows(_bounded(cap, seconds, max_packets), fx, pipe, flush=False))
+    assert pipe.threshold is not None
+    return LiveReport(ip, int(rows.shape[0]), float(pipe.threshold), scored)

@@ -42,6 +42,7 @@ from ztfm.lab.netns import (
 from ztfm.lab.spec import (
     ATTACKS,
     FLOOD_RATE_PPS,
+    LAN,
     SCAN_MAX_RATE_PPS,
     SUBNET,
     AttackEvent,
@@ -68,6 +69,8 @@ LABELS_HEADER = (
 DEVICES_HEADER = ("device", "type", "ip", "netns", "seed")
 MANIFEST_NAME = "manifest.json"
 WORDLIST_SIZE = 5000
+MAX_REPEATS = 50
+REPEATABLE = frozenset({"portscan", "servicescan", "bruteforce"})
 TOOL_VERSION_CMDS: dict[str, list[str]] = {
     "ip": ["ip", "-V"],
     "tcpdump": ["tcpdump", "--version"],
@@ -569,9 +572,13 @@ def run_lab(
 def _run_schedule(
     plan: LabPlan, procs: _Procs, t0: float, workdir: Path, say: Callable[[str], None]
 ) -> list[dict[str, str]]:
-    """Start and stop each attack on time; the labels record when each actually ran."""
+    """Start and stop each attack on time; the labels record when each actually ran.
+
+    A scan or brute force that finishes before its slot ends is started again (at most
+    ``MAX_REPEATS`` times), as a bot would; floods carry their own packet count.
+    """
     pending = sorted(plan.schedule, key=lambda e: e.start_s)
-    running: list[tuple[AttackEvent, subprocess.Popen[bytes], float]] = []
+    running: list[list[Any]] = []  # [event, process, started, repeats]
     labels: list[dict[str, str]] = []
     end = t0 + float(plan.config.duration_s)
     max_steps = int(float(plan.config.duration_s) * 20) + 100
@@ -579,35 +586,53 @@ def _run_schedule(
         now = time.time()
         while pending and t0 + pending[0].start_s <= now:
             ev = pending.pop(0)
-            src = plan.host(ev.source)
-            argv = attack_argv(ev, plan, workdir=workdir, until=t0 + ev.end_s)
             say(f"attack {ev.attack}: {ev.source} -> {ev.target}")
-            p = procs.start(f"atk-{ev.attack}", src.netns, argv, cwd=workdir)
-            running.append((ev, p, time.time()))
+            running.append([ev, _launch(plan, procs, ev, t0, workdir), time.time(), 0])
         for item in list(running):
-            ev, p, started = item
-            if time.time() >= t0 + ev.end_s or p.poll() is not None:
+            ev, p, started, repeats = item
+            over = time.time() >= t0 + ev.end_s - 0.5
+            exited = p.poll() is not None
+            if exited and not over and ev.attack in REPEATABLE and repeats < MAX_REPEATS:
+                item[1], item[3] = _launch(plan, procs, ev, t0, workdir), repeats + 1
+                continue
+            if over or p.poll() is not None:
                 procs.stop(p, grace_s=2.0)
                 running.remove(item)
-                labels.append(_label(plan, ev, started, time.time()))
+                labels.extend(_labels(plan, ev, started, time.time()))
         if now >= end and not running and not pending:
             break
         time.sleep(min(0.05, max(0.0, end - time.time())) or 0.01)
-    for ev, p, started in running:  # step cap reached: stop what is left
+    for ev, p, started, _ in running:  # step cap reached: stop what is left
         procs.stop(p, grace_s=2.0)
-        labels.append(_label(plan, ev, started, time.time()))
+        labels.extend(_labels(plan, ev, started, time.time()))
     return labels
 
 
-def _label(plan: LabPlan, ev: AttackEvent, start: float, end: float) -> dict[str, str]:
-    dev = plan.host(ev.device)
+def _launch(
+    plan: LabPlan, procs: _Procs, ev: AttackEvent, t0: float, workdir: Path
+) -> subprocess.Popen[bytes]:
+    argv = attack_argv(ev, plan, workdir=workdir, until=t0 + ev.end_s)
+    return procs.start(f"atk-{ev.attack}", plan.host(ev.source).netns, argv, cwd=workdir)
+
+
+def _labels(plan: LabPlan, ev: AttackEvent, start: float, end: float) -> list[dict[str, str]]:
+    """Label rows of one attack: the device whose capture shows it, and for an attack on the
+    whole subnet (a worm's telnet scan) also every other device, as a victim of the source."""
     src, tgt = plan.host(ev.source), plan.host(ev.target)
+    rows = [_row(plan.host(ev.device), ev.attack, start, end, src, tgt)]
+    if tgt.name == LAN.name:
+        rows += [_row(d, ev.attack, start, end, src, d) for d in plan.devices if d != src]
+    return rows
+
+
+def _row(dev: Host, attack: str, start: float, end: float, src: Host, tgt: Host
+         ) -> dict[str, str]:  # fmt: skip
     return {
         "device": dev.name,
         "type": dev.kind,
         "start": f"{start:.6f}",
         "end": f"{end:.6f}",
-        "attack": ev.attack,
+        "attack": attack,
         "source": src.name,
         "target": tgt.name,
         "source_ip": src.ip,

@@ -143,6 +143,11 @@ class Host:
     seed: int
 
 
+#: Pseudo-host for attacks aimed at the whole subnet (a worm's scan): labelled with address
+#: 0.0.0.0, which the loader reads as "any peer but the fleet's services host".
+LAN = Host(name="lan", netns="", ip="0.0.0.0", veth="", kind="lan", seed=0)
+
+
 @dataclass(frozen=True, slots=True)
 class AttackEvent:
     """One scheduled attack: the ground truth the labels are written from."""
@@ -179,6 +184,8 @@ class LabPlan:
         return (self.bridge_ns, *(h.netns for h in self.hosts))
 
     def host(self, name: str) -> Host:
+        if name == LAN.name:
+            return LAN
         for h in self.hosts:
             if h.name == name:
                 return h
@@ -234,7 +241,8 @@ def plan_lab(cfg: LabConfig) -> LabPlan:
             if kind.direction == "in":
                 src, tgt = attacker.name, dev.name
             else:
-                src, tgt = dev.name, (services.name if name.startswith("mqtt") else attacker.name)
+                tgt = {"mqtt": services.name, "telnet": LAN.name}.get(name.split("_")[0], "atk")
+                src = dev.name
             schedule.append(
                 AttackEvent(
                     name, src, tgt, round(start, 3), round(end, 3), int(seeds[2 + cfg.devices + j])

@@ -1,0 +1,144 @@
+"""Per-device traffic windows: counts over fixed windows plus a learned allow-list of services.
+
+IoT devices talk to a handful of services in a regular rhythm (the idea behind MUD profiles,
+RFC 8520). ``DeviceWindows`` learns, from a benign warm-up, which (peer, protocol, service port)
+the device uses, then turns packets into one row per ``width_s`` window: packet and byte counts
+in each direction, TCP SYN/RST, UDP, ICMP, malformed frames, distinct peers and ports, and
+packets to services never seen in the warm-up. Empty windows are rows too (all zeros), so silence
+is scored like anything else.
+
+It is streaming: ``push(packet)`` returns the rows of the windows that packet closes, so a
+capture file and a live interface go through the same code (``rows_of`` is the batch form).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ztfm.data.pcap import TCP_ACK, TCP_RST, TCP_SYN, Packet
+from ztfm.errors import DataError
+
+COLUMNS: tuple[str, ...] = (
+    "pkts_in", "pkts_out", "bytes_in", "bytes_out", "syn_in", "syn_out", "rst_in", "rst_out",
+    "udp", "icmp", "malformed", "peers", "local_ports_in", "remote_ports_out", "new_service_pkts",
+    "new_services",
+)  # fmt: skip
+MAX_GAP_WINDOWS = 100_000  # a clock jump larger than this many windows is refused
+EPHEMERAL_MIN = 32768
+
+
+def _service(p: Packet, me: str) -> tuple[str, int, int]:
+    """(peer, proto, service port): the service port is the lower port of the pair, which for
+    client traffic is the server's port and for a server is its own listening port."""
+    outbound = p.src_ip == me
+    peer = p.dst_ip if outbound else p.src_ip
+    if p.proto in (6, 17):
+        port = min(p.sport, p.dport) if min(p.sport, p.dport) < EPHEMERAL_MIN else 0
+    else:
+        port = 0
+    return peer, p.proto, port
+
+
+@dataclass
+class DeviceWindows:
+    """Streaming window featurizer for the device with address ``ip``."""
+
+    ip: str
+    width_s: float = 1.0
+    known: set[tuple[str, int, int]] = field(default_factory=set)
+    _start: float | None = None
+    _index: int = 0
+    _acc: list[Packet] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.width_s) and 0.05 <= self.width_s <= 3600):
+            raise DataError(f"window width must be in [0.05, 3600] s, got {self.width_s}")
+
+    def learn(self, packets: Iterable[Packet]) -> None:
+        """Add every service the device uses in ``packets`` (benign warm-up) to the allow-list."""
+        for p in packets:
+            if self.ip in (p.src_ip, p.dst_ip):
+                self.known.add(_service(p, self.ip))
+
+    def _row(self, pkts: list[Packet]) -> np.ndarray:
+        me = self.ip
+        v = np.zeros(len(COLUMNS), dtype=np.float64)
+        peers: set[str] = set()
+        lports: set[int] = set()
+        rports: set[int] = set()
+        new: set[tuple[str, int, int]] = set()
+        for p in pkts:
+            out = p.src_ip == me
+            if not out and p.dst_ip != me:
+                continue  # broadcast or someone else's frame
+            v[1 if out else 0] += 1
+            v[3 if out else 2] += p.length
+            syn = p.proto == 6 and p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            v[5 if out else 4] += syn
+            v[7 if out else 6] += p.proto == 6 and bool(p.tcp_flags & TCP_RST)
+            v[8] += p.proto == 17
+            v[9] += p.proto == 1
+            v[10] += p.malformed
+            peers.add(p.dst_ip if out else p.src_ip)
+            if out and p.dport:
+                rports.add(p.dport)
+            if not out and p.dport:
+                lports.add(p.dport)
+            svc = _service(p, me)
+            if svc not in self.known:
+                v[14] += 1
+                new.add(svc)
+        v[11], v[12], v[13], v[15] = len(peers), len(lports), len(rports), len(new)
+        return np.log1p(v).astype(np.float32)
+
+    def push(self, p: Packet) -> list[tuple[float, np.ndarray]]:
+        """Add one packet; return ``(window start, row)`` for every window it closes."""
+        if self._start is None:
+            self._start = p.ts
+        k = math.floor((p.ts - self._start) / self.width_s)
+        if k < self._index:  # out of order: count it in the current window
+            k = self._index
+        if k - self._index > MAX_GAP_WINDOWS:
+            raise DataError(f"clock jump of {(k - self._index) * self.width_s:.0f} s in the stream")
+        done: list[tuple[float, np.ndarray]] = []
+        while self._index < k:
+            done.append((self._start + self._index * self.width_s, self._row(self._acc)))
+            self._acc = []
+            self._index += 1
+        self._acc.append(p)
+        return done
+
+    def flush(self) -> list[tuple[float, np.ndarray]]:
+        """Rows of the window still open (call at the end of a capture)."""
+        if self._start is None:
+            return []
+        row = (self._start + self._index * self.width_s, self._row(self._acc))
+        self._acc = []
+        self._index += 1
+        return [row]
+
+    def reset(self) -> None:
+        """Forget the stream position (not the allow-list)."""
+        self._start, self._index, self._acc = None, 0, []
+
+
+def rows_of(fx: DeviceWindows, packets: Iterable[Packet]) -> tuple[np.ndarray, np.ndarray]:
+    """(window start times, rows (n, len(COLUMNS)) float32) of a packet sequence, from a fresh
+    stream position (the allow-list is kept)."""
+    fx.reset()
+    t: list[float] = []
+    x: list[np.ndarray] = []
+    for p in packets:
+        for ts, row in fx.push(p):
+            t.append(ts)
+            x.append(row)
+    for ts, row in fx.flush():
+        t.append(ts)
+        x.append(row)
+    if not x:
+        return np.zeros(0), np.zeros((0, len(COLUMNS)), dtype=np.float32)
+    return np.array(t, dtype=np.float64), np.stack(x)
