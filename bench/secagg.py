@@ -106,8 +106,7 @@ print(json.dumps({"n": N, "d": D, "per_round_s": times, "total_s": time.perf_cou
 
 
 def _best(fn: Any, reps: int) -> float:
-    """Fastest of ``reps`` calls in seconds (after one warm-up): the machine is shared and
-    noisy, and the minimum is the least disturbed estimate of the cost."""
+    """Fastest of ``reps`` calls in seconds (after one warm-up)."""
     fn()
     ts = []
     for _ in range(reps):
@@ -118,7 +117,8 @@ def _best(fn: Any, reps: int) -> float:
 
 
 def primitives(d: int, reps: int = 100) -> dict[str, float]:
-    """Unit costs in seconds: mask expansion fused with the add, plain add, one X25519."""
+    """Unit costs in seconds (for the record): mask expansion fused with the add, plain add,
+    one X25519 agreement."""
     exp = MaskExpander(d, np.uint32)
     acc = np.zeros(d, np.uint32)
     other = np.ones(d, np.uint32)
@@ -132,22 +132,49 @@ def primitives(d: int, reps: int = 100) -> dict[str, float]:
     }
 
 
-def lower_bounds(run: SecAggRun, prim: dict[str, float]) -> tuple[float, float]:
-    """(server, mean client) lower bound in seconds for this round's actual survivors."""
+def lower_bounds(run: SecAggRun) -> tuple[float, float]:
+    """(server, one client) lower bound in seconds, by *executing* only the primitive work the
+    round needs, back to back, right after the round (same machine load): the server sums the
+    n_in masked vectors and removes n_in self masks, plus one X25519 and one mask per (dropped
+    device, surviving neighbour) pair; a client expands k+1 masks and runs 2k agreements."""
+    d = run.params.length
     inc = set(run.result.included)
-    pairs = 0
-    for j in run.result.dropped:
-        pairs += sum(1 for i in run.params.neighbours[j] if i in inc)
-    server = len(inc) * (prim["add_s"] + prim["mask_expand_add_s"]) + pairs * (
-        prim["x25519_s"] + prim["mask_expand_add_s"]
-    )
+    pairs = sum(1 for j in run.result.dropped for i in run.params.neighbours[j] if i in inc)
+    rng = np.random.default_rng(0)
+    exp = MaskExpander(d, np.uint32)
+    inputs = [rng.integers(0, 2**32, d, dtype=np.uint32) for _ in range(min(len(inc), 8))]
+    seeds = [rng.bytes(32) for _ in range(64)]
+    a, b = KexPrivateKey.generate(rng), KexPrivateKey.generate(rng)
+
+    def server() -> None:
+        acc = np.zeros(d, np.uint32)
+        for i in range(len(inc)):
+            np.add(acc, inputs[i % len(inputs)], out=acc)
+            exp.sub_mask(acc, seeds[i % 64])
+        for p in range(pairs):
+            a.exchange(b.public)
+            exp.add_mask(acc, seeds[p % 64])
+
     k = run.params.degree
-    client = (k + 1) * prim["mask_expand_add_s"] + 2 * k * prim["x25519_s"]
-    return server, client
+
+    def client() -> None:
+        acc = np.zeros(d, np.uint32)
+        for i in range(k + 1):
+            exp.add_mask(acc, seeds[i % 64])
+        for _ in range(2 * k):
+            a.exchange(b.public)
+
+    return _best(server, 2), _best(client, 3)
 
 
 def ztfm_round(
-    n: int, d: int, drop: float, seed: int, degree: int = 0, threshold: int = 0
+    n: int,
+    d: int,
+    drop: float,
+    seed: int,
+    degree: int = 0,
+    threshold: int = 0,
+    verify_adverts: bool = True,
 ) -> SecAggRun:
     rng = np.random.default_rng(seed)
     xs = [rng.uniform(-1, 1, d) for _ in range(n)]
@@ -161,22 +188,22 @@ def ztfm_round(
         degree=k,
         threshold=threshold,
         timer=time.perf_counter,
+        verify_adverts=verify_adverts,
     )
 
 
 def measure(n: int, d: int, drop: float, repeats: int, **kw: Any) -> dict[str, Any]:
-    """Run ``repeats`` rounds, re-measuring the primitives just before each (so both see the
-    same machine load); report the fastest round and the fastest primitive costs."""
+    """Run ``repeats`` rounds, each followed by its executed lower bound (so both see about the
+    same machine load); report the fastest of each."""
     rows = []
     prims = []
     for r in range(repeats):
-        prim = primitives(d)
-        prims.append(prim)
+        prims.append(primitives(d, reps=20))
         t0 = time.perf_counter()
         run = ztfm_round(n, d, drop, seed=1000 * n + r, **kw)
         wall = time.perf_counter() - t0
         active = [s for s in run.client_seconds.values() if s > 0]
-        lb_server, lb_client = lower_bounds(run, prim)
+        lb_server, lb_client = lower_bounds(run)
         rows.append(
             {
                 "wall_s": wall,
