@@ -290,6 +290,13 @@ def main() -> None:
                     flush=True,
                 )
 
+    # The server's own advert signature checks are about 70 us per device: show their share.
+    no_verify = measure(50, ds[-1], 0.0, args.repeats, verify_adverts=False)
+    print(
+        f"n=50 d={ds[-1]} 0% without server-side advert verification: server "
+        f"{1e3 * no_verify['server_s']:.2f} ms = {no_verify['server_over_lb']:.2f}x lower bound"
+    )
+
     # Flower at n=50, d=105k; ztfm with the same neighbourhood size and threshold.
     n_f, d_f = 50, 105_000
     configs = [(12, 7)] if args.quick else [(12, 7), (2, 2)]  # (k, t); Flower shares = k + 1
@@ -348,6 +355,7 @@ def main() -> None:
     print(f"\nprimitives (d={last['d']}): {units}")
     report = {
         "grid": grid,
+        "no_server_advert_verification": no_verify,
         "flower_comparison": comparison,
         "have_flower": have_flower,
         "flower_python": args.flower_python,
