@@ -48,6 +48,18 @@ class Ledger:
         self._frontier = merkle.Frontier.load(store.node, store.size())
         self._lock = threading.RLock()  # appends and head signing from several threads
 
+    def refresh(self) -> int:
+        """Catch up with entries appended by another process (readers); return the new size."""
+        with self._lock:
+            size = self._store.size()
+            if size < self._frontier.size:
+                raise LedgerError(
+                    f"the ledger shrank from {self._frontier.size} to {size} entries: truncated"
+                )
+            if size != self._frontier.size:
+                self._frontier = merkle.Frontier.load(self._store.node, size)
+            return size
+
     # --- reading -------------------------------------------------------------------------------
     @property
     def store(self) -> LedgerStore:

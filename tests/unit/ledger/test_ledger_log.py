@@ -415,3 +415,17 @@ def test_subject_index_tampering_is_detected(tmp_path: Path) -> None:
     )
     with pytest.raises(LedgerError, match="outside"):
         Ledger(SqliteLedgerStore(db2, create=False)).history("d4")
+
+
+def test_reader_refresh_follows_writer_and_notices_truncation(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    writer = Ledger(SqliteLedgerStore(db), LOG_KEY)
+    writer.append_many(entries(3))
+    reader = Ledger(SqliteLedgerStore(db, create=False))
+    writer.append_many(entries(4, 3))
+    assert reader.size == 3
+    assert reader.refresh() == 7 and reader.root() == writer.root()
+    reader.inclusion_proof(6).verify(writer.entry_bytes(6), writer.root())
+    _raw(db, ("DELETE FROM entries WHERE idx >= 5", ()))
+    with pytest.raises(LedgerError, match="truncated"):
+        reader.refresh()
