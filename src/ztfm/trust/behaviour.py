@@ -101,12 +101,17 @@ def observe_updates(
 
 def update_evidence(obs: UpdateObservation, config: TrustConfig) -> tuple[float, float, list[str]]:
     """(positive, negative, flags) for one observation. Each strong flag is one unit of
-    ``strong_flag`` evidence; a round without flags is ``good_round`` positive evidence."""
+    ``strong_flag`` evidence (distance graded, see below); a round without negative evidence is
+    ``good_round`` positive evidence, a round with less than one strong flag's worth is partly
+    good."""
     flags: list[str] = []
     negative = 0.0
     if obs.distance_z > config.distance_z:
+        # Graded: full weight from twice the threshold. Honest devices with unusual (non-IID)
+        # data sit just past the threshold round after round; poisoned updates sit far beyond.
         flags.append("far_from_aggregate")
-        negative += config.strong_flag
+        ramp = (obs.distance_z - config.distance_z) / config.distance_z
+        negative += config.strong_flag * min(1.0, ramp)
     if obs.distance_z < -config.central_z:
         # Much closer to the aggregate than the round's typical update: in high dimension honest
         # updates concentrate at a similar distance, while ALIE-style updates (mean - z * std,
@@ -125,5 +130,5 @@ def update_evidence(obs: UpdateObservation, config: TrustConfig) -> tuple[float,
     if obs.excluded:
         flags.append("excluded_by_rule")
         negative += config.weak_flag
-    positive = config.good_round if not flags else 0.0
+    positive = config.good_round * max(0.0, 1.0 - negative / config.strong_flag)
     return positive, negative, flags

@@ -319,3 +319,30 @@ def test_observe_updates_rejects_bad_input() -> None:
     for devs, upd, agg, rw in cases:
         with pytest.raises(TrustError):
             observe_updates(devs, upd, agg, rule_weights=rw)
+
+
+def test_distance_evidence_is_graded() -> None:
+    from ztfm.trust import update_evidence
+
+    cfg = TrustConfig()
+    _, small, flags = update_evidence(_obs(distance_z=3.6), cfg)
+    _, full, _ = update_evidence(_obs(distance_z=7.0), cfg)
+    _, huge, _ = update_evidence(_obs(distance_z=500.0), cfg)
+    assert flags == ["far_from_aggregate"]
+    assert 0 < small < 0.1 * cfg.strong_flag
+    assert full == huge == cfg.strong_flag
+
+
+def test_honest_non_iid_outlier_is_not_quarantined() -> None:
+    """Measured on the SKAB fleet: an honest device whose data differs sits at z 3.5-5.7 with a
+    positive cosine round after round; it must not be quarantined."""
+    m = _mgr()
+    for r, z in enumerate([4.7, 5.7, 3.0, 3.5, 4.1, 5.0, 4.4]):
+        (c,) = m.observe_round(r, [_obs(distance_z=z, cosine=0.5)], float(r))
+    assert c.new_state is not TrustState.QUARANTINED
+
+
+def test_too_central_flag() -> None:
+    m = _mgr()
+    (c,) = m.observe_round(0, [_obs(distance_z=-5.0)], 0.0)
+    assert "too_central" in str(c.inputs["flags"])
