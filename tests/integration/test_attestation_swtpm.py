@@ -242,3 +242,44 @@ def test_tpm_resident_request_key(
     cert = dev.certify_request_key(v.issue_nonce(did, T0 + 7))
     with pytest.raises(AttestationError, match="unrestricted"):
         v.certify_request_key(did, replace(cert, key_public=dev.tpm.ak_public()), T0 + 8)
+
+
+def test_ak_survives_tpm_restart_and_old_quotes_do_not(
+    swtpm_ca: SwtpmCa, swtpm: SwtpmProcess
+) -> None:
+    """Power-cycle a swtpm: PCRs reset, reset counter goes up, the AK (a primary) is the same."""
+    from ztfm.attestation.structures import QuoteInfo
+    from ztfm.attestation.tpm import Tpm
+
+    v = _verifier(swtpm_ca)
+    did = DeviceId("cycler")
+    with Tpm(swtpm.tcti) as tpm:
+        dev = AttestingDevice(tpm)
+        dev.measure_firmware(FW)
+        dev.measure_model(MODEL)
+        _enrol(v, "cycler", dev, first_quote=True)
+        old = dev.quote(v.issue_nonce(did, T0 + 10))
+        assert v.check_quote(did, old, T0 + 11).ok
+        ak_before = tpm.ak_public()
+    swtpm.stop()
+    swtpm.start()  # same state directory, new port
+    with Tpm(swtpm.tcti) as tpm:
+        assert tpm.ak_public() == ak_before
+        dev = AttestingDevice(tpm)
+        # the PCRs are zero again: an agent that kept its old log is caught
+        nonce = v.issue_nonce(did, T0 + 20)
+        stale_log = replace(dev.quote(nonce), log=old.log)
+        with pytest.raises(QuoteRejected) as info:
+            v.check_quote(did, stale_log, T0 + 21)
+        assert info.value.reason == "pcr_log"
+        dev.measure_firmware(FW)
+        dev.measure_model(MODEL)
+        fresh = dev.quote(v.issue_nonce(did, T0 + 30))
+        assert v.check_quote(did, fresh, T0 + 31).ok
+        assert (
+            QuoteInfo.from_bytes(fresh.attest).reset_count
+            > QuoteInfo.from_bytes(old.attest).reset_count
+        )
+        with pytest.raises(QuoteRejected) as info:  # the pre-restart quote is dead
+            v.check_quote(did, old, T0 + 32)
+        assert info.value.reason == "nonce"
