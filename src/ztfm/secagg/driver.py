@@ -83,7 +83,7 @@ def simulate_round(
     rounding: Rounding = "nearest",
     encoded: Sequence[UIntArray] | None = None,
     timer: Callable[[], float] | None = None,
-    verify_adverts: bool = True,
+    trust_transport: bool = False,
 ) -> SecAggRun:
     """Run one full SecAgg+ round over ``inputs`` (equal-length 1-D float vectors).
 
@@ -138,7 +138,7 @@ def simulate_round(
     clients = {
         d: SecAggClient(params, d, signing[i], identities, rng, expander) for i, d in enumerate(ids)
     }
-    server = SecAggServer(params, identities, server_key, expander, verify_adverts=verify_adverts)
+    server = SecAggServer(params, identities, server_key, expander, trust_transport=trust_transport)
     idx = {d: i for i, d in enumerate(ids)}
 
     adverts = [timed(d, clients[d].advertise) for d in ids]

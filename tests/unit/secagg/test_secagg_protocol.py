@@ -145,9 +145,9 @@ def test_forged_advert_rejected_by_server(make_round: MakeRound) -> None:
     assert bad not in h.log["result"].included
 
 
-def test_unverified_adverts_forged_key_still_caught_by_neighbours(make_round: MakeRound) -> None:
+def test_trusted_transport_forged_key_still_caught_by_neighbours(make_round: MakeRound) -> None:
     h = make_round(n=10)
-    h.server = SecAggServer(h.params, h.identities, h.server_key, verify_adverts=False)
+    h.server = SecAggServer(h.params, h.identities, h.server_key, trust_transport=True)
     bad = h.ids[5]
 
     def forge(ads: list[AdvertiseKeys]) -> list[AdvertiseKeys]:
@@ -156,6 +156,33 @@ def test_unverified_adverts_forged_key_still_caught_by_neighbours(make_round: Ma
 
     with pytest.raises(SecAggError, match="signature"):
         h.run(tamper={"adverts": forge})
+
+
+def test_trusted_transport_round_is_exact_and_still_checks_commitments(
+    make_round: MakeRound,
+) -> None:
+    h = make_round(n=10)
+    h.server = SecAggServer(h.params, h.identities, h.server_key, trust_transport=True)
+    total = h.run(skip={"masked": {h.ids[2]}})
+    res = h.log["result"]
+    assert np.abs(total - h.expected(res.included)).max() <= h.codec.max_error(len(res.included))
+    h2 = make_round(n=6)
+    h2.server = SecAggServer(h2.params, h2.identities, h2.server_key, trust_transport=True)
+    noise = np.random.default_rng(5)
+    for liar in h2.ids[:4]:
+        c = h2.clients[liar]
+        orig = c.unmask
+
+        def lie(req: UnmaskRequest, c: Any = c, orig: Any = orig) -> UnmaskResponse:
+            c._held = {
+                d: ((s + int(noise.integers(1, 2**62))) % (2**256 + 297), k)
+                for d, (s, k) in c._held.items()
+            }
+            return orig(req)
+
+        c.unmask = lie
+    with pytest.raises(SecAggError, match="tampered"):
+        h2.run()
 
 
 def test_key_substituted_by_server_detected_by_client(make_round: MakeRound) -> None:
