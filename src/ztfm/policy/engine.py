@@ -192,8 +192,13 @@ def default_policy_text() -> str:
 class PolicyEngine:
     """Cedar policies from a file (or the shipped default), reloadable, audited."""
 
-    def __init__(self, audit: AuditSink, path: Path | None = None) -> None:
+    def __init__(
+        self, audit: AuditSink, path: Path | None = None, *, audit_allows: bool = True
+    ) -> None:
+        """``audit_allows=False`` leaves recording allows to a caller that writes one record per
+        admitted request anyway (the transport gate); denials are always recorded here."""
         self.audit = audit
+        self.audit_allows = audit_allows
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
         self._pset = self._read()
@@ -209,9 +214,10 @@ class PolicyEngine:
         return _load_policy_text(text, str(self.path))
 
     @classmethod
-    def from_text(cls, audit: AuditSink, text: str) -> PolicyEngine:
+    def from_text(cls, audit: AuditSink, text: str, *, audit_allows: bool = True) -> PolicyEngine:
         eng = cls.__new__(cls)
         eng.audit = audit
+        eng.audit_allows = audit_allows
         eng.path = None
         eng._lock = threading.Lock()
         eng._pset = _load_policy_text(text, "<text>")
@@ -285,7 +291,8 @@ class PolicyEngine:
             decision = self._evaluate(request)
         except Exception as exc:  # fail closed on anything unexpected inside Cedar
             decision = Decision(False, f"policy engine error (fail closed): {exc}", ())
-        self.audit.record("policy.decision", _fields(request, decision), now)
+        if not decision.allowed or self.audit_allows:
+            self.audit.record("policy.decision", _fields(request, decision), now)
         if not decision.allowed:
             raise PolicyDenied(decision.reason)
         return decision

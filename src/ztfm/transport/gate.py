@@ -250,7 +250,7 @@ class RequestGate:
             raise self._reject("binding", exc, method, peer, raw, now, payload, identity) from exc
         try:
             ctx = self.trust.context_for(identity, now)
-            self.policy.authorize(AccessRequest(identity, method, resource, ctx), now)
+            decision = self.policy.authorize(AccessRequest(identity, method, resource, ctx), now)
         except PolicyDenied as exc:
             raise self._reject("policy", exc, method, peer, raw, now, payload, identity) from exc
         except Exception as exc:  # a failing trust source or policy bug denies (fail closed)
@@ -264,6 +264,8 @@ class RequestGate:
                 "round": env.round_id,
                 "resource": resource.uid,
                 "bytes": len(payload),
+                "policy": decision.reason,
+                "context": ctx.to_cedar(),
             },
             now,
         )

@@ -202,7 +202,7 @@ class LocalFleet:
             self.validator(skew_s),
             RequestVerifier(self.registry, max_age_s=max_age_s, skew_s=skew_s),
             self.registry,
-            policy if policy is not None else PolicyEngine(audit),
+            policy if policy is not None else PolicyEngine(audit, audit_allows=False),
             trust,
             audit,
             snapshots,

@@ -233,3 +233,13 @@ def test_quarantine_gate(engine: PolicyEngine) -> None:
         with pytest.raises(PolicyDenied, match="quarantine"):
             engine.authorize(req(CAM, action, kind, ctx=q), T0)
     assert engine.authorize(req(CAM, "GetModel", "model", ctx=q), T0).allowed
+
+
+def test_audit_allows_off_still_records_denials(audit: MemoryAuditSink) -> None:
+    eng = PolicyEngine(audit, audit_allows=False)
+    assert eng.authorize(req(CAM, "GetModel", "model"), T0).allowed
+    assert audit.of("policy.decision") == []
+    with pytest.raises(PolicyDenied):
+        eng.authorize(req(PLC, "GetModel", "model"), T0)
+    (rec,) = audit.of("policy.decision")
+    assert rec["allowed"] is False
