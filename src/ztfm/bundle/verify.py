@@ -21,6 +21,7 @@ from ztfm.bundle.tensors import DEFAULT_LIMITS, TensorLimits, encode_tensors
 from ztfm.crypto.signing import SigningKey, VerifyKey
 from ztfm.errors import CryptoError, LedgerError
 from ztfm.ledger import Entry, EntryKind, Ledger, LedgerClient
+from ztfm.ledger.entry import to_time_ms
 
 # Manifest fields the ledger entry of a release repeats; the device checks they agree.
 _ENTRY_FIELDS = ("model_id", "version", "weights_sha256", "release_key")
@@ -65,6 +66,10 @@ def publish_bundle(
 ) -> Bundle:
     """Encode weights, record the release on ``ledger``, sign the manifest, sign a new tree head
     and attach a receipt for it. ``ledger`` must be opened with the log signing key."""
+    try:
+        created_ms = to_time_ms(now)
+    except LedgerError as exc:
+        raise BundleRejected(Reason.MALFORMED, str(exc)) from exc
     blob = encode_tensors(weights, limits=limits)
     digest = hashlib.sha256(blob).hexdigest()
     entry = release_entry(
@@ -87,7 +92,7 @@ def publish_bundle(
         weights_bytes=len(blob),
         ledger_index=0,
         release_key=release_key.verify_key.fingerprint(),
-        created_ms=round(now * 1000),
+        created_ms=created_ms,
     )
     index = ledger.append(entry)
     manifest = dataclasses.replace(draft, ledger_index=index)

@@ -74,6 +74,13 @@ _REQUIRED: dict[EntryKind, dict[str, Any]] = {
 }
 
 
+def to_time_ms(now: float) -> int:
+    """Seconds since the epoch -> integer milliseconds; ``LedgerError`` if not a sane time."""
+    if not isinstance(now, int | float) or not math.isfinite(now) or not 0 <= now < 2**63 / 1000:
+        raise LedgerError(f"time {now!r} is not a finite, non-negative number of seconds")
+    return round(now * 1000)
+
+
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
@@ -145,11 +152,10 @@ class Entry:
             k = EntryKind(kind)
         except ValueError as exc:
             raise LedgerError(f"unknown ledger entry kind {kind!r}") from exc
-        if not math.isfinite(now) or now < 0:
-            raise LedgerError("entry time must be a finite, non-negative number of seconds")
+        time_ms = to_time_ms(now)
         body_dict = dict(body)
         _check_body(k, body_dict)
-        entry = cls(k, round(now * 1000), canonical_json(body_dict))
+        entry = cls(k, time_ms, canonical_json(body_dict))
         if len(entry.to_bytes()) > MAX_ENTRY_BYTES:
             raise LedgerError(f"ledger entry is larger than {MAX_ENTRY_BYTES} bytes")
         return entry

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ztfm.crypto.signing import SigningKey, VerifyKey
 from ztfm.errors import CryptoError, LedgerError
 from ztfm.ledger import merkle
-from ztfm.ledger.entry import Entry
+from ztfm.ledger.entry import Entry, to_time_ms
 from ztfm.ledger.proofs import ConsistencyProof, InclusionProof, SignedTreeHead
 from ztfm.ledger.store import LedgerStore, Node
 
@@ -144,7 +144,7 @@ class Ledger:
 
     def _sign_locked(self, key: SigningKey, now: float) -> SignedTreeHead:
         latest = self.latest_tree_head()
-        if latest is not None and round(now * 1000) < latest.head.timestamp_ms:
+        if latest is not None and to_time_ms(now) < latest.head.timestamp_ms:
             raise LedgerError("refusing to sign a tree head older than the latest one")
         sth = SignedTreeHead.sign(key, self.size, self._frontier.root(), now=now)
         self._store.add_tree_head(sth.tree_size, sth.to_bytes())

@@ -11,7 +11,7 @@ from typing import Any
 from ztfm.crypto.signing import SIGNATURE_BYTES, SigningKey, VerifyKey
 from ztfm.errors import CryptoError, LedgerError
 from ztfm.ledger import merkle
-from ztfm.ledger.entry import canonical_json, parse_canonical_json
+from ztfm.ledger.entry import canonical_json, parse_canonical_json, to_time_ms
 
 STH_CONTEXT = b"ztfm-ledger-tree-head-v1\x00"
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
@@ -81,7 +81,7 @@ class SignedTreeHead:
         cls, key: SigningKey, tree_size: int, root_hash: bytes, *, now: float
     ) -> SignedTreeHead:
         log_id = bytes.fromhex(key.verify_key.fingerprint())
-        head = TreeHead(log_id, tree_size, root_hash, round(now * 1000))
+        head = TreeHead(log_id, tree_size, root_hash, to_time_ms(now))
         return cls(head, key.sign(head.signing_bytes()))
 
     def verify(self, log_key: VerifyKey) -> None:

@@ -372,3 +372,11 @@ def test_bundle_cannot_be_built_by_hand(w1: tuple[World, Bundle]) -> None:
     with pytest.raises(BundleError, match="from_bytes"):
         Bundle(b.manifest, b.manifest_bytes, b.weights_blob, b.signature, b.receipt, evil)
     assert b.with_receipt(None).weights is b.weights
+
+
+def test_publish_at_a_nonsense_time_is_refused() -> None:
+    w = world()
+    for now in (float("nan"), -5.0):
+        with pytest.raises(BundleRejected):
+            w.publish(1, now=now)
+    assert w.ledger.size == 0

@@ -108,3 +108,9 @@ def test_malformed_inclusion_proofs_are_refused(obj: Any) -> None:
 def test_malformed_consistency_proofs_are_refused(obj: Any) -> None:
     with pytest.raises(LedgerError):
         ConsistencyProof.from_json(obj)
+
+
+def test_signing_at_a_nonsense_time_is_refused() -> None:
+    for now in (float("nan"), float("inf"), -1.0, 1e300):
+        with pytest.raises(LedgerError):
+            SignedTreeHead.sign(KEY, 1, b"\x00" * 32, now=now)
