@@ -52,6 +52,7 @@ from ztfm.crypto.tpm import (
     EccPublicPoint,
     RsaPublicNumbers,
     check_public_key,
+    load_certificates,
     make_credential_ecc,
     make_credential_rsa,
     verify_certificate_chain,
@@ -232,9 +233,10 @@ class AttestationVerifier:
 
     def __post_init__(self) -> None:
         try:
-            self._roots = [Certificate.load(c) for c in self.manufacturer_roots]
-            self._soft = [Certificate.load(c) for c in self.soft_roots]
-            self._inter = [Certificate.load(c) for c in self.intermediates]
+            # each entry may be one DER/PEM certificate or a PEM bundle
+            self._roots = [c for d in self.manufacturer_roots for c in load_certificates(d)]
+            self._soft = [c for d in self.soft_roots for c in load_certificates(d)]
+            self._inter = [c for d in self.intermediates for c in load_certificates(d)]
         except CryptoError as exc:
             raise ConfigError(f"bad manufacturer CA certificate: {exc}") from exc
         if not self._roots and not self._soft:

@@ -105,3 +105,11 @@ def test_swtpm_ek_cert_rejected_without_intermediate() -> None:
     )
     with pytest.raises(AttestationError, match="does not chain"):
         v.begin_enrolment(DEV, "gw", EnrolmentRequest.from_dict(VEC["enrolment"]), NOW)
+
+
+def test_pem_bundle_of_root_and_intermediate_is_accepted() -> None:
+    bundle = (VEC["root_pem"] + VEC["issuer_pem"]).encode()
+    v = AttestationVerifier(
+        manufacturer_roots=[bundle], reference=ReferenceValues(), nonces=_Fixed()
+    )
+    v.begin_enrolment(DEV, "gw", EnrolmentRequest.from_dict(VEC["enrolment"]), NOW)
