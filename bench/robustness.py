@@ -179,6 +179,20 @@ def run_fleet(
         server = spec.flatten(canary.train(task).delta).astype(np.float64)
         weights = trust.weights([DeviceId(d) for d in part], now) if use_trust else None
         f = min(len(bad), (len(part) - 1) // 2) if defence != "mean" else 0
+        if "@k" in defence:
+            # SecAgg groups of k (the coordinator sees group sums only), rule over group means;
+            # no per-device observation is possible, so trust does not watch these runs.
+            rule, k_txt = defence.split("@k")
+            plan = assign_groups(len(part), int(k_txt), np.random.default_rng([seed, 11, r]))
+            fg = min(len(bad), (len(plan.groups) - 1) // 2)
+            grp = make_aggregator("mean") if rule == "mean" else make_aggregator(rule, f=fg)
+            try:
+                res = robust_over_groups(x, plan, grp)
+            except AggregationError:
+                failed_rounds += 1
+                continue
+            params_now = spec.unflatten((spec.flatten(params_now) + res.vector).astype(np.float32))
+            continue
         try:
             agg = _aggregator(defence, len(part), f, server).aggregate(x, weights)
         except AggregationError:
