@@ -107,6 +107,19 @@ class EnrolledDevice:
             "enrolled_at": self.enrolled_at,
         }
 
+    def ledger_body(self) -> dict[str, Any]:
+        """Body of the ledger's ``enrolment`` entry (``public_key`` = the AK TPMT_PUBLIC)."""
+        return {
+            "device_id": self.device_id,
+            "public_key": self.ak.raw.hex(),
+            "key_kind": "tpm-ak",
+            "ak_name": self.ak.name.hex(),
+            "device_type": self.device_type,
+            "ek_fingerprint": self.ek_fingerprint,
+            "ek_root": self.ek_root,
+            "hardware_backed": self.hardware_backed,
+        }
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EnrolledDevice:
         """Parse a record written by ``to_dict``; raise ``AttestationError`` if malformed."""
@@ -145,8 +158,24 @@ class AttestationVerdict:
     def age_s(self, now: float) -> float:
         return now - self.time
 
+    def ledger_body(self) -> dict[str, Any]:
+        """Body of the ledger's ``attestation_verdict`` entry (no floats, no nulls)."""
+        body: dict[str, Any] = {
+            "device_id": self.device_id,
+            "verdict": "pass" if self.ok else "fail",
+            "reason": self.reason,
+            "hardware_backed": self.hardware_backed,
+        }
+        if self.pcr_digest:
+            body["pcr_digest"] = self.pcr_digest.hex()
+        if self.firmware_version is not None:
+            body["firmware_version"] = self.firmware_version
+        if self.model_digest is not None:
+            body["model_digest"] = self.model_digest.hex()
+        return body
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form (for the ledger's ATTESTATION_VERDICT entries and the audit log)."""
+        """JSON-safe form (for the audit log and storage)."""
         return {
             "device_id": self.device_id,
             "ok": self.ok,
