@@ -85,7 +85,7 @@ class Ledger:
         n = self._check_size(tree_size)
         if n == self._frontier.size:
             return self._frontier.root()
-        return merkle.root_hash(self._store.node, n)
+        return merkle.root_hash(self._store.node, n, read_many=self._store.nodes)
 
     def entry_bytes(self, index: int) -> bytes:
         self._check_index(index)
@@ -162,11 +162,12 @@ class Ledger:
         n = self._check_size(tree_size)
         if not 0 <= index < n:
             raise LedgerError(f"entry {index} is not in a tree of size {n}")
-        return InclusionProof(index, n, tuple(merkle.inclusion_path(self._store.node, index, n)))
+        path = merkle.inclusion_path(self._store.node, index, n, read_many=self._store.nodes)
+        return InclusionProof(index, n, tuple(path))
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> ConsistencyProof:
         n = self._check_size(new_size)
-        path = merkle.consistency_path(self._store.node, old_size, n)
+        path = merkle.consistency_path(self._store.node, old_size, n, read_many=self._store.nodes)
         return ConsistencyProof(old_size, n, tuple(path))
 
     def history(self, subject: str) -> list[tuple[int, Entry]]:

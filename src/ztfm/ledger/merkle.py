@@ -77,26 +77,24 @@ def fold_subtrees(hashes: Sequence[bytes]) -> bytes:
     return acc
 
 
-class _Memo:
-    """Per-call cache in front of a NodeReader, so shared subtrees are read once."""
+BatchReader = Callable[[Sequence[tuple[int, int]]], list[bytes]]
+"""``read_many(coords) -> hashes``: several perfect subtrees in one go (one query for a store)."""
 
-    __slots__ = ("_cache", "_read")
 
-    def __init__(self, read: NodeReader) -> None:
-        self._read = read
-        self._cache: dict[tuple[int, int], bytes] = {}
-
-    def perfect(self, level: int, index: int) -> bytes:
-        key = (level, index)
-        h = self._cache.get(key)
-        if h is None:
-            h = self._read(level, index)
-            self._cache[key] = h
-        return h
-
-    def range_hash(self, start: int, end: int) -> bytes:
-        """MTH(D[start:end]) for an aligned start (see ``perfect_subtrees``)."""
-        return fold_subtrees([self.perfect(lv, ix) for lv, ix in perfect_subtrees(start, end)])
+def _resolve(
+    ranges: Sequence[tuple[int, int]], read: NodeReader, read_many: BatchReader | None
+) -> list[bytes]:
+    """MTH(D[start:end]) for each (aligned) range, reading every needed node exactly once."""
+    parts = [perfect_subtrees(a, b) for a, b in ranges]
+    coords = list(dict.fromkeys(c for p in parts for c in p))
+    if read_many is not None:
+        hashes = read_many(coords)
+        if len(hashes) != len(coords):
+            raise LedgerError("the store returned the wrong number of tree nodes")
+    else:
+        hashes = [read(lv, ix) for lv, ix in coords]
+    table = dict(zip(coords, hashes, strict=True))
+    return [fold_subtrees([table[c] for c in p]) for p in parts]
 
 
 def _check_size(tree_size: int) -> None:
@@ -104,55 +102,67 @@ def _check_size(tree_size: int) -> None:
         raise LedgerError(f"tree size {tree_size} is out of range")
 
 
-def root_hash(read: NodeReader, tree_size: int) -> bytes:
+def root_hash(read: NodeReader, tree_size: int, *, read_many: BatchReader | None = None) -> bytes:
     """MTH of the first ``tree_size`` leaves."""
     _check_size(tree_size)
-    return _Memo(read).range_hash(0, tree_size)
+    return _resolve([(0, tree_size)], read, read_many)[0]
 
 
-def inclusion_path(read: NodeReader, index: int, tree_size: int) -> list[bytes]:
-    """RFC 6962 PATH(index, D[tree_size]): audit path, leaf-side first."""
+def inclusion_ranges(index: int, tree_size: int) -> list[tuple[int, int]]:
+    """Leaf ranges whose hashes form PATH(index, D[tree_size]), leaf-side first."""
     _check_size(tree_size)
     if not 0 <= index < tree_size:
         raise LedgerError(f"leaf index {index} is outside a tree of size {tree_size}")
-    memo = _Memo(read)
-    path: list[bytes] = []
+    ranges: list[tuple[int, int]] = []
     start, end, m = 0, tree_size, index
     while end - start > 1:
         k = _largest_pow2_below(end - start)
         if m < k:
-            path.append(memo.range_hash(start + k, end))
+            ranges.append((start + k, end))
             end = start + k
         else:
-            path.append(memo.range_hash(start, start + k))
+            ranges.append((start, start + k))
             start += k
             m -= k
-    path.reverse()
-    return path
+    ranges.reverse()
+    return ranges
 
 
-def consistency_path(read: NodeReader, old_size: int, new_size: int) -> list[bytes]:
-    """RFC 6962 PROOF(old_size, D[new_size]); empty when the sizes are equal."""
+def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
+    """Leaf ranges whose hashes form PROOF(old_size, D[new_size]) (RFC 6962 2.1.2)."""
     _check_size(new_size)
     if not 0 < old_size <= new_size:
         raise LedgerError(f"no consistency proof from size {old_size} to size {new_size}")
-    memo = _Memo(read)
-    path: list[bytes] = []
+    ranges: list[tuple[int, int]] = []
     start, end, m, complete = 0, new_size, old_size, True
     while m != end - start:
         k = _largest_pow2_below(end - start)
         if m <= k:
-            path.append(memo.range_hash(start + k, end))
+            ranges.append((start + k, end))
             end = start + k
         else:
-            path.append(memo.range_hash(start, start + k))
+            ranges.append((start, start + k))
             start += k
             m -= k
             complete = False
     if not complete:
-        path.append(memo.range_hash(start, end))
-    path.reverse()
-    return path
+        ranges.append((start, end))
+    ranges.reverse()
+    return ranges
+
+
+def inclusion_path(
+    read: NodeReader, index: int, tree_size: int, *, read_many: BatchReader | None = None
+) -> list[bytes]:
+    """RFC 6962 PATH(index, D[tree_size]): audit path, leaf-side first."""
+    return _resolve(inclusion_ranges(index, tree_size), read, read_many)
+
+
+def consistency_path(
+    read: NodeReader, old_size: int, new_size: int, *, read_many: BatchReader | None = None
+) -> list[bytes]:
+    """RFC 6962 PROOF(old_size, D[new_size]); empty when the sizes are equal."""
+    return _resolve(consistency_ranges(old_size, new_size), read, read_many)
 
 
 # --- verification (RFC 9162 2.1.3.2 and 2.1.4.2) -----------------------------------------------

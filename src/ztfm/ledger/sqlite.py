@@ -241,6 +241,35 @@ class SqliteLedgerStore:
             raise LedgerError(f"missing tree node ({level}, {index})")
         return _blob(row[0], f"tree node ({level}, {index})")
 
+    def nodes(self, coords: Sequence[tuple[int, int]]) -> list[bytes]:
+        found: dict[tuple[int, int], object] = {}
+        for i in range(0, len(coords), 400):  # well under SQLite's bound-variable limit
+            part = coords[i : i + 400]
+            leaves = [ix for lv, ix in part if lv == 0]
+            inner = [(lv, ix) for lv, ix in part if lv != 0]
+            if leaves:
+                marks = ",".join("?" * len(leaves))
+                for idx, h in self._all(
+                    f"SELECT idx, leaf_hash FROM entries WHERE idx IN ({marks})", tuple(leaves)
+                ):
+                    found[(0, idx)] = h  # type: ignore[index]
+            if inner:
+                marks = ",".join(["(?, ?)"] * len(inner))
+                flat = tuple(x for c in inner for x in c)
+                for level, idx, h in self._all(
+                    f"WITH want (lv, ix) AS (VALUES {marks}) "
+                    "SELECT n.level, n.idx, n.hash FROM want CROSS JOIN nodes AS n "
+                    "ON n.level = want.lv AND n.idx = want.ix",
+                    flat,
+                ):
+                    found[(level, idx)] = h  # type: ignore[index]
+        out: list[bytes] = []
+        for c in coords:
+            if c not in found:
+                raise LedgerError(f"missing tree node {c}")
+            out.append(_blob(found[c], f"tree node {c}"))
+        return out
+
     def node_range(self, level: int, start: int, stop: int) -> list[bytes]:
         rows = self._all(
             "SELECT hash FROM nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",

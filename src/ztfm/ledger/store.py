@@ -56,6 +56,10 @@ class LedgerStore(Protocol):
         """Hash of the perfect subtree (level, index); level 0 is the leaf hash."""
         ...
 
+    def nodes(self, coords: Sequence[tuple[int, int]]) -> list[bytes]:
+        """``node`` for each (level, index), in order, in one round trip where possible."""
+        ...
+
     def node_range(self, level: int, start: int, stop: int) -> list[bytes]:
         """Hashes of nodes ``start <= index < stop`` at ``level`` (level >= 1), in order."""
         ...
@@ -141,6 +145,9 @@ class MemoryLedgerStore:
             return self._levels[level][index]
         except IndexError:
             raise LedgerError(f"missing tree node ({level}, {index})") from None
+
+    def nodes(self, coords: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [self.node(level, index) for level, index in coords]
 
     def node_range(self, level: int, start: int, stop: int) -> list[bytes]:
         if level >= len(self._levels):

@@ -429,3 +429,21 @@ def test_reader_refresh_follows_writer_and_notices_truncation(tmp_path: Path) ->
     _raw(db, ("DELETE FROM entries WHERE idx >= 5", ()))
     with pytest.raises(LedgerError, match="truncated"):
         reader.refresh()
+
+
+def test_regression_batched_node_read_must_use_the_primary_key(tmp_path: Path) -> None:
+    """`(level, idx) IN (VALUES ...)` made SQLite scan the whole nodes table: 17 ms per proof
+    at 100k entries instead of 0.1 ms. Check the plan of every query a proof runs."""
+    store = SqliteLedgerStore(tmp_path / "l.db")
+    ledger = Ledger(store, LOG_KEY)
+    ledger.append_many(entries(100))
+    seen: list[str] = []
+    store._db.set_trace_callback(seen.append)
+    ledger.inclusion_proof(37, 90)
+    ledger.consistency_proof(13, 77)
+    store._db.set_trace_callback(None)
+    selects = [q for q in seen if "SELECT" in q and "nodes" in q]
+    assert selects
+    for q in selects:
+        plan = " ".join(str(r[3]) for r in store._db.execute("EXPLAIN QUERY PLAN " + q))
+        assert "SCAN nodes" not in plan and "SCAN n " not in plan + " ", plan
