@@ -32,10 +32,10 @@ from ztfm.attestation import (
     AttestationVerifier,
     AttestingDevice,
     ReferenceValues,
-    RngNonceSource,
     SoftManufacturer,
     SoftTpm,
     SystemNonceSource,
+    UnsafeRngNonceSource,
 )
 from ztfm.types import DeviceId
 
@@ -131,7 +131,7 @@ def bench_soft(n_devices: int, rounds: int) -> dict[str, Any]:
         manufacturer_roots=[],
         soft_roots=[maker.root_certificate],
         reference=REF,
-        nonces=RngNonceSource(np.random.default_rng(1)),
+        nonces=UnsafeRngNonceSource(np.random.default_rng(1)),
     )
     times: dict[str, list[float]] = {k: [] for k in ("create", "enrol", "quote", "verify")}
     devices: list[tuple[DeviceId, AttestingDevice]] = []

@@ -14,9 +14,9 @@ from ztfm.attestation import (
     AttestationVerifier,
     AttestingDevice,
     ReferenceValues,
-    RngNonceSource,
     SoftManufacturer,
     SoftTpm,
+    UnsafeRngNonceSource,
 )
 from ztfm.crypto.signing import SigningKey
 from ztfm.ledger import Entry, EntryKind, Ledger
@@ -35,7 +35,7 @@ def test_enrolments_and_verdicts_are_provable_on_the_ledger() -> None:
         manufacturer_roots=[],
         soft_roots=[maker.root_certificate],
         reference=ReferenceValues().with_firmware("sensor", "1", FW).with_models([MODEL]),
-        nonces=RngNonceSource(np.random.default_rng(12)),
+        nonces=UnsafeRngNonceSource(np.random.default_rng(12)),
     )
     ledger = Ledger(MemoryLedgerStore(), SigningKey.from_seed(b"\x07" * 32))
     records: list[tuple[int, bytes]] = []

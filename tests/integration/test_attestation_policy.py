@@ -16,9 +16,9 @@ from ztfm.attestation import (
     AttestationVerifier,
     AttestingDevice,
     ReferenceValues,
-    RngNonceSource,
     SoftManufacturer,
     SoftTpm,
+    UnsafeRngNonceSource,
 )
 from ztfm.audit import MemoryAuditSink
 from ztfm.errors import PolicyDenied
@@ -57,7 +57,7 @@ def world() -> tuple[AttestationVerifier, PolicyEngine, dict[str, AttestingDevic
         manufacturer_roots=[],
         soft_roots=[maker.root_certificate],
         reference=ReferenceValues().with_firmware("sensor", "1", FW).with_models([MODEL]),
-        nonces=RngNonceSource(np.random.default_rng(4)),
+        nonces=UnsafeRngNonceSource(np.random.default_rng(4)),
     )
     devices: dict[str, AttestingDevice] = {}
     for name, fw in (("honest", FW), ("implanted", hashlib.sha256(b"implant").digest())):

@@ -22,9 +22,9 @@ from ztfm.attestation import (
     QuoteEvidence,
     QuoteRejected,
     ReferenceValues,
-    RngNonceSource,
     SoftManufacturer,
     SoftTpm,
+    UnsafeRngNonceSource,
 )
 from ztfm.attestation.structures import QuoteInfo, TpmPublic, TpmSignature
 from ztfm.errors import AttestationError
@@ -78,7 +78,7 @@ def _world() -> tuple[AttestationVerifier, AttestingDevice]:
         manufacturer_roots=[],
         soft_roots=[maker.root_certificate],
         reference=ReferenceValues().with_firmware("t", "1", FW).with_models([MODEL]),
-        nonces=RngNonceSource(np.random.default_rng(6)),
+        nonces=UnsafeRngNonceSource(np.random.default_rng(6)),
     )
     dev = AttestingDevice(SoftTpm(maker, rng, T0))
     dev.measure_firmware(FW)

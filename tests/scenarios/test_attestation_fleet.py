@@ -15,9 +15,9 @@ from ztfm.attestation import (
     AttestingDevice,
     QuoteEvidence,
     ReferenceValues,
-    RngNonceSource,
     SoftManufacturer,
     SoftTpm,
+    UnsafeRngNonceSource,
 )
 from ztfm.types import DeviceId
 
@@ -35,7 +35,7 @@ def test_fleet_rounds_with_compromised_devices() -> None:
         manufacturer_roots=[],
         soft_roots=[maker.root_certificate],
         reference=ref,
-        nonces=RngNonceSource(np.random.default_rng(1)),
+        nonces=UnsafeRngNonceSource(np.random.default_rng(1)),
         max_quote_age_s=20,
     )
     gate = verifier.eligibility_gate(max_age_s=120)

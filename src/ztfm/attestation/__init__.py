@@ -17,7 +17,7 @@ from ztfm.attestation.evidence import (
     Measurement,
     QuoteEvidence,
 )
-from ztfm.attestation.nonce import NonceBook, NonceSource, RngNonceSource, SystemNonceSource
+from ztfm.attestation.nonce import NonceBook, NonceSource, SystemNonceSource, UnsafeRngNonceSource
 from ztfm.attestation.reference import ReferenceValues
 from ztfm.attestation.soft import SoftManufacturer, SoftTpm
 from ztfm.attestation.verifier import (
@@ -45,11 +45,11 @@ __all__ = [
     "QuoteEvidence",
     "QuoteRejected",
     "ReferenceValues",
-    "RngNonceSource",
     "SoftManufacturer",
     "SoftTpm",
     "SystemNonceSource",
     "TpmBackend",
     "TpmRequestKey",
     "TpmSigningBackend",
+    "UnsafeRngNonceSource",
 ]

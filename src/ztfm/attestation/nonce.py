@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -12,6 +13,7 @@ from ztfm.errors import AttestationError
 from ztfm.types import DeviceId
 
 NONCE_BYTES = 32
+log = logging.getLogger(__name__)
 
 
 class NonceSource(Protocol):
@@ -28,13 +30,17 @@ class SystemNonceSource:
 
 
 @dataclass(slots=True)
-class RngNonceSource:
+class UnsafeRngNonceSource:
     """Bytes from an ``np.random.Generator``: reproducible, therefore predictable.
 
-    For tests and simulations only: anyone who knows the seed can predict every nonce.
+    For tests and simulations only: anyone who knows the seed can predict every nonce (and
+    every enrolment secret). Logs a warning when created.
     """
 
     rng: np.random.Generator
+
+    def __post_init__(self) -> None:
+        log.warning("UnsafeRngNonceSource: nonces are predictable (simulations and tests only)")
 
     def token(self, n: int) -> bytes:
         return self.rng.bytes(n)

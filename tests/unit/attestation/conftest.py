@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from attfix import T0, SoftFleet, reference
 
-from ztfm.attestation import AttestationVerifier, RngNonceSource, SoftManufacturer
+from ztfm.attestation import AttestationVerifier, SoftManufacturer, UnsafeRngNonceSource
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def fleet() -> SoftFleet:
         manufacturer_roots=[],
         soft_roots=[maker.root_certificate],
         reference=reference(),
-        nonces=RngNonceSource(np.random.default_rng(8)),
+        nonces=UnsafeRngNonceSource(np.random.default_rng(8)),
         max_quote_age_s=30.0,
     )
     return SoftFleet(rng, maker, verifier)
@@ -34,7 +34,7 @@ def make_fleet() -> Callable[[int], SoftFleet]:
             manufacturer_roots=[],
             soft_roots=[maker.root_certificate],
             reference=reference(),
-            nonces=RngNonceSource(np.random.default_rng(seed + 1)),
+            nonces=UnsafeRngNonceSource(np.random.default_rng(seed + 1)),
         )
         return SoftFleet(rng, maker, verifier)
 

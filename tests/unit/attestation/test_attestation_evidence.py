@@ -14,7 +14,7 @@ from ztfm.attestation import (
     Measurement,
     NonceBook,
     QuoteEvidence,
-    RngNonceSource,
+    UnsafeRngNonceSource,
 )
 from ztfm.attestation.evidence import MAX_LOG_EVENTS
 from ztfm.errors import AttestationError
@@ -72,7 +72,7 @@ def test_measurement_needs_a_measured_pcr() -> None:
 
 
 def test_nonce_book_single_use_and_bounded(rng: Any) -> None:
-    book = NonceBook(RngNonceSource(rng), max_outstanding=2)
+    book = NonceBook(UnsafeRngNonceSource(rng), max_outstanding=2)
     dev = DeviceId("d")
     a = book.issue(dev, 0.0)
     assert book.consume(dev, a, 1.0, 10.0) == 0.0
@@ -89,8 +89,8 @@ def test_nonce_book_single_use_and_bounded(rng: Any) -> None:
 def test_rng_nonces_reproducible() -> None:
     import numpy as np
 
-    a = RngNonceSource(np.random.default_rng(1)).token(32)
-    assert a == RngNonceSource(np.random.default_rng(1)).token(32)
+    a = UnsafeRngNonceSource(np.random.default_rng(1)).token(32)
+    assert a == UnsafeRngNonceSource(np.random.default_rng(1)).token(32)
     assert len(a) == 32
 
 
