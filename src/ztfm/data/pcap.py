@@ -423,12 +423,24 @@ def capture_series(
     segment: str = "pcap",
     fmt: str = "pcap",
 ) -> LabelledSeries:
-    """One capture as a series of per-packet features; ``label`` None means unlabelled."""
-    packets = list(iter_packets(path, on_truncated=on_truncated))
-    if not packets:
+    """One capture as a series of per-packet features; ``label`` None means unlabelled.
+
+    Packets are streamed into ``featurize`` (only their timestamps are kept), so memory grows
+    with the feature matrix, not with the decoded packets.
+    """
+    times: list[float] = []
+    links: set[str] = set()
+
+    def stream() -> Iterator[Packet]:
+        for p in iter_packets(path, on_truncated=on_truncated):
+            times.append(p.ts)
+            links.add(p.link.value)
+            yield p
+
+    x, columns = featurize(stream())
+    n = len(times)
+    if not n:
         raise DataError(f"{path}: capture holds no packets")
-    x, columns = featurize(packets)
-    n = len(packets)
     if x.shape != (n, len(columns)):
         raise DataError(f"{path}: featurizer returned shape {x.shape} for {n} packets")
     y: np.ndarray | None = None
@@ -444,9 +456,9 @@ def capture_series(
         columns=tuple(columns),
         y=y,
         kinds=kinds,
-        t=np.array([p.ts for p in packets], dtype=np.float64),
+        t=np.array(times, dtype=np.float64),
         segment=segment,
-        meta={"format": fmt, "link": packets[0].link.value, "file": path.name,
+        meta={"format": fmt, "link": ",".join(sorted(links)), "file": path.name,
               "labelled": "no" if label is None else "yes"},
     )  # fmt: skip
 

@@ -325,10 +325,14 @@ def extract_features(
     Identical, row for row, to calling ``PacketFeatures(config).update`` on each packet.
     """
     fx = PacketFeatures(config)
-    rows = [fx.update(p) for p in packets]
-    if not rows:
-        return np.zeros((0, fx.n_features), dtype=np.float32)
-    return np.stack(rows)
+    out = np.empty((1024, fx.n_features), dtype=np.float32)
+    n = 0
+    for p in packets:  # consumed lazily; the matrix grows by doubling
+        if n == len(out):
+            out = np.concatenate([out, np.empty_like(out)])
+        out[n] = fx.update(p)
+        n += 1
+    return out[:n].copy()
 
 
 def packet_featurizer(config: NetFeatureConfig | None = None) -> Featurizer:
