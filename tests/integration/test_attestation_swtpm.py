@@ -283,3 +283,54 @@ def test_ak_survives_tpm_restart_and_old_quotes_do_not(
         with pytest.raises(QuoteRejected) as info:  # the pre-restart quote is dead
             v.check_quote(did, old, T0 + 32)
         assert info.value.reason == "nonce"
+
+
+def _install_ecc_ek_cert(proc: SwtpmProcess, maker: SoftManufacturer) -> None:
+    """Play the manufacturer: certify the TPM's ECC P-256 EK and store it at NV 0x01C0000A."""
+    from tpm2_pytss import ESAPI, TCTILdr
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_NV
+    from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
+    from tpm2_pytss.utils import NVReadEK, create_ek_template
+
+    from ztfm.attestation.structures import TpmPublic
+
+    ctx = ESAPI(TCTILdr("swtpm", f"host=127.0.0.1,port={proc.port}"))
+    try:
+        _, template = create_ek_template("EK-ECC256", NVReadEK(ctx))
+        handle, pub, _, _, _ = ctx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
+        ctx.flush_context(handle)
+        cert = maker.issue(TpmPublic.from_bytes(bytes(pub.publicArea.marshal())), "ecc-ek", T0)
+        attrs = (
+            TPMA_NV.PPWRITE | TPMA_NV.PPREAD | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD
+            | TPMA_NV.PLATFORMCREATE | TPMA_NV.NO_DA
+        )  # fmt: skip
+        info = TPM2B_NV_PUBLIC(
+            nvPublic=TPMS_NV_PUBLIC(
+                nvIndex=0x01C0000A, nameAlg=TPM2_ALG.SHA256, attributes=attrs, dataSize=len(cert)
+            )
+        )
+        nv = ctx.nv_define_space(b"", info, ESYS_TR.PLATFORM)
+        ctx.nv_write(nv, cert, 0, ESYS_TR.PLATFORM)
+    finally:
+        ctx.close()
+
+
+def test_ecc_ek_enrolment_against_real_tpm(swtpm: SwtpmProcess) -> None:
+    """ECC MakeCredential (ECDH + KDFe) from ztfm, ActivateCredential in swtpm."""
+    from ztfm.attestation.tpm import Tpm
+
+    maker = SoftManufacturer(np.random.default_rng(9), T0, name="ecc ek test maker")
+    _install_ecc_ek_cert(swtpm, maker)
+    v = AttestationVerifier(
+        manufacturer_roots=[maker.root_certificate],
+        reference=ReferenceValues().with_firmware("gateway", "3.2.1", FW).with_models([MODEL]),
+        nonces=SystemNonceSource(),
+    )
+    with Tpm(swtpm.tcti, ek_kind="ecc") as tpm:
+        dev = AttestingDevice(tpm)
+        dev.measure_firmware(FW)
+        dev.measure_model(MODEL)
+        _enrol(v, "ecc-dev", dev, first_quote=True)
+        assert v.status(DeviceId("ecc-dev"), T0 + 2) == (True, 1.0)
+    with pytest.raises(TpmError, match="EK kind"):
+        Tpm(swtpm.tcti, ek_kind="dsa")

@@ -48,6 +48,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 
 EK_RSA_PERSISTENT_HANDLE = 0x81010001
 EK_RSA_CERT_INDEX = 0x01C00002
+EK_ECC_CERT_INDEX = 0x01C0000A
 _TCTI_RE = re.compile(r"^(device|swtpm|mssim|tabrmd):([A-Za-z0-9_./=,:-]*)$")
 
 
@@ -89,9 +90,13 @@ def _ecdsa_scheme() -> Any:
 class Tpm:
     """A TPM reached through a TCTI; satisfies ``TpmBackend``. Use as a context manager."""
 
-    def __init__(self, tcti: str) -> None:
+    def __init__(self, tcti: str, ek_kind: str = "rsa") -> None:
+        """Open the TPM; ``ek_kind`` is ``"rsa"`` (RSA-2048, L-1) or ``"ecc"`` (P-256, L-2)."""
         name, conf = parse_tcti(tcti)
+        if ek_kind not in ("rsa", "ecc"):
+            raise TpmError(f"unknown EK kind {ek_kind!r} (rsa or ecc)")
         self.tcti = tcti
+        self.ek_kind = ek_kind
         try:
             self._ctx = ESAPI(TCTILdr(name, conf or None))
         except TSS2_Exception as exc:
@@ -102,7 +107,10 @@ class Tpm:
         self._signer: Any = None
         self._signer_pub: TpmPublic | None = None
         try:
-            self._ek_cert, self._ek_pub = self._load_ek()
+            if ek_kind == "rsa":
+                self._ek_cert, self._ek_pub = self._load_ek()
+            else:
+                self._ek_cert, self._ek_pub = self._load_ecc_ek()
             self._ak, ak_pub, _, _, _ = self._ctx.create_primary(
                 None, _ecdsa_template(restricted=True), ESYS_TR.ENDORSEMENT
             )
@@ -133,6 +141,17 @@ class Tpm:
             raise TpmError("TPM has no RSA EK certificate in NV 0x01C00002")
         ek = TpmPublic.from_bytes(bytes(pub.publicArea.marshal()))
         return bytes(cert), ek
+
+    def _load_ecc_ek(self) -> tuple[bytes, TpmPublic]:
+        try:
+            cert, template = create_ek_template("EK-ECC256", NVReadEK(self._ctx))
+        except (NoSuchIndex, ValueError) as exc:
+            raise TpmError(f"cannot read the ECC EK template: {exc}") from exc
+        if not cert:
+            raise TpmError("TPM has no ECC P-256 EK certificate in NV 0x01C0000A")
+        self._ek, pub, _, _, _ = self._ctx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
+        self._ek_transient = True
+        return bytes(cert), TpmPublic.from_bytes(bytes(pub.publicArea.marshal()))
 
     # --- TpmBackend -----------------------------------------------------------------------------
     @property
