@@ -59,9 +59,11 @@ def detector_from_bytes(data: bytes) -> BaseDetector:
         hparams["hidden"] = tuple(hparams["hidden"])
     det = make_detector(name, n_features, **hparams)
     expected = {"scaler_mean", "scaler_std", *(f"param_{i}" for i in range(n_params))}
+    if det.whiten:
+        expected.add("scaler_white")
     if set(arrays) != expected or n_params != len(det.param_shapes()):
         raise DetectorError("detector state does not match its header")
-    det.set_scaler(arrays["scaler_mean"], arrays["scaler_std"])
+    det.set_scaler(arrays["scaler_mean"], arrays["scaler_std"], arrays.get("scaler_white"))
     det.set_params([arrays[f"param_{i}"] for i in range(n_params)])
     thr = header.get("threshold")
     if thr is not None:

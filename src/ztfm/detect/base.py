@@ -26,6 +26,7 @@ import numpy as np
 from ztfm.errors import DetectorError
 
 DEFAULT_TARGET_FAR = 0.01
+WHITEN_FLOOR = 1e-3  # eigenvalue floor of the whitening (z-scored features, so relative)
 SCALE_CLIP = 50.0  # scaled features are clipped to +-50 std: bounded influence of wild inputs
 MAX_STATE_BYTES = 64 * 1024 * 1024
 _STATE_VERSION = 1
@@ -144,6 +145,8 @@ class BaseDetector:
         self.n_features = n_features
         self._mu: np.ndarray | None = None
         self._sd: np.ndarray | None = None
+        self._white: np.ndarray | None = None  # optional whitening matrix (local, never shared)
+        self.whiten = False  # subclasses switch it on through a hyper-parameter
         self._threshold: float | None = None
         self._trained = False
 
@@ -168,18 +171,33 @@ class BaseDetector:
         floor = np.maximum(1e-3 * np.abs(mu), 1e-6)
         self._mu = mu.astype(np.float32)
         self._sd = np.maximum(sd, floor).astype(np.float32)
+        self._white = None
+        if self.whiten:
+            z = (x64 - mu) / self._sd.astype(np.float64)
+            cov = z.T @ z / z.shape[0]
+            vals, vecs = np.linalg.eigh(0.5 * (cov + cov.T))
+            vals = np.maximum(vals, WHITEN_FLOOR)  # directions without variance: not amplified
+            self._white = ((vecs / np.sqrt(vals)) @ vecs.T).astype(np.float32)  # ZCA
 
-    def set_scaler(self, mean: np.ndarray, std: np.ndarray) -> None:
+    def set_scaler(
+        self, mean: np.ndarray, std: np.ndarray, white: np.ndarray | None = None
+    ) -> None:
+        """Load a local scaler (from this device's own export); validated like params."""
         mu = check_params([mean], [(self.n_features,)])[0]
         sd = check_params([std], [(self.n_features,)])[0]
         if (sd <= 0).any():
             raise DetectorError("scaler std must be positive")
-        self._mu, self._sd = mu, sd
+        if self.whiten != (white is not None):
+            raise DetectorError("whitening matrix present/absent does not match the detector")
+        w = None if white is None else check_params([white], [(self.n_features,) * 2])[0]
+        self._mu, self._sd, self._white = mu, sd, w
 
     def _scale(self, x: np.ndarray) -> np.ndarray:
         if self._mu is None or self._sd is None:
             raise DetectorError(f"{self.name}: scaler not fitted (call fit_scaler or fit)")
         z = (x - self._mu) / self._sd
+        if self._white is not None:
+            z = z @ self._white
         np.clip(z, -SCALE_CLIP, SCALE_CLIP, out=z)
         out: np.ndarray = z.astype(np.float32, copy=False)
         return out
@@ -253,7 +271,8 @@ class BaseDetector:
 
     def size_bytes(self) -> int:
         """Bytes of the float32 model (aggregatable params + scaler + threshold)."""
-        return 4 * (self.n_params() + 2 * self.n_features + 1)
+        white = 0 if self._white is None else self._white.size
+        return 4 * (self.n_params() + 2 * self.n_features + white + 1)
 
     # --- serialisation (no pickle) -------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -272,6 +291,8 @@ class BaseDetector:
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
             zf.writestr("header.json", json.dumps(header, sort_keys=True))
             arrays = {"scaler_mean": self._mu, "scaler_std": self._sd}
+            if self._white is not None:
+                arrays["scaler_white"] = self._white
             arrays.update({f"param_{i}": p for i, p in enumerate(self.get_params())})
             for key, arr in arrays.items():
                 out = io.BytesIO()
