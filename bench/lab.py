@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
 
     n_windows = sum(len(s.t) for s in sets)
     print(f"lab set: {root}\n{len(sets)} devices, {n_windows} windows of {args.window:g} s; "
-          f"windowing {feat_s:.1f} s, ztfm fit+score {timing['ztfm']:.1f} s, IsolationForest "
+          f"windowing {feat_s:.1f} s, ztfm fit+score {timing['ztfm']:.2f} s, IsolationForest "
           f"{timing['iforest']:.1f} s; ztfm detector: {args.detector}")  # fmt: skip
     print(f"\n{'attack':<20}{'device':<7}{'type':<9}{'win':>5}{'DR ztfm':>9}{'DR IF':>8}"
           f"{'TTD ztfm':>10}{'TTD IF':>8}")  # fmt: skip
