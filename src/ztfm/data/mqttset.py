@@ -2,9 +2,10 @@
 
 Layout: ``<root>/<label>/<label>-train.pcap`` and ``-test.pcap`` (some are really pcapng; the
 format is told by magic bytes), optionally gzipped. Labels: ``benign`` and the attacks
-``bruteforce``, ``flood``, ``malariados`` (MaliciousDoS) and ``malformed``; other folder names are
-taken as attack names. ``benign-5mb`` overlaps ``benign`` (both are heads of the same capture): it
-is skipped when ``benign`` is present, and used as the benign data only when it is not.
+``bruteforce``, ``flood``, ``malariados`` (MaliciousDoS) and ``malformed`` (also ``legitimate``
+and ``slowite`` of the full MQTTset); any other folder name is refused rather than guessed.
+``benign-5mb`` overlaps ``benign`` (both are heads of the same capture): it is skipped when
+``benign`` is present, and used as the benign data only when it is not.
 
 One series per file, per-packet features from the injected ``featurize`` (see
 ``ztfm.detect.netfeatures.packet_featurizer``); ``meta["part"]`` is ``train``/``test``/``all``.
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 
 LABELS = ("benign", "bruteforce", "flood", "malariados", "malformed")
 OVERLAPPING = "benign-5mb"
+#: Folder names accepted: the reduced set's, plus the full MQTTset's ``legitimate`` (benign) and
+#: ``slowite`` (attack).
+BENIGN_NAMES = frozenset({"benign", OVERLAPPING, "legitimate"})
+ATTACK_NAMES = frozenset({"bruteforce", "flood", "malariados", "malformed", "slowite"})
 
 
 def _part(path: Path) -> str:
@@ -56,9 +61,12 @@ def load_mqttset(
     out: list[LabelledSeries] = []
     for f in files:
         folder = f.parent.name.lower()
-        if not folder or folder in (".", ""):
-            raise DataError(f"{f}: MQTTset captures must sit in a folder named after their label")
-        label = "benign" if folder in ("benign", OVERLAPPING) else folder
+        if folder not in BENIGN_NAMES | ATTACK_NAMES:
+            raise DataError(
+                f"{f}: MQTTset captures must sit in a folder named after their label "
+                f"({', '.join(sorted(BENIGN_NAMES | ATTACK_NAMES))}), not {folder!r}"
+            )
+        label = "benign" if folder in BENIGN_NAMES else folder
         part = _part(f)
         s = capture_series(
             f,
