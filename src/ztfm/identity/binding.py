@@ -205,7 +205,7 @@ class NonceCache:
 class RequestVerifier:
     """Verifies signed envelopes; ``verify`` returns None or raises a ``RequestRejected``."""
 
-    __slots__ = ("max_age_s", "nonces", "purpose", "registry", "skew_s")
+    __slots__ = ("max_age_s", "nonces", "not_before", "purpose", "registry", "skew_s")
 
     def __init__(
         self,
@@ -214,9 +214,15 @@ class RequestVerifier:
         max_age_s: float = DEFAULT_MAX_AGE_S,
         skew_s: float = DEFAULT_SKEW_S,
         nonce_capacity: int = DEFAULT_NONCE_CAPACITY,
+        not_before: float | None = None,
     ) -> None:
+        """``not_before``: reject requests timestamped before this instant. Set it to the start
+        time of a process whose nonce cache starts empty, so that messages captured before a
+        restart cannot be replayed after it (clients whose clocks run behind are refused for up
+        to ``skew_s`` after the start, and sign again)."""
         if max_age_s <= 0 or skew_s < 0:
             raise RequestRejected("max_age_s must be > 0 and skew_s >= 0")
+        self.not_before = not_before
         self.registry = registry
         self.purpose = purpose
         self.max_age_s = max_age_s
@@ -243,6 +249,8 @@ class RequestVerifier:
             raise StaleRequest(f"request is {now - ts:.1f} s old (limit {self.max_age_s:.0f} s)")
         if ts > now + self.skew_s:
             raise StaleRequest(f"request is {ts - now:.1f} s in the future")
+        if self.not_before is not None and envelope.timestamp_ms < int(self.not_before * 1000):
+            raise StaleRequest("request predates this verifier's start (possible replay)")
         try:
             reg.public_key.verify(envelope.signature, envelope.signed_bytes())
         except CryptoError as exc:

@@ -100,6 +100,10 @@ class FleetServer:
         self.gate = gate
         self.handler = handler
         self.clock: Clock = clock or SystemClock()
+        if gate.verifier.not_before is None:
+            # the nonce cache starts empty: refuse anything signed before this server started,
+            # so that requests captured before a restart cannot be replayed after it
+            gate.verifier.not_before = self.clock.now()
         self.ca = ca
         self.ca_lock = ca_lock or threading.Lock()
         self.on_ca_change = on_ca_change

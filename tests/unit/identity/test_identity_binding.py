@@ -167,3 +167,15 @@ def test_signed_bytes_are_unambiguous(cam1: Device) -> None:
     a = dataclasses.replace(_env(cam1), method="ab", device_id="c")
     b = dataclasses.replace(a, method="a", device_id="bc")
     assert a.signed_bytes() != b.signed_bytes()
+
+
+def test_replay_after_restart_is_refused(registry: InMemoryKeyRegistry, cam1: Device) -> None:
+    env = _env(cam1, now=T0)
+    first = RequestVerifier(registry, max_age_s=30, skew_s=5)
+    first.verify(env, PAYLOAD, cam1.identity, T0)
+    # the server restarts 3 s later with an empty nonce cache
+    restarted = RequestVerifier(registry, max_age_s=30, skew_s=5, not_before=T0 + 3)
+    with pytest.raises(StaleRequest, match="predates"):
+        restarted.verify(env, PAYLOAD, cam1.identity, T0 + 4)
+    fresh = _env(cam1, now=T0 + 4)
+    assert restarted.verify(fresh, PAYLOAD, cam1.identity, T0 + 4) is None
