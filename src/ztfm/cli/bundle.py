@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,20 @@ def _pubkey(hex_key: str, name: str) -> Any:
         return VerifyKey(bytes.fromhex(hex_key))
     except (ValueError, CryptoError) as exc:
         raise click.BadParameter("expected 64 hex digits", param_hint=name) from exc
+
+
+def _sync(client: Any, led: Any) -> Any:
+    """Move ``client`` to the ledger's latest signed head (with a consistency proof)."""
+    from ztfm.errors import LedgerError
+
+    head = led.latest_tree_head()
+    if head is None:
+        raise LedgerError("the ledger has no signed tree head")
+    old = client.head.tree_size if client.has_head else 0
+    client.update(
+        head, led.consistency_proof(old, head.tree_size) if 0 < old < head.tree_size else None
+    )
+    return head
 
 
 def _read(path: Path) -> Any:
@@ -186,7 +201,6 @@ def verify(
 ) -> None:
     """Check a bundle as a device would; exit 1 with the reason if it must be refused."""
     from ztfm.bundle import receipt_for, verify_bundle
-    from ztfm.errors import LedgerError
     from ztfm.ledger import Ledger, LedgerClient, SqliteLedgerStore
 
     b = _read(path)
@@ -197,15 +211,11 @@ def verify(
         else (LedgerClient(lkey))
     )
     led = Ledger(SqliteLedgerStore(db, create=False))
-    head = led.latest_tree_head()
-    if head is None:
-        raise LedgerError("the ledger has no signed tree head")
-    old = client.head.tree_size if client.has_head else 0
-    client.update(
-        head, led.consistency_proof(old, head.tree_size) if 0 < old < head.tree_size else None
-    )
+    head = _sync(client, led)
     if state is not None:
-        state.write_bytes(client.state_bytes())
+        tmp = state.with_name(state.name + ".tmp")
+        tmp.write_bytes(client.state_bytes())
+        os.replace(tmp, state)
     receipt = receipt_for(led, b, head.tree_size)
     verify_bundle(
         b,
@@ -219,3 +229,42 @@ def verify(
         f"ok: {b.manifest.model_id} v{b.manifest.version} verified against ledger head "
         f"of {head.tree_size} entries"
     )
+
+
+@bundle.command("install")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--dir",
+    "model_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Device model directory (current bundle + witness state).",
+)
+@click.option("--model-id", required=True)
+@click.option("--release-key", required=True, help="Trusted release public key (hex).")
+@click.option("--log-key", required=True, help="Trusted log public key (hex).")
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="ZTFM_LEDGER_DB",
+    required=True,
+    help="Ledger to fetch the signed head and proofs from.",
+)
+def install(
+    path: Path, model_dir: Path, model_id: str, release_key: str, log_key: str, db: Path
+) -> None:
+    """Install a bundle as a device does: sync the witness, verify, swap atomically."""
+    from ztfm.bundle import InstalledModel, receipt_for
+    from ztfm.ledger import Ledger, SqliteLedgerStore
+
+    b = _read(path)
+    model = InstalledModel(
+        model_dir, model_id=model_id, release_key=_pubkey(release_key, "--release-key")
+    )
+    client = model.load_witness(_pubkey(log_key, "--log-key"))
+    led = Ledger(SqliteLedgerStore(db, create=False))
+    head = _sync(client, led)
+    model.save_witness(client)
+    before = model.installed_version
+    model.install(path.read_bytes(), ledger=client, receipt=receipt_for(led, b, head.tree_size))
+    click.echo(f"installed {model_id} v{b.manifest.version} (was {before})")

@@ -111,3 +111,24 @@ def test_bundle_publish_show_verify(env: dict[str, str], tmp_path: Path) -> None
     meta = ["--model-id", "m", "--version", "3", "--architecture", "mlp", "--out", str(bad)]
     res = run(env, "bundle", "publish", *common, "--weights", str(tmp_path / "obj.npy"), *meta)
     assert res.exit_code == 1 and isinstance(res.exception, BundleError)
+
+
+def test_bundle_install_like_a_device(env: dict[str, str], tmp_path: Path) -> None:
+    ok(env, "ledger", "init")
+    rel = SigningKey.from_seed(b"\x06" * 32)
+    (tmp_path / "rel.pem").write_bytes(rel.to_pem())
+    log_hex = SigningKey.from_pem((tmp_path / "log.pem").read_bytes()).verify_key.raw.hex()
+    keys = ["--release-key", rel.verify_key.raw.hex(), "--log-key", log_hex]
+    dev = ["--dir", str(tmp_path / "dev"), "--model-id", "m", *keys]
+    for v in (1, 2):
+        np.savez(tmp_path / f"w{v}.npz", w=np.full((2, 2), v, np.float32))
+        ok(env, "bundle", "publish", "--log-key", env["ZTFM_LEDGER_KEY"],
+           "--release-key", str(tmp_path / "rel.pem"), "--weights", str(tmp_path / f"w{v}.npz"),
+           "--model-id", "m", "--version", str(v), "--architecture", "mlp",
+           "--out", str(tmp_path / f"m{v}.ztb"))  # fmt: skip
+    assert "was None" in ok(env, "bundle", "install", str(tmp_path / "m1.ztb"), *dev)
+    assert "was 1" in ok(env, "bundle", "install", str(tmp_path / "m2.ztb"), *dev)
+    res = run(env, "bundle", "install", str(tmp_path / "m1.ztb"), *dev)  # rollback
+    assert res.exit_code == 1 and isinstance(res.exception, BundleError)
+    assert "rollback" in str(res.exception)
+    assert (tmp_path / "dev" / "ledger-head.json").read_bytes()
