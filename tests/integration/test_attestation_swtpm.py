@@ -334,3 +334,8 @@ def test_ecc_ek_enrolment_against_real_tpm(swtpm: SwtpmProcess) -> None:
         assert v.status(DeviceId("ecc-dev"), T0 + 2) == (True, 1.0)
     with pytest.raises(TpmError, match="EK kind"):
         Tpm(swtpm.tcti, ek_kind="dsa")
+
+
+def test_second_swtpm_on_the_same_state_fails_cleanly(swtpm: SwtpmProcess) -> None:
+    with pytest.raises(TpmError, match="did not start"):
+        SwtpmProcess(swtpm.state_dir, start_timeout_s=3).start()

@@ -183,13 +183,16 @@ class SwtpmProcess:
                 "--flags",
                 "not-need-init,startup-clear",
             ]
-            proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ)
-            )
+            # stderr goes to a file: a pipe nobody reads could fill up and block swtpm
+            with self.log_path.open("ab") as log_file:
+                proc = subprocess.Popen(
+                    cmd, stdout=subprocess.DEVNULL, stderr=log_file, env=dict(os.environ)
+                )
             if self._wait_ready(proc, port):
                 self._proc, self.port = proc, port
                 return self
-            last_err = self._reap(proc)
+            self._reap(proc)
+            last_err = self._last_log_line()
         raise TpmError(f"swtpm did not start: {last_err or 'timeout'}")
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], port: int) -> bool:
@@ -204,8 +207,20 @@ class SwtpmProcess:
                 time.sleep(0.02)
         return False
 
+    @property
+    def log_path(self) -> Path:
+        """swtpm's stderr, appended across starts (beside the state)."""
+        return self.state_dir / "swtpm.log"
+
+    def _last_log_line(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
     @staticmethod
-    def _reap(proc: subprocess.Popen[bytes]) -> str:
+    def _reap(proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -213,10 +228,6 @@ class SwtpmProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
-        return err.strip().splitlines()[-1] if err.strip() else ""
 
     def stop(self) -> None:
         """Stop this swtpm (SIGTERM, then SIGKILL) by its PID; idempotent."""
