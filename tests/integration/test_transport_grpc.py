@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ztfm.audit import AuditLog, MemoryAuditSink, SnapshotStore, verify_log
-from ztfm.errors import ZtfmError
+from ztfm.errors import IdentityError, ZtfmError
 from ztfm.identity import FleetCA, Identity, MemoryKeyStore, sign_request
 from ztfm.policy import TrustContext
 from ztfm.transport.gate import StaticTrustSource
@@ -431,3 +431,52 @@ def test_server_certificate_rotates_without_restart() -> None:
         c2.close()
     finally:
         srv.stop(0)
+
+
+def test_client_validates_server_identity_and_revocation() -> None:
+    from ztfm.transport.grpc_server import FleetServer, TlsFiles
+
+    now = time.time()
+    fleet = LocalFleet.create(FLEET, now)
+    gate = fleet.gate(MemoryAuditSink(), StaticTrustSource(GOOD))
+    srv = fleet.serve(Recorder(), gate, max_workers=2)
+    dev = fleet.enroll("cams", "cam-1", now)
+    try:
+        c = dev.client(
+            srv.target, fleet.ca.cert, np.random.default_rng(0), server_validator=fleet.validator()
+        )
+        assert c.server_identity is not None and c.server_identity.role == "coordinator"
+        assert c.call("GetRound", b"a") == b"ack:a"
+        c.close()
+        fleet.revoke(fleet.coordinator, now)  # the coordinator's cert is revoked
+        with pytest.raises(IdentityError, match="revoked"):
+            dev.client(
+                srv.target,
+                fleet.ca.cert,
+                np.random.default_rng(0),
+                server_validator=fleet.validator(),
+            )
+    finally:
+        srv.stop(0)
+    # a *device* certificate (even with the right DNS name) must not serve as the coordinator
+    impostor_id = Identity(FLEET, "cams", "device", "cam-evil")
+    keys = MemoryKeyStore()
+    with fleet.ca_lock:
+        cert = fleet.ca.issue(
+            keys.make_csr(impostor_id), impostor_id, now, 3600, ("localhost",), ("127.0.0.1",)
+        )
+    tls = TlsFiles(cert.to_pem(), keys.tls_private_key_pem(), fleet.ca.cert.to_pem())
+    fake = FleetServer(
+        fleet.gate(MemoryAuditSink(), StaticTrustSource(GOOD)), Recorder(), tls
+    ).start()
+    try:
+        dev2 = fleet.enroll("cams", "cam-2", now)
+        with pytest.raises(IdentityError, match="not a coordinator"):
+            dev2.client(
+                fake.target,
+                fleet.ca.cert,
+                np.random.default_rng(0),
+                server_validator=fleet.validator(),
+            )
+    finally:
+        fake.stop(0)

@@ -8,6 +8,10 @@ and full jitter drawn from a seeded ``np.random.Generator``. Rejections are neve
 
 from __future__ import annotations
 
+import os
+import socket
+import ssl
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +94,45 @@ def _channel(
     )
 
 
+def fetch_server_certificate(
+    target: str,
+    ca_cert_pem: bytes,
+    cert_pem: bytes,
+    key_pem: bytes,
+    server_name: str,
+    timeout_s: float = 10.0,
+) -> bytes:
+    """Handshake once with Python's ``ssl`` (same CA pin, same client cert, ALPN h2) and return
+    the server's certificate (DER), so that the caller can check its identity and revocation
+    *before* sending anything over gRPC (grpcio does not expose the server's certificate)."""
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise TransportError(f"target {target!r} is not host:port")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cadata=ca_cert_pem.decode())
+    ctx.set_alpn_protocols(["h2"])
+    with tempfile.TemporaryDirectory() as d:  # ssl loads client keys from files only
+        os.chmod(d, 0o700)
+        cp, kp = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+        for path, data in ((cp, cert_pem), (kp, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        ctx.load_cert_chain(cp, kp)
+    try:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as raw,
+            ctx.wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError(f"TLS pre-check of {target} failed: {exc}") from exc
+    if not der:
+        raise TransportError(f"{target} presented no certificate")
+    return der
+
+
 class FleetClient:
     """A device's (or gateway's) authenticated connection to the coordinator."""
 
@@ -109,7 +152,12 @@ class FleetClient:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         timeout_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
+        server_validator: CertValidator | None = None,
+        server_roles: tuple[str, ...] = ("coordinator", "gateway"),
     ) -> None:
+        """With ``server_validator``, the server's certificate is validated (fleet CA, window,
+        revocation list, SPIFFE identity whose role is in ``server_roles``) before the first
+        request, and again whenever the channel is reopened."""
         if cert.public_key != keystore.public_key:
             raise IdentityError("client certificate is not for this key store's key")
         self.target = target
@@ -125,10 +173,30 @@ class FleetClient:
         self.max_payload_bytes = max_payload_bytes
         self.timeout_s = timeout_s
         self.sleep = sleep
+        self.server_validator = server_validator
+        self.server_roles = server_roles
+        self.server_identity: Identity | None = None
         self.attempts = 0
         self._channel = self._open()
 
+    def _check_server(self) -> None:
+        if self.server_validator is None:
+            return
+        der = fetch_server_certificate(
+            self.target,
+            self.ca_cert.to_pem(),
+            self.cert.to_pem(),
+            self.tls_key_pem,
+            self.server_name,
+            self.timeout_s,
+        )
+        ident = self.server_validator.validate(der, self.clock.now())
+        if ident.role not in self.server_roles:
+            raise IdentityError(f"server {ident.uri} is not a {' or '.join(self.server_roles)}")
+        self.server_identity = ident
+
     def _open(self) -> grpc.Channel:
+        self._check_server()
         return _channel(
             self.target,
             self.ca_cert.to_pem(),

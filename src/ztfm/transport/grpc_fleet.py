@@ -92,6 +92,7 @@ class Credentials:
         retry: RetryPolicy | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         timeout_s: float = 10.0,
+        server_validator: CertValidator | None = None,
     ) -> FleetClient:
         return FleetClient(
             target,
@@ -105,6 +106,7 @@ class Credentials:
             retry=retry,
             max_payload_bytes=max_payload_bytes,
             timeout_s=timeout_s,
+            server_validator=server_validator,
         )
 
 
