@@ -225,3 +225,47 @@ def _check_body(kind: EntryKind, body: dict[str, Any]) -> None:
             raise LedgerError(f"{kind.value} entry lacks the field {field!r}")
         if not ok(body[field]):
             raise LedgerError(f"{kind.value} entry has an invalid {field!r}")
+
+
+# --- typed constructors (thin, so callers get the required fields right) ----------------------
+def enrolment(device_id: str, public_key: str, *, now: float, **extra: Any) -> Entry:
+    return Entry.create(
+        EntryKind.ENROLMENT, {**extra, "device_id": device_id, "public_key": public_key}, now=now
+    )
+
+
+def key_rotation(device_id: str, public_key: str, *, now: float, **extra: Any) -> Entry:
+    return Entry.create(
+        EntryKind.KEY_ROTATION,
+        {**extra, "device_id": device_id, "public_key": public_key},
+        now=now,
+    )
+
+
+def revocation(device_id: str, reason: str, *, now: float, **extra: Any) -> Entry:
+    return Entry.create(
+        EntryKind.REVOCATION, {**extra, "device_id": device_id, "reason": reason}, now=now
+    )
+
+
+def attestation_verdict(device_id: str, passed: bool, *, now: float, **extra: Any) -> Entry:
+    verdict = "pass" if passed is True else "fail"
+    return Entry.create(
+        EntryKind.ATTESTATION_VERDICT, {**extra, "device_id": device_id, "verdict": verdict},
+        now=now,
+    )  # fmt: skip
+
+
+def quarantine_decision(
+    device_id: str, quarantine: bool, reason: str, *, now: float, **extra: Any
+) -> Entry:
+    action = "quarantine" if quarantine else "release"
+    body = {**extra, "device_id": device_id, "action": action, "reason": reason}
+    return Entry.create(EntryKind.QUARANTINE_DECISION, body, now=now)
+
+
+def round_contributors(
+    round_id: int, contributors: list[str], *, now: float, **extra: Any
+) -> Entry:
+    body = {**extra, "round": round_id, "contributors": list(contributors)}
+    return Entry.create(EntryKind.ROUND_CONTRIBUTORS, body, now=now)

@@ -158,3 +158,28 @@ def test_regression_huge_integer_literal_raised_valueerror() -> None:
     big = b'{"body":{"device_id":"d","reason":"r","x":1' + b"0" * 5000 + b'},"kind":"revocation"'
     with pytest.raises(LedgerError):
         Entry.from_bytes(big + b',"time_ms":1,"v":1}')
+
+
+def test_typed_constructors() -> None:
+    from ztfm.ledger import entry as E
+
+    made = [
+        E.enrolment("d", "k", now=1, segment="cams"),
+        E.key_rotation("d", "k2", now=2),
+        E.revocation("d", "lost", now=3),
+        E.attestation_verdict("d", True, now=4, nonce="ab"),
+        E.attestation_verdict("d", 1, now=4),  # type: ignore[arg-type]  # not True: fail
+        E.quarantine_decision("d", True, "poisoning", now=5),
+        E.round_contributors(7, ["a", "b"], now=6),
+    ]
+    assert [e.kind.value for e in made] == [
+        "enrolment", "key_rotation", "revocation", "attestation_verdict", "attestation_verdict",
+        "quarantine_decision", "round_contributors",
+    ]  # fmt: skip
+    assert made[3].body["verdict"] == "pass" and made[4].body["verdict"] == "fail"
+    assert made[0].body["segment"] == "cams"
+    assert made[6].subjects() == ("a", "b")
+    with pytest.raises(LedgerError):
+        E.revocation("", "x", now=1)
+    with pytest.raises(LedgerError):
+        E.round_contributors(-1, ["a"], now=1)
