@@ -206,3 +206,32 @@ def test_regression_huge_integer_in_header_raised_valueerror() -> None:
     h = b'{"w":{"dtype":"F32","shape":[1' + b"0" * 5000 + b'],"data_offsets":[0,16]}}'
     with pytest.raises(BundleError):
         decode_tensors(struct.pack("<Q", len(h)) + h + F4)
+
+
+_DT = st.sampled_from(["<f2", "<f4", "<f8", "i1", "u1", "<i2", "<i4", "<i8"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.dictionaries(
+        st.from_regex(r"[A-Za-z0-9_.:-]{1,12}", fullmatch=True),
+        _DT.flatmap(
+            lambda dt: hnp.arrays(
+                np.dtype(dt),
+                hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+                elements=(
+                    st.floats(-100, 100, width=8 * np.dtype(dt).itemsize)
+                    if dt.endswith(("f2", "f4", "f8"))
+                    else None
+                ),
+            )
+        ),
+        max_size=5,
+    )
+)
+def test_any_valid_weights_round_trip_bit_exactly(tensors: dict[str, np.ndarray[Any, Any]]) -> None:
+    out = decode_tensors(encode_tensors(tensors))
+    assert set(out) == set(tensors)
+    for k, v in tensors.items():
+        assert out[k].shape == v.shape and out[k].dtype == v.dtype
+        assert out[k].tobytes() == v.tobytes()
