@@ -28,6 +28,7 @@ from ztfm.secagg.messages import (
     UnmaskResponse,
 )
 from ztfm.secagg.params import SecAggParams
+from ztfm.secagg.pipeline import UpdateCodec
 from ztfm.secagg.server import SecAggServer, ServerPhase
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "SurvivorsRequest",
     "UnmaskRequest",
     "UnmaskResponse",
+    "UpdateCodec",
     "WireBytes",
     "bytes_per_device",
     "default_degree",
