@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from ztfm.bundle.bundle import Bundle, BundleRejected, LedgerReceipt, Reason
 from ztfm.bundle.tensors import DEFAULT_LIMITS, TensorLimits
-from ztfm.bundle.verify import verify_bundle
+from ztfm.bundle.verify import trusted_key, verify_bundle
 from ztfm.crypto.signing import VerifyKey
 from ztfm.errors import BundleError, CryptoError, LedgerError
 from ztfm.ledger import LedgerClient
@@ -37,7 +38,7 @@ class InstalledModel:
         directory: str | Path,
         *,
         model_id: str,
-        release_key: VerifyKey,
+        release_key: VerifyKey | Collection[VerifyKey],
         limits: TensorLimits = DEFAULT_LIMITS,
     ) -> None:
         self._dir = Path(directory)
@@ -67,10 +68,13 @@ class InstalledModel:
         # What we installed was verified; a file that no longer verifies was tampered with.
         if bundle.manifest.model_id != self._model_id:
             raise BundleRejected(Reason.WRONG_MODEL, "installed bundle is for another model")
-        if bundle.manifest.release_key != self._key.fingerprint():
-            raise BundleRejected(Reason.UNKNOWN_SIGNER, "installed bundle has another signer")
         try:
-            self._key.verify(bundle.signature, bundle.manifest.signing_bytes())
+            key = trusted_key(self._key, bundle.manifest.release_key)
+        except BundleRejected as exc:
+            msg = "installed bundle has another signer"
+            raise BundleRejected(Reason.UNKNOWN_SIGNER, msg) from exc
+        try:
+            key.verify(bundle.signature, bundle.manifest.signing_bytes())
         except CryptoError as exc:
             raise BundleRejected(Reason.BAD_SIGNATURE, f"installed bundle: {exc}") from exc
         return bundle

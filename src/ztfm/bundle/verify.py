@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -112,10 +112,22 @@ def receipt_for(ledger: Ledger, bundle: Bundle, tree_size: int) -> LedgerReceipt
         raise BundleRejected(Reason.NOT_IN_LEDGER, str(exc)) from exc
 
 
+def trusted_key(release_key: VerifyKey | Collection[VerifyKey], fingerprint: str) -> VerifyKey:
+    """The trusted key whose fingerprint the manifest names; ``UNKNOWN_SIGNER`` if none.
+
+    A device may trust several release keys at once (old and new, during a rotation).
+    """
+    keys = [release_key] if isinstance(release_key, VerifyKey) else list(release_key)
+    for key in keys:
+        if key.fingerprint() == fingerprint:
+            return key
+    raise BundleRejected(Reason.UNKNOWN_SIGNER, "manifest names a release key we do not trust")
+
+
 def verify_bundle(
     bundle: Bundle,
     *,
-    release_key: VerifyKey,
+    release_key: VerifyKey | Collection[VerifyKey],
     ledger: LedgerClient,
     installed_version: int | None,
     model_id: str | None = None,
@@ -123,17 +135,17 @@ def verify_bundle(
 ) -> None:
     """Return None if ``bundle`` may be loaded; raise ``BundleRejected`` with a reason if not.
 
-    Checks, in order: the manifest names ``release_key`` (an unknown signer is refused before any
+    Checks, in order: the manifest names ``release_key`` (or one of a collection of trusted release
+    keys, e.g. old and new during a rotation; an unknown signer is refused before any
     signature maths), the signature, the weights hash, the model id, the version (strictly newer
     than ``installed_version``: rollback protection), and that the release is in the ledger: the
     receipt's entry repeats the manifest and its inclusion proof verifies against the head that
     ``ledger`` (a ``LedgerClient`` that checked consistency) trusts.
     """
     m = bundle.manifest
-    if m.release_key != release_key.fingerprint():
-        raise BundleRejected(Reason.UNKNOWN_SIGNER, "manifest names a release key we do not trust")
+    key = trusted_key(release_key, m.release_key)
     try:
-        release_key.verify(bundle.signature, m.signing_bytes())
+        key.verify(bundle.signature, m.signing_bytes())
     except CryptoError as exc:
         raise BundleRejected(Reason.BAD_SIGNATURE, str(exc)) from exc
     if bundle.manifest_bytes != m.to_bytes():

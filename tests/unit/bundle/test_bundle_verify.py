@@ -380,3 +380,23 @@ def test_publish_at_a_nonsense_time_is_refused() -> None:
         with pytest.raises(BundleRejected):
             w.publish(1, now=now)
     assert w.ledger.size == 0
+
+
+def test_release_key_rotation_with_a_trust_set() -> None:
+    w = world()
+    new_key = SigningKey.from_seed(b"\x07" * 32)
+    old_b = w.publish(1)
+    new_b = w.publish(2, key=new_key)
+    w.sync()
+    old_b = old_b.with_receipt(receipt_for(w.ledger, old_b, w.client.head.tree_size))
+    both = [RELEASE_KEY.verify_key, new_key.verify_key]
+    for b in (old_b, new_b):
+        verify_bundle(b, release_key=both, ledger=w.client, installed_version=None)
+    # after the rotation the old key is dropped from the set: its bundles are refused
+    with pytest.raises(BundleRejected) as info:
+        verify_bundle(old_b, release_key=[new_key.verify_key], ledger=w.client,
+                      installed_version=None)  # fmt: skip
+    assert info.value.reason is Reason.UNKNOWN_SIGNER
+    with pytest.raises(BundleRejected) as info:
+        verify_bundle(new_b, release_key=[], ledger=w.client, installed_version=None)
+    assert info.value.reason is Reason.UNKNOWN_SIGNER
