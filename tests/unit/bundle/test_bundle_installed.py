@@ -121,17 +121,16 @@ _CHILD = textwrap.dedent(
     import sys
     sys.path.insert(0, {here!r})
     from bundle_fix import MODEL, RELEASE_KEY, world
-    from ztfm.bundle import InstalledModel, receipt_for
+    from ztfm.bundle import InstalledModel
     w = world()
-    bundles = [w.publish(v) for v in range(1, 120)]
-    w.sync()
-    size = w.client.head.tree_size
-    bundles = [b.with_receipt(receipt_for(w.ledger, b, size)).to_bytes() for b in bundles]
     dev = InstalledModel({dir!r}, model_id=MODEL, release_key=RELEASE_KEY.verify_key)
     print("ready", flush=True)
-    for data in bundles:
+    v = 1
+    while True:  # publish and install forever, until killed
+        data = w.publish(v).to_bytes()
+        w.sync()
         dev.install(data, ledger=w.client)
-    print("done", flush=True)
+        v += 1
     """
 )
 
@@ -153,5 +152,5 @@ def test_sigkill_during_installs_leaves_a_valid_bundle(tmp_path: Path, spin: int
     proc.wait()
     assert proc.returncode == -signal.SIGKILL  # killed mid-way, not finished
     dev = device(tmp_path)
-    assert dev.installed_version is not None and 1 <= dev.installed_version <= 119
+    assert dev.installed_version is not None and dev.installed_version >= 1
     assert sorted(p.name for p in d.iterdir()) == [CURRENT]
