@@ -227,3 +227,22 @@ def show(db: Path, tail: int, as_json: bool) -> None:
         click.echo(f"signed head: size {head.tree_size} at {head.head.timestamp_ms} ms")
     for i, e in rows:
         click.echo(f"{i:>8} {e.time_ms:>14} {e.kind.value:<20} {json.dumps(e.body)}")
+
+
+@ledger.command("history")
+@DB_OPTION
+@click.argument("subject")
+@click.option("--json", "as_json", is_flag=True)
+def history(db: Path, subject: str, as_json: bool) -> None:
+    """Every entry about SUBJECT (a device id, model id or round contributor), oldest first."""
+    rows = _open(db).history(subject)
+    out = [
+        {"index": i, "kind": e.kind.value, "time_ms": e.time_ms, "body": e.body} for i, e in rows
+    ]
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    if not out:
+        click.echo(f"no entries about {subject!r}")
+    for r in out:
+        click.echo(f"{r['index']:>8} {r['time_ms']:>14} {r['kind']:<20} {json.dumps(r['body'])}")

@@ -38,6 +38,9 @@ def test_init_append_prove_verify_show(env: dict[str, str], tmp_path: Path) -> N
     assert ok(env, "ledger", "append", "revocation", '{"device_id":"a","reason":"r"}') == "1\n"
     proof = json.loads(ok(env, "ledger", "prove", "1", "--json"))
     assert proof["proof"]["tree_size"] == 2 and proof["tree_head"]["tree_size"] == 2
+    hist = json.loads(ok(env, "ledger", "history", "a", "--json"))
+    assert [h["kind"] for h in hist] == ["enrolment", "revocation"]
+    assert "no entries" in ok(env, "ledger", "history", "nobody")
     shown = json.loads(ok(env, "ledger", "show", "--json", "--tail", "1"))
     assert shown["size"] == 2 and [e["index"] for e in shown["entries"]] == [1]
     key = SigningKey.from_pem((tmp_path / "log.pem").read_bytes()).verify_key.raw.hex()
