@@ -52,7 +52,8 @@ def measure(
 
     Returns seconds/rates: ``append_entries_per_s`` (entry encoding + hashing + SQLite insert),
     ``append_total_s``, ``sign_head_ms``, ``inclusion_proof_ms`` / ``inclusion_verify_ms``,
-    ``consistency_proof_ms`` / ``consistency_verify_ms`` (means), ``db_bytes`` and
+    ``consistency_proof_ms`` / ``consistency_verify_ms``, ``history_ms`` (subject lookup; means),
+    ``db_bytes`` and
     ``verify_all_s`` (full recomputation of every leaf, node and signed head; by default only up
     to 100k entries, as it is linear: pass ``full_verify=True`` to force it).
     """
@@ -98,6 +99,13 @@ def measure(
             c_ver += time.perf_counter() - t1
             c_gen += t1 - t0
 
+        h_t = 0.0
+        for i in rng.integers(0, n_entries, size=n_proofs):
+            t0 = time.perf_counter()
+            found = ledger.history(f"dev-{int(i):08d}")
+            h_t += time.perf_counter() - t0
+            assert [ix for ix, _e in found] == [int(i)]
+
         out: dict[str, float] = {
             "n_entries": float(n_entries),
             "append_total_s": t_append,
@@ -107,6 +115,7 @@ def measure(
             "inclusion_verify_ms": t_ver / n_proofs * 1e3,
             "consistency_proof_ms": c_gen / n_proofs * 1e3,
             "consistency_verify_ms": c_ver / n_proofs * 1e3,
+            "history_ms": h_t / n_proofs * 1e3,
             "db_bytes": float(sum(p.stat().st_size for p in Path(tmp).iterdir() if p.is_file())),
         }
         if full_verify if full_verify is not None else n_entries <= 100_000:
@@ -192,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         ("inclusion_verify_ms", "incl ver ms", "{:.3f}"),
         ("consistency_proof_ms", "cons gen ms", "{:.3f}"),
         ("consistency_verify_ms", "cons ver ms", "{:.3f}"),
+        ("history_ms", "history ms", "{:.3f}"),
         ("sign_head_ms", "sign ms", "{:.2f}"),
         ("verify_all_s", "verify all s", "{:.1f}"),
         ("db_bytes", "db MB", "{:.0f}"),
