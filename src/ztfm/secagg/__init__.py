@@ -11,6 +11,7 @@ Typical use, one round:
 """
 
 from ztfm.secagg.client import ClientPhase, SecAggClient
+from ztfm.secagg.codec import decode_message, encode_message
 from ztfm.secagg.costs import WireBytes, bytes_per_device
 from ztfm.secagg.driver import Dropouts, SecAggRun, run_secagg, simulate_round
 from ztfm.secagg.encoding import FixedPoint
@@ -53,9 +54,11 @@ __all__ = [
     "UpdateCodec",
     "WireBytes",
     "bytes_per_device",
+    "decode_message",
     "default_degree",
     "default_threshold",
     "degree_for_dropout",
+    "encode_message",
     "run_secagg",
     "simulate_round",
 ]
