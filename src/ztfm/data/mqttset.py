@@ -49,7 +49,11 @@ def _part(path: Path) -> str:
 
 
 def load_mqttset(
-    path: str | Path, *, featurize: Featurizer, on_truncated: OnTruncated = "raise"
+    path: str | Path,
+    *,
+    featurize: Featurizer,
+    on_truncated: OnTruncated = "raise",
+    max_packets: int | None = None,
 ) -> list[LabelledSeries]:
     """Load MQTTset captures under ``path`` (the root with one folder per label, or one label
     folder, or one capture inside a label folder)."""
@@ -76,6 +80,7 @@ def load_mqttset(
             name=f"mqttset/{folder}/{part}",
             segment="mqtt",
             fmt="mqttset",
+            max_packets=max_packets,
         )
         s.meta["part"] = part
         s.meta["label"] = label

@@ -422,17 +422,23 @@ def capture_series(
     name: str | None = None,
     segment: str = "pcap",
     fmt: str = "pcap",
+    max_packets: int | None = None,
 ) -> LabelledSeries:
     """One capture as a series of per-packet features; ``label`` None means unlabelled.
 
     Packets are streamed into ``featurize`` (only their timestamps are kept), so memory grows
-    with the feature matrix, not with the decoded packets.
+    with the feature matrix, not with the decoded packets. ``max_packets`` stops after that many
+    packets (``meta["cut"]`` then says so).
     """
+    if max_packets is not None and max_packets < 1:
+        raise DataError(f"max_packets must be at least 1, got {max_packets}")
     times: list[float] = []
     links: set[str] = set()
 
     def stream() -> Iterator[Packet]:
         for p in iter_packets(path, on_truncated=on_truncated):
+            if max_packets is not None and len(times) >= max_packets:
+                return
             times.append(p.ts)
             links.add(p.link.value)
             yield p
@@ -459,7 +465,8 @@ def capture_series(
         t=np.array(times, dtype=np.float64),
         segment=segment,
         meta={"format": fmt, "link": ",".join(sorted(links)), "file": path.name,
-              "labelled": "no" if label is None else "yes"},
+              "labelled": "no" if label is None else "yes",
+              "cut": "no" if max_packets is None or n < max_packets else f"{max_packets} packets"},
     )  # fmt: skip
 
 
@@ -469,6 +476,7 @@ def load_pcap(
     featurize: Featurizer,
     label: str | None = None,
     on_truncated: OnTruncated = "raise",
+    max_packets: int | None = None,
 ) -> list[LabelledSeries]:
     """Per-packet feature series, one per capture (a file, or every capture under a folder).
 
@@ -479,7 +487,11 @@ def load_pcap(
     out = []
     for f in capture_files(path):
         lab = label if label is not None else folder_label(f)
-        out.append(capture_series(f, featurize, label=lab, on_truncated=on_truncated))
+        out.append(
+            capture_series(
+                f, featurize, label=lab, on_truncated=on_truncated, max_packets=max_packets
+            )
+        )
     return out
 
 

@@ -99,6 +99,13 @@ def formats() -> list[str]:
     return sorted({*_BUILTIN, *_REGISTERED})
 
 
+def describe_formats() -> dict[str, str]:
+    """Format name -> one-line description (imports nothing)."""
+    out = {name: spec[3] for name, spec in _BUILTIN.items()}
+    out.update({name: f.description for name, f in _REGISTERED.items()})
+    return dict(sorted(out.items()))
+
+
 def get_format(name: str) -> Format:
     """The format called ``name``, importing a built-in one on first use."""
     if not isinstance(name, str) or (name not in _REGISTERED and name not in _BUILTIN):

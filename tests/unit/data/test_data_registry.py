@@ -12,6 +12,7 @@ from datahelp import expect_error, gz, write
 
 from ztfm.data import registry
 from ztfm.data.bundled import BUNDLE_ROOT, BUNDLED, available, bundled_path
+from ztfm.data.pcap import load_pcap
 from ztfm.data.registry import (
     detect_format,
     formats,
@@ -222,3 +223,18 @@ def test_bundle_contents_and_size() -> None:
                                   "nope", "skab\\..\\x", "skab/none.csv"])  # fmt: skip
 def test_bundled_path_refuses(name: str) -> None:
     expect_error(lambda: bundled_path(name), "")
+
+
+def test_max_packets_cuts_and_says_so() -> None:
+    (s,) = load_pcap(bundled_path("pcap"), featurize=packet_featurizer(), max_packets=100)
+    assert len(s) == 100 and s.meta["cut"] == "100 packets"
+    (s,) = load_pcap(bundled_path("mqttset/flood/flood-test.pcap.gz"),
+                     featurize=packet_featurizer(), max_packets=1000)  # fmt: skip
+    assert len(s) == 22 and s.meta["cut"] == "no"
+    expect_error(lambda: load_pcap(bundled_path("pcap"), featurize=packet_featurizer(),
+                                   max_packets=0), "max_packets")  # fmt: skip
+
+
+def test_describe_formats() -> None:
+    desc = registry.describe_formats()
+    assert set(desc) == set(formats()) and all(desc.values())
