@@ -341,3 +341,45 @@ def test_anchor_with_wrong_shape_rejected(skab: tuple[np.ndarray, np.ndarray]) -
         d.train_epochs(
             x, epochs=1, rng=np.random.default_rng(0), prox_mu=1.0, anchor=[np.zeros(3, np.float32)]
         )
+
+
+# --- local scaler and whitening -------------------------------------------------------------
+def test_whitening_is_local_and_exported(skab: tuple[np.ndarray, np.ndarray]) -> None:
+    x = skab[0]
+    d = _fitted("ae", x[:400])
+    assert d.whiten and d.hparams()["whiten"] is True
+    plain = make_detector("ae", x.shape[1], whiten=False, **FAST["ae"])
+    plain.fit(x[:400], rng=np.random.default_rng(0))
+    assert not np.array_equal(d.score(x), plain.score(x))
+    # params are the same shapes whether or not the device whitens: they stay aggregatable
+    assert d.param_shapes() == plain.param_shapes()
+    np.testing.assert_array_equal(detector_from_bytes(d.to_bytes()).score(x), d.score(x))
+
+
+def test_set_scaler_rejects_mismatched_whitening(skab: tuple[np.ndarray, np.ndarray]) -> None:
+    n = skab[0].shape[1]
+    mu, sd = np.zeros(n, np.float32), np.ones(n, np.float32)
+    with pytest.raises(DetectorError, match="whitening"):
+        make_detector("ae", n).set_scaler(mu, sd)  # whitening detector without a matrix
+    with pytest.raises(DetectorError, match="whitening"):
+        make_detector("ae", n, whiten=False).set_scaler(mu, sd, np.eye(n, dtype=np.float32))
+    with pytest.raises(DetectorError):
+        make_detector("ae", n).set_scaler(mu, sd, np.eye(n + 1, dtype=np.float32))
+    with pytest.raises(DetectorError, match="positive"):
+        make_detector("pca", n).set_scaler(mu, np.zeros(n, np.float32))
+    with pytest.raises(DetectorError):
+        make_detector("ae", 3, whiten="yes")
+
+
+def test_export_missing_whitening_rejected(skab: tuple[np.ndarray, np.ndarray]) -> None:
+    import io
+    import zipfile
+
+    blob = _fitted("ae", skab[0][:400]).to_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(buf, "w") as dst:
+        for n in src.namelist():
+            if n != "scaler_white.npy":
+                dst.writestr(n, src.read(n))
+    with pytest.raises(DetectorError, match="does not match"):
+        detector_from_bytes(buf.getvalue())
