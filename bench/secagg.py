@@ -3,9 +3,9 @@ against Flower's SecAgg+ (SecAggPlusWorkflow + secaggplus_mod in Flower's simula
 
 Grid: n in {10, 50, 100, 200}, d in {10k, 100k}, dropouts in {0, 10%, 30%}, each run twice: with
 the server's own end-to-end checks (default) and with trust_transport=True (the server leaves
-device authentication to mTLS; last two columns). The dropped devices
-vanish after sharing keys and before sending their masked input: the costly case for the server,
-which must rebuild their mask keys and regenerate their pairwise masks). The graph degree k is
+device authentication to mTLS; last two columns). The dropped devices vanish after sharing keys
+and before sending their masked input: the costly case for the server, which must rebuild their
+mask keys and regenerate their pairwise masks. The graph degree k is
 ``degree_for_dropout(n, rate)`` (the threshold t = k//2 + 1 must survive in every neighbourhood).
 
 Lower bound, measured in the same run: per round the server must at least sum n_in inputs and
