@@ -157,10 +157,9 @@ class PacketFeatures:
         cap, ttl = self.config.max_streams, self.config.ttl_s
         self._cap = cap
         # 1-D store: damped weight, linear sum, squared sum, last residual (row = table*cap + slot)
-        self._w = np.zeros((5 * cap, n))
-        self._ls = np.zeros((5 * cap, n))
-        self._ss = np.zeros((5 * cap, n))
-        self._res = np.zeros((5 * cap, n))
+        self._s = np.zeros(
+            (5 * cap, 4, n)
+        )  # [:, 0] weight, 1 linear sum, 2 squared sum, 3 residual
         self._last = np.zeros(5 * cap)
         self._tables = [_Slots(cap, ttl, self._last[i * cap : (i + 1) * cap]) for i in range(5)]
         # covariance store: damped sum of residual products per pair of opposite streams
@@ -201,14 +200,14 @@ class PacketFeatures:
 
     def state_bytes(self) -> int:
         """Bytes of the state arrays (fixed at construction; key indexes come on top)."""
-        arrays = (self._w, self._ls, self._ss, self._res, self._last, self._sr, self._last_c)
+        arrays = (self._s, self._last, self._sr, self._last_c)
         return sum(a.nbytes for a in arrays)
 
     def _row(self, table: int, key: Hashable, t: float) -> int:
         slot, new = self._tables[table].acquire(key, t)
         row = table * self._cap + slot
         if new:
-            self._w[row] = self._ls[row] = self._ss[row] = self._res[row] = 0.0
+            self._s[row] = 0.0
             self._last[row] = t
         return row
 
@@ -259,12 +258,17 @@ class PacketFeatures:
         # per stream, a packet older than the stream's last one counts as simultaneous with it
         last = self._last[r]
         f = np.exp2(-np.outer(np.maximum(t - last, 0.0), lam))
-        w = self._w[r] * f + 1.0
-        ls = self._ls[r] * f + xv
-        ss = self._ss[r] * f + xv * xv
+        state = self._s[r]
+        state *= f[:, None, :]
+        w = state[:, 0]
+        w += 1.0
+        ls = state[:, 1]
+        ls += xv
+        ss = state[:, 2]
+        ss += xv * xv
         mean = ls / w
-        self._w[r], self._ls[r], self._ss[r] = w, ls, ss
-        self._res[r] = xv - mean
+        np.subtract(xv, mean, out=state[:, 3])
+        self._s[r] = state
         self._last[r] = np.maximum(last, t)
         var = np.maximum(ss / w - mean * mean, 0.0)
 
@@ -281,10 +285,10 @@ class PacketFeatures:
                 o1[2] = 0.0
             else:
                 jr = _JIT * cap + jslot
-                jw = self._w[jr]
-                jm = self._ls[jr] / jw
+                jw = self._s[jr, 0]
+                jm = self._s[jr, 1] / jw
                 o1[2, 0], o1[2, 1] = jw, jm
-                o1[2, 2] = np.maximum(self._ss[jr] / jw - jm * jm, 0.0)
+                o1[2, 2] = np.maximum(self._s[jr, 2] / jw - jm * jm, 0.0)
 
         # 2-D statistics of the channel (row 2) and the socket (row 3) with their reverses
         rev = [self._tables[_HH].get(rchan), self._tables[_HP].get(rsock)]
@@ -293,15 +297,15 @@ class PacketFeatures:
         own = r[2:4]
         w_a, mean_a, var_a = w[2:4], mean[2:4], var[2:4]
         hm = has[:, None]
-        w_b = np.where(
-            hm, self._w[rr] * np.exp2(-np.outer(np.maximum(t - self._last[rr], 0.0), lam)), 0.0
-        )
-        mean_b = np.where(hm, self._ls[rr] / np.where(hm, self._w[rr], 1.0), 0.0)
-        var_b = np.where(hm, np.maximum(self._ss[rr] / np.where(hm, self._w[rr], 1.0)
-                                        - mean_b * mean_b, 0.0), 0.0)  # fmt: skip
-        prod = np.where(hm, self._res[own] * self._res[rr], 0.0)
+        sb = self._s[rr]
         last_c = self._last_c[crows]
-        sr = self._sr[crows] * np.exp2(-np.outer(np.maximum(t - last_c, 0.0), lam)) + prod
+        f2 = np.exp2(-np.outer(np.maximum(t - np.concatenate([self._last[rr], last_c]), 0.0), lam))
+        w_b = np.where(hm, sb[:, 0] * f2[:2], 0.0)
+        wb_safe = np.where(hm, sb[:, 0], 1.0)
+        mean_b = np.where(hm, sb[:, 1] / wb_safe, 0.0)
+        var_b = np.where(hm, np.maximum(sb[:, 2] / wb_safe - mean_b * mean_b, 0.0), 0.0)
+        prod = np.where(hm, self._s[own, 3] * sb[:, 3], 0.0)
+        sr = self._sr[crows] * f2[2:] + prod
         self._sr[crows] = sr
         self._last_c[crows] = np.maximum(last_c, t)
         o2[:, 0] = w_a
