@@ -74,6 +74,7 @@ DEFENCES = [
     "fltrust",
     "geometric_median+trust",
     "trimmed_mean+trust",
+    "median@k3",
 ]
 
 
@@ -87,6 +88,12 @@ def _aggregator(defence: str, n: int, f: int, server_update: np.ndarray | None) 
     if base == "multi_krum":
         return make_aggregator("multi_krum", f=f, m=max(1, n - f))
     return make_aggregator(base, f=f)
+
+
+def _rel_error(v: np.ndarray, honest_mean: np.ndarray) -> float:
+    """How far the applied aggregate is from the mean of this round's honest updates, relative
+    to that mean's norm (0 = exactly what honest FedAvg would have applied)."""
+    return float(np.linalg.norm(v - honest_mean) / max(float(np.linalg.norm(honest_mean)), 1e-12))
 
 
 def _f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
@@ -158,6 +165,7 @@ def run_fleet(
     spec = ParamSpec.of(params_now)
     quarantined_at: dict[str, int] = {}
     failed_rounds = 0
+    errors: list[float] = []
     for r in range(rounds):
         now = float(r * 3600)
         task = RoundTask(r, r, params_now, epochs, 0.0, 30.0, NONCE)
@@ -168,6 +176,7 @@ def run_fleet(
         ]
         deltas = {d: spec.flatten(agents[d].train(task).delta).astype(np.float64) for d in part}
         bad = [d for d in part if d in attackers]
+        honest_mean = np.mean([deltas[d] for d in part if d not in attackers], axis=0)
         if upd_atk is not None and bad:
             good = np.stack([deltas[d] for d in part if d not in attackers])
             crafted = upd_atk.craft(
@@ -191,6 +200,7 @@ def run_fleet(
             except AggregationError:
                 failed_rounds += 1
                 continue
+            errors.append(_rel_error(res.vector, honest_mean))
             params_now = spec.unflatten((spec.flatten(params_now) + res.vector).astype(np.float32))
             continue
         try:
@@ -198,6 +208,7 @@ def run_fleet(
         except AggregationError:
             failed_rounds += 1  # fail closed: keep the model
             continue
+        errors.append(_rel_error(agg.vector, honest_mean))
         params_now = spec.unflatten((spec.flatten(params_now) + agg.vector).astype(np.float32))
         # Trust judges behaviour against one fixed reference, the unweighted geometric median
         # of the round (not the defence's own, possibly trust-weighted, result).
@@ -233,6 +244,8 @@ def run_fleet(
         "honest_quarantined": false_q,
         "honest": len(honest),
         "failed_rounds": failed_rounds,
+        "agg_error_mean": float(np.mean(errors)) if errors else None,
+        "agg_error_max": float(np.max(errors)) if errors else None,
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -271,7 +284,8 @@ def _progress(r: dict[str, Any]) -> None:
     print(
         f"  {r['attack']:<11} {r['defence']:<24} {r['fraction']:.1f}  F1 {r['f1']:.3f}  "
         f"recall {r['attack_recall']:.3f}  q {r['attackers_quarantined_by_r5']}/"
-        f"{r['attackers']}  fq {r['honest_quarantined']}  ({r['wall_s']:.0f} s)",
+        f"{r['attackers']}  fq {r['honest_quarantined']}  err {r['agg_error_mean'] or -1:.3f}  "
+        f"({r['wall_s']:.0f} s)",
         file=sys.stderr,
         flush=True,
     )
