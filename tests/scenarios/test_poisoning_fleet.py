@@ -1,0 +1,40 @@
+"""Poisoning end to end on the real SKAB fleet (reduced bench/robustness.py): 20% attackers
+doing model replacement (label-flipped training, update boosted x10). Plain FedAvg applies an
+update far from the honest mean; the geometric median with trust in the loop stays close to it,
+keeps F1 within 2 points of no attack, quarantines >= 90% of attackers within 5 rounds and <= 2%
+of honest devices. (On SKAB the detection F1 barely depends on the shared model, so FedAvg's
+damage shows in model space, not in F1: see docs/robustness.md.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _bench() -> Any:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import robustness
+    finally:
+        sys.path.remove(str(BENCH))
+    return robustness
+
+
+@pytest.mark.slow
+def test_model_replacement_20_percent() -> None:
+    rb = _bench()
+    clean = rb.run_fleet("none", "geometric_median+trust", 0.2, 5, 1, 0)
+    fedavg = rb.run_fleet("scaling", "mean", 0.2, 5, 1, 0)
+    robust = rb.run_fleet("scaling", "geometric_median+trust", 0.2, 5, 1, 0)
+    assert robust["attackers"] == 6 and robust["honest"] == 24
+    assert abs(robust["f1"] - clean["f1"]) <= 0.02
+    assert robust["attackers_quarantined_by_r5"] >= 0.9 * robust["attackers"]
+    assert robust["honest_quarantined"] <= 0.02 * robust["honest"]
+    assert clean["honest_quarantined"] == 0
+    assert fedavg["agg_error_mean"] > 1.0
+    assert robust["agg_error_mean"] < fedavg["agg_error_mean"] / 3
