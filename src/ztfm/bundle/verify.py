@@ -94,6 +94,18 @@ def publish_bundle(
         release_key=release_key.verify_key.fingerprint(),
         created_ms=created_ms,
     )
+    latest = ledger.latest_tree_head()
+    if latest is not None and created_ms < latest.head.timestamp_ms:
+        raise BundleRejected(Reason.MALFORMED, "release time is older than the latest tree head")
+    for _i, prior in ledger.history(model_id):
+        body = prior.body
+        released = body.get("version") if prior.kind is EntryKind.MODEL_RELEASE else None
+        if isinstance(released, int) and body.get("model_id") == model_id and released >= version:
+            raise BundleRejected(
+                Reason.ROLLBACK,
+                f"{model_id} version {released} is already released; "
+                f"version {version} must be higher",
+            )
     index = ledger.append(entry)
     manifest = dataclasses.replace(draft, ledger_index=index)
     signature = release_key.sign(manifest.signing_bytes())

@@ -400,3 +400,20 @@ def test_release_key_rotation_with_a_trust_set() -> None:
     with pytest.raises(BundleRejected) as info:
         verify_bundle(new_b, release_key=[], ledger=w.client, installed_version=None)
     assert info.value.reason is Reason.UNKNOWN_SIGNER
+
+
+def test_publish_refuses_a_version_already_released() -> None:
+    w = world()
+    w.publish(3)
+    size = w.ledger.size
+    for v in (3, 2):
+        with pytest.raises(BundleRejected) as info:
+            w.publish(v, weights=weights(42), now=2000.0)
+        assert info.value.reason is Reason.ROLLBACK
+    assert w.ledger.size == size
+    w.publish(4, now=3000.0)
+    w.publish(1, model_id="other-model", now=5000.0)  # versions are per model
+    size = w.ledger.size
+    with pytest.raises(BundleRejected, match="older"):  # checked before anything is logged
+        w.publish(9, now=10.0)
+    assert w.ledger.size == size
