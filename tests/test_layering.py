@@ -21,7 +21,8 @@ LAYERS: dict[str, int] = {
     "wire": 4,
     "transport": 5,
     "device": 6, "gateway": 6, "coordinator": 6,
-    "sim": 7, "report": 7, "cli": 7, "dashboard": 7, "lab": 7,
+    "sim": 7, "report": 7, "dashboard": 7, "lab": 7,
+    "cli": 8,
 }
 
 # Third-party imports that belong to exactly one concern.

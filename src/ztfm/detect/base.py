@@ -192,6 +192,18 @@ class BaseDetector:
         w = None if white is None else check_params([white], [(self.n_features,) * 2])[0]
         self._mu, self._sd, self._white = mu, sd, w
 
+    def scale(self, x: np.ndarray) -> np.ndarray:
+        """Rows in this device's local feature space (scaled, whitened, clipped); stays local."""
+        return self._scale(check_matrix(x, self.n_features))
+
+    def set_identity_scaler(self) -> None:
+        """No local scaling: for a model trained on rows that are already in a device's local
+        feature space (the centralised baseline of ``ztfm simulate``)."""
+        n = self.n_features
+        self._mu = np.zeros(n, np.float32)
+        self._sd = np.ones(n, np.float32)
+        self._white = np.eye(n, dtype=np.float32) if self.whiten else None
+
     def _scale(self, x: np.ndarray) -> np.ndarray:
         if self._mu is None or self._sd is None:
             raise DetectorError(f"{self.name}: scaler not fitted (call fit_scaler or fit)")

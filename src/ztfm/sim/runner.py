@@ -222,14 +222,15 @@ class Simulation:
 
     def centralised(self) -> dict[str, Any]:
         """One model trained on every device's (locally scaled) training rows pooled together."""
-        pooled = []
-        for agent in self.agents.values():
-            scaler = agent.model.scaler  # type: ignore[attr-defined]
-            mu, sd = scaler
-            pooled.append(np.clip((agent.data.train - mu) / sd, -50, 50).astype(np.float32))
-        x = np.concatenate(pooled)
+        # each device's training rows in its own local feature space (scaler, whitening)
+        x = np.concatenate(
+            [
+                agent.model.scale(agent.data.train)  # type: ignore[attr-defined]
+                for agent in self.agents.values()
+            ]
+        )
         central = make_local_model(self.cfg, self.fleet.n_features)
-        central.set_scaler(np.zeros(x.shape[1], np.float32), np.ones(x.shape[1], np.float32))
+        central.set_identity_scaler()
         central.set_params(self.initial_params)
         central.train_epochs(
             x, epochs=self.total_epochs(), rng=np.random.default_rng([self.cfg.seed, 5])
