@@ -111,3 +111,21 @@ def test_expected_spoiled_groups() -> None:
     assert max_group_size(100, 10, 21) == 4
     with pytest.raises(AggregationError):
         max_group_size(5, 3, 7)
+
+
+@pytest.mark.parametrize(("group_size", "holds"), [(1, True), (2, True), (3, True), (10, False)])
+def test_group_size_tradeoff(group_size: int, holds: bool) -> None:
+    """Reduced bench/robustness.py groups table: 6 of 60 updates scaled x100. The median over
+    group means holds while spoiled groups stay a minority and breaks when every group can be
+    spoiled (k=10: 6 groups, 6 attackers)."""
+    errors = []
+    for rep in range(5):
+        rng = np.random.default_rng([group_size, rep])
+        x = rng.normal(size=(60, 50))
+        benign_mean = x[6:].mean(axis=0)
+        x[:6] *= 100.0
+        plan = assign_groups(60, group_size, rng)
+        f = min(6, (len(plan.groups) - 1) // 2)
+        out = robust_over_groups(x, plan, CoordinateMedian(f=f))
+        errors.append(np.linalg.norm(out.vector - benign_mean) / np.sqrt(x.shape[1]))
+    assert (float(np.mean(errors)) < 0.5) is holds
