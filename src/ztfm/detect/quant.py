@@ -112,10 +112,12 @@ class QuantizedAutoencoder:
         return self._threshold
 
     def size_bytes(self) -> int:
-        """Bytes on the device: int8 weights + float32 scales and biases + scaler."""
+        """Bytes on the device: int8 weights + float32 scales, biases and local scaler."""
         total = 0
         for lay in self.layers:
             total += lay.w_q.size + 4 * (lay.w_scale.size + lay.bias.size + 1)
+        white = self._src._white
+        total += 0 if white is None else 4 * white.size  # the local whitening stays float32
         return total + 4 * (2 * self.n_features + 1)
 
     def reconstruct_scaled(self, xs: np.ndarray) -> np.ndarray:
