@@ -121,6 +121,7 @@ def test_revocations_and_renewal(env: Env) -> None:
         lst = c.get_revocations()
         lst.verify(env.fleet.ca.cert.public_key)
         old = c.cert
+        assert c.maybe_renew(env.fleet.validator()) is old  # not due yet
         new = c.renew(env.fleet.validator())
         assert new.serial != old.serial and new.public_key == old.public_key
         assert c.call("GetRound", b"after-renewal") == b"ack:after-renewal"

@@ -14,7 +14,7 @@ import numpy as np
 
 from ztfm.audit import verify_log
 from ztfm.identity import Identity, MemoryKeyStore, sign_request
-from ztfm.identity.store import init_ca
+from ztfm.identity.store import init_ca, load_ca, save_ca
 from ztfm.transport.grpc_fleet import Credentials
 from ztfm.wire.codec import encode_signed_request
 
@@ -22,13 +22,13 @@ SERVER = r"""
 import sys, time
 from pathlib import Path
 from ztfm.audit import AuditLog
-from ztfm.identity.store import load_ca
+from ztfm.identity.store import load_ca, save_ca
 from ztfm.policy import TrustContext
 from ztfm.transport.gate import StaticTrustSource
 from ztfm.transport.grpc_fleet import LocalFleet
 
 d = Path(sys.argv[1])
-fleet = LocalFleet(load_ca(d / "ca"), time.time())
+fleet = LocalFleet(load_ca(d / "ca"), time.time(), persist=lambda ca: save_ca(d / "ca", ca))
 log = AuditLog(d / "audit.jsonl")
 gate = fleet.gate(log, StaticTrustSource(TrustContext(0.9, True, 10, False)))
 srv = fleet.serve(lambda ident, method, payload: b"pong:" + ident.device_id.encode(), gate)
@@ -45,6 +45,7 @@ def test_server_in_another_process(tmp_path: Path) -> None:
     ident = Identity("acme.example", "cams", "device", "cam-1")
     keys = MemoryKeyStore()
     creds = Credentials(ident, keys, ca.issue(keys.make_csr(ident), ident, now))
+    save_ca(tmp_path / "ca", ca)
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(tmp_path)],
         stdin=subprocess.PIPE,
@@ -79,6 +80,8 @@ def test_server_in_another_process(tmp_path: Path) -> None:
         proc.stdin.close()
         proc.wait(timeout=30)
     assert proc.returncode == 0
+    state = load_ca(tmp_path / "ca")  # the server persisted the CA state it changed
+    assert len(state.issued) == 2 and state.crl_version >= 1  # device + coordinator cert
     assert verify_log(tmp_path / "audit.jsonl").records == 3  # 2 admitted + 1 rejected
     records = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
     (rej,) = [r["fields"] for r in records if r["event"] == "rpc.rejected"]

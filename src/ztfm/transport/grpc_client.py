@@ -22,7 +22,14 @@ import numpy as np
 
 from ztfm.crypto.pki import Certificate, CertificateRequest
 from ztfm.errors import CryptoError, IdentityError, RequestRejected, TransportError
-from ztfm.identity import CertValidator, Identity, KeyStore, SignedRevocationList, sign_request
+from ztfm.identity import (
+    CertValidator,
+    Identity,
+    KeyStore,
+    SignedRevocationList,
+    needs_renewal,
+    sign_request,
+)
 from ztfm.transport.grpc_server import ENROLL_SERVICE, FLEET_SERVICE
 from ztfm.types import Clock, SystemClock
 from ztfm.wire.codec import (
@@ -256,6 +263,12 @@ class FleetClient:
     # --- built-in calls -------------------------------------------------------------------------
     def get_revocations(self) -> SignedRevocationList:
         return SignedRevocationList.from_bytes(self.call("GetRevocations", b""))
+
+    def maybe_renew(self, validator: CertValidator, margin_s: float | None = None) -> Certificate:
+        """Renew once the certificate is within ``margin_s`` of expiry (default: last third)."""
+        if needs_renewal(self.cert, self.clock.now(), margin_s):
+            return self.renew(validator)
+        return self.cert
 
     def renew(self, validator: CertValidator) -> Certificate:
         """Renew this client's certificate (same key), validate it and reconnect with it."""

@@ -9,6 +9,7 @@ federated roles on the networked transport.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,11 +43,13 @@ class CaBackedRevocations:
         self,
         ca: FleetCA,
         ca_lock: threading.Lock | None = None,
+        on_change: Callable[[FleetCA], None] | None = None,
         ttl_s: float = DEFAULT_CRL_TTL_S,
         skew_s: float = 60.0,
     ) -> None:
         self.ca = ca
         self.ca_lock = ca_lock or threading.Lock()
+        self.on_change = on_change
         self.ttl_s = ttl_s
         self.checker = RevocationChecker(ca.cert.public_key, ca.fleet, skew_s)
         self._signed: SignedRevocationList | None = None
@@ -59,6 +62,8 @@ class CaBackedRevocations:
             if s is None or now >= s.body.issued_at + self.ttl_s / 2:
                 with self.ca_lock:
                     s = self.ca.publish_revocations(now, self.ttl_s)
+                    if self.on_change is not None:
+                        self.on_change(self.ca)
                 self.checker.update(s, now)
                 self._signed = s
             return s
@@ -123,17 +128,22 @@ class LocalFleet:
         server_names: tuple[str, ...] = ("localhost",),
         server_ips: tuple[str, ...] = ("127.0.0.1",),
         cert_ttl_s: float = DEFAULT_CERT_TTL_S,
+        persist: Callable[[FleetCA], None] | None = None,
     ) -> None:
+        """``persist`` is called (under the CA lock) after every change of CA state, e.g.
+        ``lambda ca: save_ca(directory, ca)`` for a CA loaded with ``load_ca(directory)``."""
         self.ca = ca
         self.ca_lock = threading.Lock()
         self.cert_ttl_s = cert_ttl_s
-        self.revocations = CaBackedRevocations(ca, self.ca_lock)
+        self.persist = persist
+        self.revocations = CaBackedRevocations(ca, self.ca_lock, on_change=persist)
         self.server_names = server_names
         self.server_ips = server_ips
         ident = Identity(ca.fleet, coordinator_segment, "coordinator", coordinator_id)
         keys = MemoryKeyStore()
         with self.ca_lock:
             cert = ca.issue(keys.make_csr(ident), ident, now, cert_ttl_s, server_names, server_ips)
+            self._changed()
         self.coordinator = Credentials(ident, keys, cert)
         self.registry = InMemoryKeyRegistry()
 
@@ -160,7 +170,12 @@ class LocalFleet:
                     self.server_names,
                     self.server_ips,
                 )
+                self._changed()
         return self.server_tls
+
+    def _changed(self) -> None:
+        if self.persist is not None:
+            self.persist(self.ca)
 
     def enroll(
         self,
@@ -177,12 +192,22 @@ class LocalFleet:
             cert = self.ca.issue(
                 keys.make_csr(ident), ident, now, self.cert_ttl_s if ttl_s is None else ttl_s
             )
+            self._changed()
         self.registry.register(keys.public_key, ident)
         return Credentials(ident, keys, cert)
 
     def revoke(self, creds: Credentials, now: float) -> None:
+        """Revoke one certificate and publish a new revocation list at once."""
         with self.ca_lock:
             self.ca.revoke_serial(creds.cert.serial)
+            self._changed()
+        self.revocations.refresh(now)
+
+    def revoke_identity(self, identity: Identity, now: float) -> None:
+        """Revoke every certificate of ``identity`` and block its re-enrolment."""
+        with self.ca_lock:
+            self.ca.revoke_identity(identity)
+            self._changed()
         self.revocations.refresh(now)
 
     def validator(self, skew_s: float = 60.0) -> CertValidator:
@@ -238,6 +263,7 @@ class LocalFleet:
             tls_source=(lambda: self.rotating_server_tls(clk)) if rotate_tls else None,
             ca=self.ca,
             ca_lock=self.ca_lock,
+            on_ca_change=self.persist,
             cert_ttl_s=self.cert_ttl_s,
             revocations=lambda: self.revocations.current(clk.now()),
         ).start()
@@ -254,6 +280,7 @@ class LocalFleet:
             address,
             clock=clock,
             ca_lock=self.ca_lock,
+            on_ca_change=self.persist,
             registry=self.registry,
             cert_ttl_s=self.cert_ttl_s,
         ).start()
