@@ -130,3 +130,46 @@ def test_trust_manager_drives_policy_and_learns_from_rejections() -> None:
     with pytest.raises(Rejected) as ei:
         gate.admit(dev.cert.der, "GetRound", raw2, T)
     assert ei.value.stage == "policy"
+
+
+def test_peer_with_many_rejections_is_throttled_with_bounded_audit() -> None:
+    from ztfm.transport.gate import RejectionBudget, RequestGate
+
+    fleet = LocalFleet.create("acme.example", T)
+    audit = MemoryAuditSink()
+    base = fleet.gate(audit, StaticTrustSource(TrustContext(0.9, True, 10, False)))
+    gate = RequestGate(
+        base.validator,
+        base.verifier,
+        base.registry,
+        base.policy,
+        base.trust,
+        audit,
+        budget=RejectionBudget(capacity=3, refill_per_s=0.1, log_interval_s=60),
+    )
+    bad, good = fleet.enroll("cams", "cam-bad", T), fleet.enroll("cams", "cam-ok", T)
+    for _ in range(3):
+        with pytest.raises(Rejected) as ei:
+            gate.admit(bad.cert.der, "GetRound", b"\xff", T)
+        assert ei.value.stage == "parse"
+    stages = []
+    for _ in range(50):
+        with pytest.raises(Rejected) as ei:
+            gate.admit(bad.cert.der, "GetRound", b"\xff", T + 1)
+        stages.append(ei.value.stage)
+    assert set(stages) == {"throttled"}
+    assert len(audit.of("rpc.rejected")) == 3 and len(audit.of("rpc.throttled")) == 1
+    # even a well-formed request of the throttled peer is refused until its budget refills
+    raw = encode_signed_request(sign_request(bad.keystore, "GetRound", 1, "cam-bad", b"", T), b"")
+    with pytest.raises(Rejected):
+        gate.admit(bad.cert.der, "GetRound", raw, T + 2)
+    later = T + 15
+    raw = encode_signed_request(
+        sign_request(bad.keystore, "GetRound", 1, "cam-bad", b"", later), b""
+    )
+    assert gate.admit(bad.cert.der, "GetRound", raw, later).identity == bad.identity
+    # other peers are unaffected
+    raw2 = encode_signed_request(
+        sign_request(good.keystore, "GetRound", 1, "cam-ok", b"", T + 1), b""
+    )
+    assert gate.admit(good.cert.der, "GetRound", raw2, T + 1).identity == good.identity

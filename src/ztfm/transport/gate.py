@@ -72,6 +72,54 @@ class Rejected(ZtfmError):
         return f"request rejected (ref {self.ref})"
 
 
+class RejectionBudget:
+    """Per-identity token bucket of *rejections*: a peer that keeps sending bad requests is
+    throttled before any parsing, signature or disk work, and its throttled requests are
+    summarised in one audit record per ``log_interval_s`` instead of one each (bounded disk)."""
+
+    def __init__(
+        self,
+        capacity: float = 20.0,
+        refill_per_s: float = 0.5,
+        log_interval_s: float = 60.0,
+        max_peers: int = 100_000,
+    ) -> None:
+        if capacity <= 0 or refill_per_s < 0 or log_interval_s <= 0 or max_peers <= 0:
+            raise ZtfmError("rejection budget parameters must be positive")
+        self.capacity = capacity
+        self.refill_per_s = refill_per_s
+        self.log_interval_s = log_interval_s
+        self.max_peers = max_peers
+        # uri -> (tokens, at, suppressed since last log, last log time)
+        self._state: dict[str, tuple[float, float, int, float]] = {}
+        self._lock = threading.Lock()
+
+    def _tokens(self, uri: str, now: float) -> tuple[float, int, float]:
+        tokens, at, suppressed, logged = self._state.get(uri, (self.capacity, now, 0, -1e18))
+        tokens = min(self.capacity, tokens + max(0.0, now - at) * self.refill_per_s)
+        return tokens, suppressed, logged
+
+    def exhausted(self, uri: str, now: float) -> tuple[bool, int]:
+        """(throttled?, suppressed count to log now or 0 if this one need not be logged)."""
+        with self._lock:
+            tokens, suppressed, logged = self._tokens(uri, now)
+            if tokens >= 1.0:
+                return False, 0
+            suppressed += 1
+            if now - logged >= self.log_interval_s:
+                self._state[uri] = (tokens, now, 0, now)
+                return True, suppressed
+            self._state[uri] = (tokens, now, suppressed, logged)
+            return True, 0
+
+    def spend(self, uri: str, now: float) -> None:
+        with self._lock:
+            tokens, suppressed, logged = self._tokens(uri, now)
+            if uri not in self._state and len(self._state) >= self.max_peers:
+                self._state.pop(next(iter(self._state)))
+            self._state[uri] = (max(0.0, tokens - 1.0), now, suppressed, logged)
+
+
 class StaticTrustSource:
     """The same trust context for everyone (tests, or a fleet without attestation yet)."""
 
@@ -150,8 +198,10 @@ class RequestGate:
         snapshots: SnapshotStore | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         on_reject: RejectionObserver | None = None,
+        budget: RejectionBudget | None = None,
     ) -> None:
         self.on_reject = on_reject
+        self.budget = budget if budget is not None else RejectionBudget()
         self.validator = validator
         self.verifier = verifier
         self.registry = registry
@@ -194,6 +244,8 @@ class RequestGate:
             except ZtfmError as exc:  # a full disk must not turn a rejection into a crash
                 fields["snapshot_error"] = str(exc)
         self.audit.record("rpc.rejected", fields, now)
+        if identity is not None:
+            self.budget.spend(identity.uri, now)
         if self.on_reject is not None and identity is not None:
             try:
                 self.on_reject(identity, cause.code, now)
@@ -238,6 +290,16 @@ class RequestGate:
         except IdentityError as exc:
             raise self._reject("identity", exc, method, "unauthenticated", raw, now) from exc
         peer = identity.uri
+        throttled, to_log = self.budget.exhausted(peer, now)
+        if throttled:
+            ref = secrets.token_hex(6)
+            if to_log:
+                self.audit.record(
+                    "rpc.throttled",
+                    {"ref": ref, "peer": peer, "method": method, "suppressed": to_log},
+                    now,
+                )
+            raise Rejected("throttled", ref, RequestRejected("too many rejected requests"))
         try:
             env, payload = decode_signed_request(raw, self.max_payload_bytes)
         except RequestRejected as exc:

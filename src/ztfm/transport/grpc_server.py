@@ -50,6 +50,7 @@ _STAGE_STATUS: Final = {
     "parse": grpc.StatusCode.INVALID_ARGUMENT,
     "binding": grpc.StatusCode.PERMISSION_DENIED,
     "policy": grpc.StatusCode.PERMISSION_DENIED,
+    "throttled": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
