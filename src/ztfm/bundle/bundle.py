@@ -310,3 +310,8 @@ class Bundle:
     @property
     def version(self) -> int:
         return self.manifest.version
+
+    def measurement(self) -> bytes:
+        """SHA-256 of the signed manifest (which names the weights hash): the value a device
+        extends into a TPM PCR so that attestation covers the model it runs."""
+        return hashlib.sha256(self.manifest_bytes).digest()

@@ -417,3 +417,12 @@ def test_publish_refuses_a_version_already_released() -> None:
     with pytest.raises(BundleRejected, match="older"):  # checked before anything is logged
         w.publish(9, now=10.0)
     assert w.ledger.size == size
+
+
+def test_measurement_changes_with_any_manifest_field(w1: tuple[World, Bundle]) -> None:
+    w, b = w1
+    assert b.measurement() == hashlib.sha256(b.manifest_bytes).digest()
+    assert Bundle.from_bytes(b.to_bytes()).measurement() == b.measurement()
+    assert b.with_receipt(None).measurement() == b.measurement()  # receipt is not measured
+    other = w.publish(2)
+    assert other.measurement() != b.measurement()
