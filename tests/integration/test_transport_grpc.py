@@ -481,3 +481,26 @@ def test_client_validates_server_identity_and_revocation() -> None:
             )
     finally:
         fake.stop(0)
+
+
+def test_enrollment_guessing_is_throttled(tmp_path: Path) -> None:
+    now = time.time()
+    fleet = LocalFleet.create(FLEET, now)
+    audit = MemoryAuditSink()
+    srv = fleet.serve_enrollment(audit, clock=FixedClock(now))  # frozen: no refill mid-test
+    try:
+        ident = Identity(FLEET, "cams", "device", "cam-x")
+        codes = []
+        for i in range(14):
+            with pytest.raises(RpcFailed) as ei:
+                enroll(srv.target, fleet.ca.cert, MemoryKeyStore().make_csr(ident, f"guess{i}"))
+            codes.append(ei.value.status)
+        assert codes[:10] == [grpc.StatusCode.PERMISSION_DENIED] * 10
+        assert codes[10:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 4
+        assert len(audit.of("enroll.rejected")) == 10 and len(audit.of("enroll.throttled")) == 1
+        # a valid token is refused too while this source is throttled (no oracle for guesses)
+        token = fleet.ca.create_token(ident, now)
+        with pytest.raises(RpcFailed):
+            enroll(srv.target, fleet.ca.cert, MemoryKeyStore().make_csr(ident, token))
+    finally:
+        srv.stop(0)

@@ -30,7 +30,14 @@ from ztfm.audit import AuditSink
 from ztfm.crypto.pki import CertificateRequest
 from ztfm.errors import CryptoError, IdentityError, RequestRejected, TransportError, ZtfmError
 from ztfm.identity import FleetCA, InMemoryKeyRegistry, SignedRevocationList
-from ztfm.transport.gate import METHOD_KIND, Admitted, Rejected, RequestGate, RpcHandler
+from ztfm.transport.gate import (
+    METHOD_KIND,
+    Admitted,
+    Rejected,
+    RejectionBudget,
+    RequestGate,
+    RpcHandler,
+)
 from ztfm.types import Clock, SystemClock
 from ztfm.wire.codec import (
     ENVELOPE_OVERHEAD_BYTES,
@@ -67,6 +74,11 @@ def _cert_config(tls: TlsFiles) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration(
         [(tls.key_pem, tls.cert_pem)], root_certificates=tls.ca_cert_pem
     )
+
+
+def _peer_host(peer: str) -> str:
+    """'ipv4:1.2.3.4:555' -> 'ipv4:1.2.3.4' (throttle per source address, not per port)."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
 def _peer_cert(context: grpc.ServicerContext) -> bytes | None:
@@ -258,7 +270,9 @@ class EnrollmentServer:
         on_ca_change: Callable[[FleetCA], None] | None = None,
         registry: InMemoryKeyRegistry | None = None,
         cert_ttl_s: float = 3600.0,
+        budget: RejectionBudget | None = None,
     ) -> None:
+        self.budget = budget if budget is not None else RejectionBudget(capacity=10)
         self.ca = ca
         self.audit = audit
         self.clock: Clock = clock or SystemClock()
@@ -299,6 +313,12 @@ class EnrollmentServer:
 
     def _enroll(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         now = self.clock.now()
+        source = _peer_host(context.peer())
+        throttled, to_log = self.budget.exhausted(source, now)
+        if throttled:
+            if to_log:
+                self.audit.record("enroll.throttled", {"peer": source, "suppressed": to_log}, now)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed enrolments")
         try:
             csr = CertificateRequest(decode_enroll_request(raw))
             with self.ca_lock:
@@ -309,13 +329,19 @@ class EnrollmentServer:
             ref = secrets.token_hex(6)
             self.audit.record(
                 "enroll.rejected",
-                {"ref": ref, "code": exc.code, "detail": str(exc)[:500], "peer": context.peer()},
+                {"ref": ref, "code": exc.code, "detail": str(exc)[:500], "peer": source},
                 now,
             )
+            self.budget.spend(source, now)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"enrolment rejected (ref {ref})")
             raise AssertionError("unreachable") from exc
         if self.registry is not None:
-            self.registry.register(cert.public_key, identity)
+            try:
+                self.registry.register(cert.public_key, identity)
+            except RequestRejected as exc:  # the key is bound elsewhere: the new cert is unusable
+                self.audit.record(
+                    "enroll.key_conflict", {"identity": identity.uri, "detail": str(exc)}, now
+                )
         self.audit.record(
             "enroll.issued",
             {"identity": identity.uri, "serial": f"{cert.serial:x}", "not_after": cert.not_after},
