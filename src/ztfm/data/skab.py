@@ -10,6 +10,7 @@ leaderboard does); "rest" scores rows 400 onward. Confusion counts are pooled ov
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ SENSORS: tuple[str, ...] = (
     "Volume Flow RateRMS",
 )
 LABELS: tuple[str, ...] = ("anomaly", "changepoint")
+log = logging.getLogger(__name__)
+
 TRAIN_ROWS = 400  # the SKAB protocol fits on rows 0-399 of each file
 MAX_ROWS = 5_000_000
 _DT_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S")
@@ -145,12 +148,18 @@ def skab_split(series: Sequence[LabelledSeries] | Iterable[LabelledSeries]) -> l
 
     The test series holds the whole file (rows 0-399 included, as the leaderboard scores them);
     ``test.meta["train_rows"]`` says where "rest" starts. Files without labels (anomaly-free)
-    and files of ``TRAIN_ROWS`` rows or fewer are refused.
+    are skipped beside labelled ones (refused when nothing else is left); files of
+    ``TRAIN_ROWS`` rows or fewer are refused.
     """
     units: list[EvalUnit] = []
-    for s in series:
-        if s.meta.get("labelled") == "no" or s.y is None:
-            raise DataError(f"{s.name}: has no anomaly labels; use it only as --train data")
+    all_series = list(series)
+    labelled = [s for s in all_series if s.meta.get("labelled") != "no" and s.y is not None]
+    if not labelled and all_series:
+        raise DataError(f"{all_series[0].name}: has no anomaly labels; use it only as --train data")
+    for s in all_series:
+        if s not in labelled:
+            log.warning("SKAB: skipping %s (no anomaly labels; usable as training data)", s.name)
+    for s in labelled:
         if len(s) <= TRAIN_ROWS:
             raise DataError(
                 f"{s.name}: {len(s)} rows, the SKAB protocol needs more than {TRAIN_ROWS}"

@@ -180,3 +180,10 @@ def test_real_file_and_split() -> None:
 def test_anomaly_free_file_has_no_labels() -> None:
     (s,) = load_skab(bundled_path("skab/anomaly-free"))
     assert s.meta["labelled"] == "no" and len(s) == 9405
+
+
+def test_split_skips_unlabelled_beside_labelled() -> None:
+    (free,) = load_skab(bundled_path("skab/anomaly-free"))
+    s = load_skab_file(bundled_path("skab/valve1/0.csv.gz"))
+    units = skab_split([free, s])
+    assert [u.name for u in units] == ["valve1/0"]
