@@ -66,3 +66,52 @@ def show(path: Path, count: int, event: str | None) -> None:
         recs = [r for r in recs if r["event"] == event]
     for r in recs[-count:]:
         click.echo(f"{r['seq']:>6} {r['ts']:.3f} {r['event']} {json.dumps(r['fields'])}")
+
+
+@audit.command("snapshots")
+@click.argument("directory", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--show", "seq", type=int, help="Print one snapshot (context, digest, payload size).")
+@click.option("--payload-out", type=click.Path(path_type=Path), help="Write its payload here.")
+@click.option("--json", "as_json", is_flag=True)
+def snapshots(directory: Path, seq: int | None, payload_out: Path | None, as_json: bool) -> None:
+    """List forensic snapshots of rejected updates, or show one."""
+    from ztfm.audit import SnapshotStore
+
+    store = SnapshotStore(directory, max_total_bytes=1 << 62)
+    if seq is None:
+        rows = []
+        for s in store.seqs():
+            snap = store.load(s)
+            rows.append(
+                {
+                    "seq": s,
+                    "ts": snap.ts,
+                    "kind": snap.kind,
+                    "bytes": snap.payload_len,
+                    "truncated": snap.truncated,
+                    "context": dict(snap.context),
+                }
+            )
+        if as_json:
+            click.echo(json.dumps(rows))
+        else:
+            for r in rows:
+                click.echo(
+                    f"{r['seq']:>6} {r['ts']:.3f} {r['kind']} {r['bytes']} B "
+                    f"{json.dumps(r['context'])}"
+                )
+            click.echo(f"{len(rows)} snapshots, {store.total_bytes} bytes on disk")
+        return
+    snap = store.load(seq)
+    if payload_out is not None:
+        payload_out.write_bytes(snap.payload)
+    out = {
+        "seq": snap.seq,
+        "ts": snap.ts,
+        "kind": snap.kind,
+        "context": dict(snap.context),
+        "payload_len": snap.payload_len,
+        "payload_sha256": snap.payload_sha256,
+        "truncated": snap.truncated,
+    }
+    click.echo(json.dumps(out, indent=None if as_json else 1))

@@ -28,3 +28,27 @@ def test_verify_ok_then_tampered(tmp_path: Path) -> None:
     assert "line 2" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     head = _ztfm("audit", "verify", str(p), "--head", "nope")
     assert head.returncode == 2
+
+
+def test_snapshots_list_and_show(tmp_path: Path) -> None:
+    from ztfm.audit import SnapshotStore
+
+    store = SnapshotStore(tmp_path / "s")
+    seq = store.save("rejected_update", b"\x01\x02", {"peer": "spiffe://x"}, T0)
+    listed = _ztfm("audit", "snapshots", str(tmp_path / "s"))
+    assert listed.returncode == 0 and "1 snapshots" in listed.stdout
+    out = tmp_path / "p.bin"
+    shown = _ztfm(
+        "audit",
+        "snapshots",
+        str(tmp_path / "s"),
+        "--show",
+        str(seq),
+        "--payload-out",
+        str(out),
+        "--json",
+    )
+    assert shown.returncode == 0 and '"payload_len": 2' in shown.stdout
+    assert out.read_bytes() == b"\x01\x02"
+    missing = _ztfm("audit", "snapshots", str(tmp_path / "s"), "--show", "99")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
