@@ -95,6 +95,20 @@ def check_group_sum_bound(group_sum: Vector, size: int, clip_norm: float) -> Non
         )
 
 
+def check_group_sum_range(group_sum: Vector, size: int, clip_value: float) -> None:
+    """The per-coordinate (L-infinity) version, matching ``ztfm.secagg``'s fixed-point clip:
+    members clip each coordinate to [-clip_value, clip_value] before masking, so every
+    coordinate of an honest group's sum lies within ``size * clip_value``; raise otherwise."""
+    if not (math.isfinite(clip_value) and clip_value > 0):
+        raise AggregationError(f"clip_value must be > 0, got {clip_value}")
+    top = float(np.max(np.abs(group_sum))) if group_sum.size else 0.0
+    if not math.isfinite(top) or top > size * clip_value * (1.0 + 1e-9):
+        raise AggregationError(
+            f"group sum coordinate {top:.4g} exceeds {size} x clip_value {clip_value:.4g}: a "
+            "member did not clip before masking"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class GroupedAggregate:
     """The robust result over group means, the per-group diagnostics, and which groups were
@@ -115,10 +129,13 @@ def aggregate_group_sums(
     aggregator: Aggregator,
     *,
     clip_norm: float | None = None,
+    clip_value: float | None = None,
 ) -> GroupedAggregate:
     """Robust aggregation over SecAgg group sums. ``sizes`` are the member counts. When the round
     declared ``clip_norm`` before masking, groups whose sum breaks ``size * clip_norm`` are
-    dropped (and reported) before the robust rule runs. The rule is weighted by group size."""
+    dropped (and reported) before the robust rule runs; ``clip_value`` does the same for a
+    per-coordinate clip (what ``ztfm.secagg``'s fixed-point codec enforces on honest devices).
+    The rule is weighted by group size."""
     s, _ = check_updates(sums)
     if not isinstance(sizes, np.ndarray) or sizes.shape != (s.shape[0],):
         raise AggregationError(f"sizes must be an array of shape ({s.shape[0]},)")
@@ -126,11 +143,14 @@ def aggregate_group_sums(
         raise AggregationError("group sizes must be integers >= 1")
     kept = list(range(s.shape[0]))
     rejected: list[int] = []
-    if clip_norm is not None:
+    if clip_norm is not None or clip_value is not None:
         kept = []
         for gi in range(s.shape[0]):
             try:
-                check_group_sum_bound(s[gi], int(sizes[gi]), clip_norm)
+                if clip_norm is not None:
+                    check_group_sum_bound(s[gi], int(sizes[gi]), clip_norm)
+                if clip_value is not None:
+                    check_group_sum_range(s[gi], int(sizes[gi]), clip_value)
                 kept.append(gi)
             except AggregationError:
                 rejected.append(gi)
@@ -147,11 +167,16 @@ def robust_over_groups(
     aggregator: Aggregator,
     *,
     clip_norm: float | None = None,
+    clip_value: float | None = None,
 ) -> GroupedAggregate:
     """Simulate SecAgg-in-groups + robust-across-groups on clear updates (for benchmarks and
     tests): sum each group as SecAgg would, then ``aggregate_group_sums``."""
     return aggregate_group_sums(
-        group_sums(updates, plan), plan.sizes, aggregator, clip_norm=clip_norm
+        group_sums(updates, plan),
+        plan.sizes,
+        aggregator,
+        clip_norm=clip_norm,
+        clip_value=clip_value,
     )
 
 

@@ -129,3 +129,14 @@ def test_group_size_tradeoff(group_size: int, holds: bool) -> None:
         out = robust_over_groups(x, plan, CoordinateMedian(f=f))
         errors.append(np.linalg.norm(out.vector - benign_mean) / np.sqrt(x.shape[1]))
     assert (float(np.mean(errors)) < 0.5) is holds
+
+
+def test_check_group_sum_range() -> None:
+    from ztfm.robust.groups import check_group_sum_range
+
+    check_group_sum_range(np.array([3.0, -3.0]), 3, 1.0)
+    for s in (np.array([3.1, 0.0]), np.array([0.0, -3.1]), np.array([np.nan, 0.0])):
+        with pytest.raises(AggregationError, match="clip"):
+            check_group_sum_range(s, 3, 1.0)
+    with pytest.raises(AggregationError):
+        check_group_sum_range(np.zeros(2), 3, float("inf"))
