@@ -18,6 +18,11 @@ from ztfm.detect.stream import PipelineConfig, ScoreSmoother, StreamingDetector
 from ztfm.errors import DataError, DetectorError
 
 
+def _label_mask(s: LabelledSeries, value: int) -> np.ndarray:
+    assert s.y is not None
+    return np.asarray(s.y == value)
+
+
 @pytest.fixture(scope="module")
 def skab_file() -> LabelledSeries:
     return load_skab_file(bundled_path("skab/valve1/3.csv.gz"))
@@ -153,7 +158,7 @@ def test_evaluate_skab_file_beats_flag_everything(skab_file: LabelledSeries) -> 
 
 
 def test_evaluate_all_attack_data_reports_detection_rate(skab_file: LabelledSeries) -> None:
-    attack = skab_file.rows(skab_file.y == 1)  # type: ignore[operator]
+    attack = skab_file.rows(_label_mask(skab_file, 1))
     unit = EvalUnit(name="attacks", train=attack.rows(slice(0, 0)), test=attack)
     with pytest.raises(DataError, match="no benign training rows"):
         evaluate_units([unit], preset("skab", "pca"), rng=np.random.default_rng(0))
@@ -195,9 +200,9 @@ def test_external_training_drops_labelled_attacks(skab_file: LabelledSeries) -> 
     # fitting on a whole labelled file with benign_only keeps only its benign rows
     pipe = fit_pipeline([skab_file], 8, preset("skab", "pca"), rng=np.random.default_rng(0))
     only = fit_pipeline(
-        [skab_file.rows(skab_file.y == 0)],
+        [skab_file.rows(_label_mask(skab_file, 0))],
         8,
-        preset("skab", "pca"),  # type: ignore[operator]
+        preset("skab", "pca"),
         rng=np.random.default_rng(0),
     )
     assert pipe.threshold is not None and only.threshold is not None
