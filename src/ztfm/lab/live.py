@@ -55,10 +55,17 @@ def fit_windows(rows: np.ndarray, *, rng: np.random.Generator,
     return pipe
 
 
-def score_windows(packets: Iterable[Packet], fx: DeviceWindows, pipe: StreamingDetector, *,
-                  flush: bool = True) -> Iterator[WindowScore]:  # fmt: skip
-    """Score each window as it closes (fresh stream position; the allow-list is kept)."""
-    fx.reset()
+def score_windows(
+    packets: Iterable[Packet],
+    fx: DeviceWindows,
+    pipe: StreamingDetector,
+    *,
+    flush: bool = True,
+    origin: float | None = None,
+) -> Iterator[WindowScore]:
+    """Score each window as it closes (fresh stream position from ``origin`` or the first
+    packet; the allow-list is kept)."""
+    fx.reset(origin)
     pipe.reset()
     for p in packets:
         for start, row in fx.push(p):
@@ -118,10 +125,12 @@ def live_session(interface: str, *, warmup_s: float, seconds: float, width_s: fl
     ip = interface_ipv4(interface)
     fx = DeviceWindows(ip, width_s)
     with LiveCapture(interface) as cap:
+        began = time.time()  # kernel packet stamps are CLOCK_REALTIME too
         warm = list(_bounded(cap, warmup_s, max_packets))
         fx.learn(warm)
-        _, rows = rows_of(fx, warm)
+        _, rows = rows_of(fx, warm, origin=began)
         pipe = fit_windows(rows, rng=rng, detector=detector)
-        scored = tuple(score_windows(_bounded(cap, seconds, max_packets), fx, pipe, flush=False))
+        live = _bounded(cap, seconds, max_packets)
+        scored = tuple(score_windows(live, fx, pipe, flush=False, origin=time.time()))
     assert pipe.threshold is not None
     return LiveReport(ip, int(rows.shape[0]), float(pipe.threshold), scored)

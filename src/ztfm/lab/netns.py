@@ -85,7 +85,8 @@ def build_network(plan: LabPlan, run: CommandRunner = run_cmd) -> None:
     run(["ip", "netns", "add", br])
     _no_ipv6(br, run)
     run(["ip", "-n", br, "link", "set", "lo", "up"])
-    run(["ip", "-n", br, "link", "add", "br0", "type", "bridge"])
+    run(["ip", "-n", br, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])
+    run(["ip", "-n", br, "link", "set", "br0", "multicast", "off"])
     run(["ip", "-n", br, "link", "set", "br0", "up"])
     for h in plan.hosts:
         run(["ip", "netns", "add", h.netns])
@@ -108,8 +109,11 @@ def build_network(plan: LabPlan, run: CommandRunner = run_cmd) -> None:
                 h.netns,
             ]
         )
+        run(["ip", "-n", br, "link", "set", h.veth, "multicast", "off"])
         run(["ip", "-n", br, "link", "set", h.veth, "master", "br0"])
         run(["ip", "-n", br, "link", "set", h.veth, "up"])
+        # unicast and ARP only: no IGMP membership reports from 0.0.0.0
+        run(["ip", "-n", h.netns, "link", "set", "eth0", "multicast", "off"])
         run(["ip", "-n", h.netns, "addr", "add", f"{h.ip}/{PREFIX_LEN}", "dev", "eth0"])
         run(["ip", "-n", h.netns, "link", "set", "eth0", "up"])
 

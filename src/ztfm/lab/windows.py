@@ -121,15 +121,20 @@ class DeviceWindows:
         self._index += 1
         return [row]
 
-    def reset(self) -> None:
-        """Forget the stream position (not the allow-list)."""
-        self._start, self._index, self._acc = None, 0, []
+    def reset(self, origin: float | None = None) -> None:
+        """Forget the stream position (not the allow-list); windows then start at ``origin``
+        (e.g. when a live capture began) or, if None, at the next packet."""
+        if origin is not None and not math.isfinite(origin):
+            raise DataError("window origin must be finite")
+        self._start, self._index, self._acc = origin, 0, []
 
 
-def rows_of(fx: DeviceWindows, packets: Iterable[Packet]) -> tuple[np.ndarray, np.ndarray]:
+def rows_of(
+    fx: DeviceWindows, packets: Iterable[Packet], *, origin: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(window start times, rows (n, len(COLUMNS)) float32) of a packet sequence, from a fresh
     stream position (the allow-list is kept)."""
-    fx.reset()
+    fx.reset(origin)
     t: list[float] = []
     x: list[np.ndarray] = []
     for p in packets:
