@@ -64,12 +64,11 @@ def init(directory: Path, fleet: str, ttl_days: float, as_json: bool) -> None:
 def token(directory: Path, segment: str, role: str, device_id: str, ttl_s: float) -> None:
     """Print a one-time enrolment token for one identity."""
     from ztfm.identity import Identity
-    from ztfm.identity.store import load_ca, save_ca
+    from ztfm.identity.store import ca_transaction
 
-    ca_ = load_ca(directory)
-    ident = Identity(ca_.fleet, segment, role, device_id)
-    tok = ca_.create_token(ident, SystemClock().now(), ttl_s)
-    save_ca(directory, ca_)
+    with ca_transaction(directory) as ca_:
+        ident = Identity(ca_.fleet, segment, role, device_id)
+        tok = ca_.create_token(ident, SystemClock().now(), ttl_s)
     click.echo(tok)
 
 
@@ -112,15 +111,14 @@ def issue(directory: Path, csr_path: Path, out: Path, ttl_s: float) -> None:
     """Enrol: check the CSR's token and proof of possession, then write a short-lived cert."""
     from ztfm.crypto.pki import CertificateRequest
     from ztfm.errors import CryptoError, IdentityError
-    from ztfm.identity.store import load_ca, save_ca
+    from ztfm.identity.store import ca_transaction
 
-    ca_ = load_ca(directory)
     try:
         req = CertificateRequest.from_pem(csr_path.read_bytes())
     except CryptoError as exc:
         raise IdentityError(f"{csr_path}: {exc}") from exc
-    ident, cert = ca_.enroll(req, SystemClock().now(), ttl_s)
-    save_ca(directory, ca_)
+    with ca_transaction(directory) as ca_:
+        ident, cert = ca_.enroll(req, SystemClock().now(), ttl_s)
     out.write_bytes(cert.to_pem())
     click.echo(f"issued {ident.uri} serial {cert.serial:x} -> {out}")
 
@@ -132,21 +130,20 @@ def issue(directory: Path, csr_path: Path, out: Path, ttl_s: float) -> None:
 def revoke(directory: Path, serial: str | None, uri: str | None) -> None:
     """Revoke a certificate or a whole identity (publish a new list afterwards)."""
     from ztfm.identity import Identity
-    from ztfm.identity.store import load_ca, save_ca
+    from ztfm.identity.store import ca_transaction
 
     if (serial is None) == (uri is None):
         raise click.UsageError("give exactly one of --serial or --identity")
-    ca_ = load_ca(directory)
-    if serial is not None:
-        try:
-            n = int(serial, 16)
-        except ValueError as exc:
-            raise click.BadParameter("serial must be hex", param_hint="--serial") from exc
-        ca_.revoke_serial(n)
-    else:
-        assert uri is not None
-        ca_.revoke_identity(Identity.from_uri(uri))
-    save_ca(directory, ca_)
+    with ca_transaction(directory) as ca_:
+        if serial is not None:
+            try:
+                n = int(serial, 16)
+            except ValueError as exc:
+                raise click.BadParameter("serial must be hex", param_hint="--serial") from exc
+            ca_.revoke_serial(n)
+        else:
+            assert uri is not None
+            ca_.revoke_identity(Identity.from_uri(uri))
     click.echo("revoked")
 
 
@@ -156,11 +153,10 @@ def revoke(directory: Path, serial: str | None, uri: str | None) -> None:
 @click.option("--ttl-s", type=click.FloatRange(min=1), default=600, show_default=True)
 def publish(directory: Path, out: Path, ttl_s: float) -> None:
     """Write a new signed revocation list (version + 1, valid for TTL seconds)."""
-    from ztfm.identity.store import load_ca, save_ca
+    from ztfm.identity.store import ca_transaction
 
-    ca_ = load_ca(directory)
-    signed = ca_.publish_revocations(SystemClock().now(), ttl_s)
-    save_ca(directory, ca_)
+    with ca_transaction(directory) as ca_:
+        signed = ca_.publish_revocations(SystemClock().now(), ttl_s)
     out.write_bytes(signed.to_bytes())
     click.echo(f"revocation list v{signed.body.version} -> {out}")
 

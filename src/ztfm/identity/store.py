@@ -7,9 +7,13 @@ rename (``atomic_write``), so ``state.json`` is always the old or the new versio
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from ztfm.identity.spiffe import Identity
 KEY_FILE = "ca.key"
 CERT_FILE = "ca.crt"
 STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
 
 
 def _state(ca: FleetCA) -> dict[str, Any]:
@@ -115,3 +120,70 @@ def load_ca(directory: Path) -> FleetCA:
 def save_ca(directory: Path, ca: FleetCA) -> None:
     """Persist the CA's mutable state (issued certs, revocations, tokens, list version)."""
     atomic_write(Path(directory) / STATE_FILE, _dump(_state(ca)), 0o600)
+
+
+def _merge_state(ca: FleetCA, fresh: FleetCA) -> None:
+    if fresh.cert != ca.cert or fresh.key.public_key != ca.key.public_key:
+        raise IdentityError("the CA directory now holds a different CA")
+    ca.issued = fresh.issued
+    ca.revoked_serials = fresh.revoked_serials
+    ca.revoked_identities = fresh.revoked_identities
+    ca.crl_version = fresh.crl_version
+    ca.tokens = fresh.tokens
+
+
+class CaDirectoryLock:
+    """A lock for a CA held in memory by a long-running process and also changed by the CLI.
+
+    Entering takes a thread lock and an exclusive ``flock`` on ``<dir>/.lock``, then reloads the
+    state from disk into the in-memory CA (so a revocation made with ``ztfm ca revoke`` is not
+    lost); leaving saves the state atomically and releases both locks. Use it wherever a
+    ``ca_lock`` is accepted.
+    """
+
+    def __init__(self, ca: FleetCA, directory: Path) -> None:
+        self.ca = ca
+        self.directory = Path(directory)
+        self._thread_lock = threading.Lock()
+        self._fd = -1
+
+    def __enter__(self) -> FleetCA:
+        self._thread_lock.acquire()
+        try:
+            self._fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            _merge_state(self.ca, load_ca(self.directory))
+        except BaseException:
+            self._release()
+            raise
+        return self.ca
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            save_ca(self.directory, self.ca)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+        self._thread_lock.release()
+
+
+@contextmanager
+def ca_transaction(directory: Path) -> Iterator[FleetCA]:
+    """Load, change and save a CA directory under an exclusive file lock (CLI commands)."""
+    directory = Path(directory)
+    if not (directory / STATE_FILE).is_file():
+        load_ca(directory)  # raises the clear "not a ztfm CA directory" error
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        ca = load_ca(directory)
+        yield ca
+        save_ca(directory, ca)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

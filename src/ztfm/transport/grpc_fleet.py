@@ -9,8 +9,10 @@ federated roles on the networked transport.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +30,7 @@ from ztfm.identity import (
     needs_renewal,
 )
 from ztfm.identity.ca import DEFAULT_CERT_TTL_S, DEFAULT_CRL_TTL_S
+from ztfm.identity.store import CaDirectoryLock, load_ca
 from ztfm.policy import Policy, PolicyEngine, TrustSource
 from ztfm.transport.gate import RejectionObserver, RequestGate, RpcHandler
 from ztfm.transport.grpc_client import FleetClient, RetryPolicy
@@ -42,14 +45,12 @@ class CaBackedRevocations:
     def __init__(
         self,
         ca: FleetCA,
-        ca_lock: threading.Lock | None = None,
-        on_change: Callable[[FleetCA], None] | None = None,
+        ca_lock: AbstractContextManager[Any] | None = None,
         ttl_s: float = DEFAULT_CRL_TTL_S,
         skew_s: float = 60.0,
     ) -> None:
         self.ca = ca
-        self.ca_lock = ca_lock or threading.Lock()
-        self.on_change = on_change
+        self.ca_lock: AbstractContextManager[Any] = ca_lock or threading.Lock()
         self.ttl_s = ttl_s
         self.checker = RevocationChecker(ca.cert.public_key, ca.fleet, skew_s)
         self._signed: SignedRevocationList | None = None
@@ -62,8 +63,6 @@ class CaBackedRevocations:
             if s is None or now >= s.body.issued_at + self.ttl_s / 2:
                 with self.ca_lock:
                     s = self.ca.publish_revocations(now, self.ttl_s)
-                    if self.on_change is not None:
-                        self.on_change(self.ca)
                 self.checker.update(s, now)
                 self._signed = s
             return s
@@ -128,24 +127,29 @@ class LocalFleet:
         server_names: tuple[str, ...] = ("localhost",),
         server_ips: tuple[str, ...] = ("127.0.0.1",),
         cert_ttl_s: float = DEFAULT_CERT_TTL_S,
-        persist: Callable[[FleetCA], None] | None = None,
+        ca_lock: AbstractContextManager[Any] | None = None,
     ) -> None:
-        """``persist`` is called (under the CA lock) after every change of CA state, e.g.
-        ``lambda ca: save_ca(directory, ca)`` for a CA loaded with ``load_ca(directory)``."""
+        """``ca_lock`` guards every change of CA state; for a CA kept in a directory use
+        ``LocalFleet.from_directory``, whose lock reloads and saves the state on disk."""
         self.ca = ca
-        self.ca_lock = threading.Lock()
+        self.ca_lock: AbstractContextManager[Any] = ca_lock or threading.Lock()
         self.cert_ttl_s = cert_ttl_s
-        self.persist = persist
-        self.revocations = CaBackedRevocations(ca, self.ca_lock, on_change=persist)
+        self.revocations = CaBackedRevocations(ca, self.ca_lock)
         self.server_names = server_names
         self.server_ips = server_ips
         ident = Identity(ca.fleet, coordinator_segment, "coordinator", coordinator_id)
         keys = MemoryKeyStore()
         with self.ca_lock:
             cert = ca.issue(keys.make_csr(ident), ident, now, cert_ttl_s, server_names, server_ips)
-            self._changed()
         self.coordinator = Credentials(ident, keys, cert)
         self.registry = InMemoryKeyRegistry()
+
+    @classmethod
+    def from_directory(cls, directory: Path, now: float, **kw: Any) -> LocalFleet:
+        """A fleet over a CA directory made by ``ztfm ca init``: changes are saved, and changes
+        made meanwhile by the ``ztfm ca`` CLI are picked up (shared file lock)."""
+        ca = load_ca(directory)
+        return cls(ca, now, ca_lock=CaDirectoryLock(ca, directory), **kw)
 
     @classmethod
     def create(cls, fleet: str, now: float, cert_ttl_s: float = DEFAULT_CERT_TTL_S) -> LocalFleet:
@@ -170,12 +174,7 @@ class LocalFleet:
                     self.server_names,
                     self.server_ips,
                 )
-                self._changed()
         return self.server_tls
-
-    def _changed(self) -> None:
-        if self.persist is not None:
-            self.persist(self.ca)
 
     def enroll(
         self,
@@ -192,7 +191,6 @@ class LocalFleet:
             cert = self.ca.issue(
                 keys.make_csr(ident), ident, now, self.cert_ttl_s if ttl_s is None else ttl_s
             )
-            self._changed()
         self.registry.register(keys.public_key, ident)
         return Credentials(ident, keys, cert)
 
@@ -200,14 +198,12 @@ class LocalFleet:
         """Revoke one certificate and publish a new revocation list at once."""
         with self.ca_lock:
             self.ca.revoke_serial(creds.cert.serial)
-            self._changed()
         self.revocations.refresh(now)
 
     def revoke_identity(self, identity: Identity, now: float) -> None:
         """Revoke every certificate of ``identity`` and block its re-enrolment."""
         with self.ca_lock:
             self.ca.revoke_identity(identity)
-            self._changed()
         self.revocations.refresh(now)
 
     def validator(self, skew_s: float = 60.0) -> CertValidator:
@@ -263,7 +259,6 @@ class LocalFleet:
             tls_source=(lambda: self.rotating_server_tls(clk)) if rotate_tls else None,
             ca=self.ca,
             ca_lock=self.ca_lock,
-            on_ca_change=self.persist,
             cert_ttl_s=self.cert_ttl_s,
             revocations=lambda: self.revocations.current(clk.now()),
         ).start()
@@ -280,7 +275,6 @@ class LocalFleet:
             address,
             clock=clock,
             ca_lock=self.ca_lock,
-            on_ca_change=self.persist,
             registry=self.registry,
             cert_ttl_s=self.cert_ttl_s,
         ).start()

@@ -21,8 +21,9 @@ import secrets
 import threading
 from collections.abc import Callable
 from concurrent import futures
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import grpc
 
@@ -104,7 +105,7 @@ class FleetServer:
         max_workers: int = 16,
         clock: Clock | None = None,
         ca: FleetCA | None = None,
-        ca_lock: threading.Lock | None = None,
+        ca_lock: AbstractContextManager[Any] | None = None,
         on_ca_change: Callable[[FleetCA], None] | None = None,
         revocations: Callable[[], SignedRevocationList] | None = None,
         cert_ttl_s: float = 3600.0,
@@ -118,7 +119,7 @@ class FleetServer:
             # so that requests captured before a restart cannot be replayed after it
             gate.verifier.not_before = self.clock.now()
         self.ca = ca
-        self.ca_lock = ca_lock or threading.Lock()
+        self.ca_lock: AbstractContextManager[Any] = ca_lock or threading.Lock()
         self.on_ca_change = on_ca_change
         self.revocations = revocations
         self.cert_ttl_s = cert_ttl_s
@@ -266,7 +267,7 @@ class EnrollmentServer:
         address: str = "127.0.0.1:0",
         *,
         clock: Clock | None = None,
-        ca_lock: threading.Lock | None = None,
+        ca_lock: AbstractContextManager[Any] | None = None,
         on_ca_change: Callable[[FleetCA], None] | None = None,
         registry: InMemoryKeyRegistry | None = None,
         cert_ttl_s: float = 3600.0,
@@ -276,7 +277,7 @@ class EnrollmentServer:
         self.ca = ca
         self.audit = audit
         self.clock: Clock = clock or SystemClock()
-        self.ca_lock = ca_lock or threading.Lock()
+        self.ca_lock: AbstractContextManager[Any] = ca_lock or threading.Lock()
         self.on_ca_change = on_ca_change
         self.registry = registry
         self.cert_ttl_s = cert_ttl_s

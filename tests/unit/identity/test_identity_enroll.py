@@ -236,3 +236,40 @@ def test_file_keystore(tmp_path: Path) -> None:
     os.chmod(bad, 0o600)
     with pytest.raises(IdentityError, match="not a valid key"):
         FileKeyStore(bad)
+
+
+def test_ca_transaction_saves_only_on_success(tmp_path: Path) -> None:
+    from ztfm.identity.store import ca_transaction
+
+    d = tmp_path / "ca"
+    init_ca(d, FLEET, T0)
+    with ca_transaction(d) as ca:
+        ca.create_token(IDENT, T0)
+    assert len(load_ca(d).tokens) == 1
+    with pytest.raises(RuntimeError), ca_transaction(d) as ca:
+        ca.create_token(IDENT, T0)
+        raise RuntimeError("operator aborted")
+    assert len(load_ca(d).tokens) == 1
+    with pytest.raises(IdentityError, match="missing"), ca_transaction(tmp_path / "nope"):
+        pass
+
+
+def test_directory_lock_does_not_lose_cli_changes(tmp_path: Path) -> None:
+    from ztfm.identity.store import CaDirectoryLock, ca_transaction
+
+    d = tmp_path / "ca"
+    init_ca(d, FLEET, T0)
+    held = load_ca(d)  # a long-running server holds this copy
+    lock = CaDirectoryLock(held, d)
+    with ca_transaction(d) as cli:  # meanwhile the operator revokes with the CLI
+        cli.revoke_identity(IDENT)
+    with lock as ca:  # the server's next change first reloads...
+        assert IDENT.uri in ca.revoked_identities
+        ca.publish_revocations(T0)
+    again = load_ca(d)  # ...and then saves both changes
+    assert IDENT.uri in again.revoked_identities and again.crl_version == 1
+    # a directory that now holds a different CA is refused
+    other = tmp_path / "other"
+    init_ca(other, FLEET, T0)
+    with pytest.raises(IdentityError, match="different CA"), CaDirectoryLock(held, other):
+        pass
