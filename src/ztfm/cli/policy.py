@@ -51,6 +51,7 @@ def default() -> None:
 @click.option("--attested/--not-attested", default=True, show_default=True)
 @click.option("--attestation-age-s", type=click.FloatRange(min=0), default=0.0)
 @click.option("--revoked", is_flag=True)
+@click.option("--quarantined", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def eval_(
     path: Path | None,
@@ -62,6 +63,7 @@ def eval_(
     attested: bool,
     attestation_age_s: float,
     revoked: bool,
+    quarantined: bool,
     as_json: bool,
 ) -> None:
     """Evaluate one request; exit 1 with the reason if it is denied."""
@@ -76,7 +78,7 @@ def eval_(
         ident,
         action,
         Resource(kind, ident.fleet, segment),
-        TrustContext(trust, attested, attestation_age_s, revoked),
+        TrustContext(trust, attested, attestation_age_s, revoked, quarantined),
     )
     d = eng.authorize(req, SystemClock().now())
     click.echo(
