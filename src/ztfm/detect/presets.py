@@ -21,7 +21,7 @@ NETWORK_FEATURES = FeatureSpec(windows=(), ewma_alphas=(), raw=True, delta=False
 # valve1 + other (see docs/detect.md: cross-part check and the figures it gives).
 _SENSOR: dict[str, tuple[int, float, tuple[tuple[str, object], ...]]] = {
     "pca": (10, 4.0, (("var_frac", 0.999),)),
-    "ae": (10, 5.0, ()),
+    "ae": (10, 7.0, (("hidden", (32, 16)),)),
     "iforest": (10, 1.0, ()),
 }
 
