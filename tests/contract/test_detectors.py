@@ -383,3 +383,19 @@ def test_export_missing_whitening_rejected(skab: tuple[np.ndarray, np.ndarray]) 
                 dst.writestr(n, src.read(n))
     with pytest.raises(DetectorError, match="does not match"):
         detector_from_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("name", "n", "kwargs"),
+    [
+        ("ae", 10**6, {}),
+        ("ae", 8, {"hidden": (8,) * 20}),
+        ("ae", 4000, {"hidden": (4000, 4000)}),
+        ("pca", 5000, {}),
+        ("iforest", 10**7, {}),
+    ],
+)
+def test_oversized_models_refused(name: str, n: int, kwargs: dict[str, Any]) -> None:
+    # a crafted export header must not make a device allocate gigabytes
+    with pytest.raises(DetectorError):
+        make_detector(name, n, **kwargs)

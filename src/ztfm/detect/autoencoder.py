@@ -13,6 +13,7 @@ the caller's ``np.random.Generator``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +22,8 @@ from ztfm.detect.base import BaseDetector
 from ztfm.errors import DetectorError
 
 MAX_WIDTH = 4096
+MAX_DEPTH = 8
+MAX_PARAMS = 4_000_000
 
 
 class Autoencoder(BaseDetector):
@@ -55,6 +58,12 @@ class Autoencoder(BaseDetector):
         for label, ival in (("batch_size", batch_size), ("epochs", epochs)):
             if not isinstance(ival, int) or isinstance(ival, bool) or ival < 1:
                 raise DetectorError(f"{label} must be a positive int, got {ival!r}")
+        if len(hid) > MAX_DEPTH:
+            raise DetectorError(f"at most {MAX_DEPTH} hidden layers, got {len(hid)}")
+        widths_ = [n_features, *hid, *reversed(hid[:-1]), n_features]
+        n_weights = sum(a * b for a, b in pairwise(widths_))
+        if n_weights > MAX_PARAMS:
+            raise DetectorError(f"autoencoder too large ({n_weights} weights > {MAX_PARAMS})")
         self.hidden = hid
         self.lr = float(lr)
         self.batch_size = batch_size

@@ -29,6 +29,7 @@ DEFAULT_TARGET_FAR = 0.01
 WHITEN_FLOOR = 1e-3  # eigenvalue floor of the whitening (z-scored features, so relative)
 SCALE_CLIP = 50.0  # scaled features are clipped to +-50 std: bounded influence of wild inputs
 MAX_STATE_BYTES = 64 * 1024 * 1024
+MAX_FEATURES = 65_536  # a crafted export must not make us allocate without bound
 _STATE_VERSION = 1
 
 
@@ -140,8 +141,14 @@ class BaseDetector:
     min_train_rows: ClassVar[int] = 2
 
     def __init__(self, n_features: int) -> None:
-        if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
-            raise DetectorError(f"n_features must be a positive int, got {n_features!r}")
+        if (
+            not isinstance(n_features, int)
+            or isinstance(n_features, bool)
+            or not 1 <= n_features <= MAX_FEATURES
+        ):
+            raise DetectorError(
+                f"n_features must be an int in [1, {MAX_FEATURES}], got {n_features!r}"
+            )
         self.n_features = n_features
         self._mu: np.ndarray | None = None
         self._sd: np.ndarray | None = None

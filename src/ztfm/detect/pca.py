@@ -20,6 +20,7 @@ from ztfm.detect.base import BaseDetector
 from ztfm.errors import DetectorError
 
 EIG_FLOOR = 1e-6
+MAX_PCA_FEATURES = 4096  # the parameter is d x d
 
 
 class PcaT2Q(BaseDetector):
@@ -29,6 +30,8 @@ class PcaT2Q(BaseDetector):
     def __init__(
         self, n_features: int, *, var_frac: float = 0.95, max_components: int | None = None
     ) -> None:
+        if isinstance(n_features, int) and n_features > MAX_PCA_FEATURES:
+            raise DetectorError(f"pca supports at most {MAX_PCA_FEATURES} features")
         super().__init__(n_features)
         if not isinstance(var_frac, float) or not 0.0 < var_frac < 1.0:
             raise DetectorError(f"var_frac must be a float in (0, 1), got {var_frac!r}")
