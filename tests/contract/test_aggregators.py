@@ -204,3 +204,22 @@ def test_rejects_bad_f(name: str, f: object) -> None:
         pytest.skip("fltrust takes no f")
     with pytest.raises(AggregationError):
         _make(name, f=f)  # type: ignore[arg-type]
+
+
+LIBRARY = ["alie", "ipm", "min_max", "min_sum", "sign_flip", "scaling", "gaussian", "sybil"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("attack", LIBRARY)
+def test_bounded_influence_under_attack_library(name: str, attack: str) -> None:
+    """The same bound against the omniscient attacks of ``ztfm.sim.attacks`` (f colluders who
+    see every benign update)."""
+    from ztfm.sim.attacks import UpdateAttack, make_attack
+
+    rng = np.random.default_rng(11)
+    benign, mu = _benign(rng, N - F)
+    atk = make_attack(attack, **({"factor": 1e4} if attack == "scaling" else {}))
+    assert isinstance(atk, UpdateAttack)
+    bad = atk.craft(benign[:F] + 0.0, benign, rng)
+    out = _make(name, ref=mu).aggregate(np.vstack([bad, benign]))
+    assert np.linalg.norm(out.vector - benign.mean(axis=0)) <= _bound(benign)

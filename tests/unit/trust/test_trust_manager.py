@@ -346,3 +346,27 @@ def test_too_central_flag() -> None:
     m = _mgr()
     (c,) = m.observe_round(0, [_obs(distance_z=-5.0)], 0.0)
     assert "too_central" in str(c.inputs["flags"])
+
+
+def test_sleeper_that_turns_is_quarantined_within_six_rounds() -> None:
+    """Built trust does not shield a device that starts attacking: suspicious within 2 rounds,
+    quarantined within 6 (one strong flag per round)."""
+    m = _mgr()
+    for r in range(10):
+        m.observe_round(r, [_obs()], float(r))
+    states = [m.observe_round(10 + r, [_obs(cosine=-0.9)], 10.0 + r)[0].new_state for r in range(6)]
+    assert TrustState.SUSPICIOUS in states[:2]
+    assert states[-1] is TrustState.QUARANTINED
+
+
+def test_on_off_attacker_is_quarantined() -> None:
+    """Alternating good and bad rounds does not keep a device above the quarantine line."""
+    m = _mgr()
+    state = TrustState.ACTIVE
+    for r in range(14):
+        bad = r % 2 == 0
+        (c,) = m.observe_round(r, [_obs(cosine=-0.9 if bad else 0.9)], float(r))
+        state = c.new_state
+        if state is TrustState.QUARANTINED:
+            break
+    assert state is TrustState.QUARANTINED
