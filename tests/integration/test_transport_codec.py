@@ -173,3 +173,47 @@ def test_peer_with_many_rejections_is_throttled_with_bounded_audit() -> None:
         sign_request(good.keystore, "GetRound", 1, "cam-ok", b"", T + 1), b""
     )
     assert gate.admit(good.cert.der, "GetRound", raw2, T + 1).identity == good.identity
+
+
+def test_gate_fuzz_only_ever_admits_or_rejects() -> None:
+    """Random mutations of a valid request: the gate never crashes, never admits a changed one."""
+    from hypothesis import HealthCheck
+
+    from ztfm.transport.gate import RejectionBudget, RequestGate
+
+    fleet = LocalFleet.create("acme.example", T)
+    audit = MemoryAuditSink()
+    base = fleet.gate(audit, StaticTrustSource(TrustContext(0.9, True, 10, False)))
+    gate = RequestGate(
+        base.validator,
+        base.verifier,
+        base.registry,
+        base.policy,
+        base.trust,
+        audit,
+        budget=RejectionBudget(capacity=1e9),
+    )
+    dev = fleet.enroll("cams", "cam-1", T)
+
+    @settings(
+        max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(st.binary(min_size=1, max_size=8), st.integers(0, 10_000), st.booleans())
+    def run(junk: bytes, pos: int, replace_byte: bool) -> None:
+        env = sign_request(dev.keystore, "SubmitUpdate", 3, "cam-1", b"payload", T)
+        raw = bytearray(encode_signed_request(env, b"payload"))
+        i = pos % len(raw)
+        if replace_byte:
+            raw[i : i + len(junk)] = junk
+        else:
+            raw[i:i] = junk
+        mutated = bytes(raw)
+        try:
+            adm = gate.admit(dev.cert.der, "SubmitUpdate", mutated, T)
+        except Rejected:
+            return
+        # admitted: it must be semantically identical to what was signed
+        assert adm.payload == b"payload" and adm.envelope.signature == env.signature
+        assert adm.envelope.signed_bytes() == env.signed_bytes()
+
+    run()
