@@ -115,51 +115,56 @@ def verify_log(
     """Check the whole chain; raise ``AuditError`` naming the first bad line, or return a summary.
 
     ``expected_head`` (or, if ``use_anchor``, the ``<log>.head`` file) must be a record of the
-    chain; if the log ends before it, the log was truncated.
+    chain; if the log ends before it, the log was truncated. Streams the file: memory use does
+    not grow with the log.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AuditError(f"cannot read audit log {path}: {exc.strerror}") from exc
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    elif lines:
-        raise AuditError(f"line {len(lines)}: torn last record (no newline; crash during write?)")
-    prev = GENESIS
-    seen: dict[int, str] = {}
-    for i, raw in enumerate(lines, start=1):
-        rec = _parse_line(raw, i)
-        if rec.seq != i:
-            raise AuditError(
-                f"line {i}: sequence number {rec.seq}, expected {i} (record deleted or reordered)"
-            )
-        if rec.prev != prev:
-            raise AuditError(
-                f"line {i}: previous-hash link broken (record deleted, reordered "
-                "or rewritten before it)"
-            )
-        if record_hash(rec.seq, rec.ts, rec.event, rec.fields, rec.prev) != rec.hash:
-            raise AuditError(f"line {i}: record hash mismatch (record rewritten)")
-        prev = rec.hash
-        seen[rec.seq] = rec.hash
-    head = AuditHead(len(lines), prev) if lines else None
     anchors: list[AuditHead] = []
     if expected_head is not None:
         anchors.append(expected_head)
     hp = head_path_for(path)
     if use_anchor and hp.exists():
         anchors.append(_read_head(hp))
+    wanted = {a.seq for a in anchors}
+    seen: dict[int, str] = {}
+    prev = GENESIS
+    n = 0
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; OSError mapped to AuditError
+    except OSError as exc:
+        raise AuditError(f"cannot read audit log {path}: {exc.strerror}") from exc
+    with fh:
+        for raw in fh:
+            n += 1
+            if not raw.endswith(b"\n"):
+                raise AuditError(f"line {n}: torn last record (no newline; crash during write?)")
+            if len(raw) > 2 * MAX_RECORD_BYTES:
+                raise AuditError(f"line {n}: record is too large (corrupt)")
+            rec = _parse_line(raw[:-1], n)
+            if rec.seq != n:
+                raise AuditError(
+                    f"line {n}: sequence number {rec.seq}, expected {n} "
+                    "(record deleted or reordered)"
+                )
+            if rec.prev != prev:
+                raise AuditError(
+                    f"line {n}: previous-hash link broken (record deleted, reordered "
+                    "or rewritten before it)"
+                )
+            if record_hash(rec.seq, rec.ts, rec.event, rec.fields, rec.prev) != rec.hash:
+                raise AuditError(f"line {n}: record hash mismatch (record rewritten)")
+            prev = rec.hash
+            if n in wanted:
+                seen[n] = rec.hash
+    head = AuditHead(n, prev) if n else None
     for anchor in anchors:
-        if anchor.seq > len(lines):
+        if anchor.seq > n:
             raise AuditError(
-                f"log truncated: ends at record {len(lines)} but its head anchor is record "
-                f"{anchor.seq}"
+                f"log truncated: ends at record {n} but its head anchor is record {anchor.seq}"
             )
         if anchor.seq > 0 and seen.get(anchor.seq) != anchor.hash:
             raise AuditError(f"line {anchor.seq}: does not match the head anchor (log rewritten)")
-    return VerifyResult(len(lines), head)
+    return VerifyResult(n, head)
 
 
 def _read_head(hp: Path) -> AuditHead:
