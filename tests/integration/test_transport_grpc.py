@@ -504,3 +504,14 @@ def test_enrollment_guessing_is_throttled(tmp_path: Path) -> None:
             enroll(srv.target, fleet.ca.cert, MemoryKeyStore().make_csr(ident, token))
     finally:
         srv.stop(0)
+
+
+def test_device_builds_its_own_validator_from_the_signed_list(env: Env) -> None:
+    with env.client(env.cam2) as c:  # type: ignore[attr-defined]
+        validator = c.fetch_validator()
+    assert validator.validate(env.fleet.coordinator.cert, time.time()).role == "coordinator"
+    strict = env.cam2.client(
+        env.target, env.fleet.ca.cert, np.random.default_rng(5), server_validator=validator
+    )
+    assert strict.server_identity is not None and strict.call("GetRound", b"v") == b"ack:v"
+    strict.close()

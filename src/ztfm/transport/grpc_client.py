@@ -26,6 +26,7 @@ from ztfm.identity import (
     CertValidator,
     Identity,
     KeyStore,
+    RevocationChecker,
     SignedRevocationList,
     needs_renewal,
     sign_request,
@@ -263,6 +264,17 @@ class FleetClient:
     # --- built-in calls -------------------------------------------------------------------------
     def get_revocations(self) -> SignedRevocationList:
         return SignedRevocationList.from_bytes(self.call("GetRevocations", b""))
+
+    def fetch_validator(self, skew_s: float = 60.0) -> CertValidator:
+        """A device-side ``CertValidator``: fleet CA + the signed revocation list fetched now.
+
+        The list is verified against the pinned CA key, so it may come over a channel whose
+        server was not yet checked; pass the result as ``server_validator`` (and to
+        ``maybe_renew``), and call again before ``next_update`` to stay fresh.
+        """
+        checker = RevocationChecker(self.ca_cert.public_key, self.identity.fleet, skew_s)
+        checker.update(self.get_revocations(), self.clock.now())
+        return CertValidator(self.ca_cert, self.identity.fleet, checker, skew_s)
 
     def maybe_renew(self, validator: CertValidator, margin_s: float | None = None) -> Certificate:
         """Renew once the certificate is within ``margin_s`` of expiry (default: last third)."""
