@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -143,6 +144,62 @@ def run(
     }
 
 
+def micro(n: int = 2000) -> dict[str, float]:
+    """Per-operation rates of the gate's building blocks (ops/s on one core)."""
+    from ztfm.audit import AuditLog
+    from ztfm.identity import (
+        CertValidator,
+        FleetCA,
+        InMemoryKeyRegistry,
+        MemoryKeyStore,
+        RequestVerifier,
+        RevocationChecker,
+        sign_request,
+    )
+    from ztfm.policy import AccessRequest, PolicyEngine, Resource
+
+    t0 = 1_800_000_000.0
+    ca = FleetCA.create("bench.example", t0 - 10)
+    ident = Identity("bench.example", "cams", "device", "cam-1")
+    ks = MemoryKeyStore()
+    cert = ca.issue(ks.make_csr(ident), ident, t0)
+    reg = InMemoryKeyRegistry()
+    reg.register(ks.public_key, ident)
+    ver = RequestVerifier(reg)
+    payload = os.urandom(16 * 1024)
+    out: dict[str, float] = {}
+
+    def rate(name: str, fn: Callable[[int], object]) -> None:
+        t = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        out[name] = n / (time.perf_counter() - t)
+
+    envs = [sign_request(ks, "SubmitUpdate", 1, "cam-1", payload, t0) for _ in range(n)]
+    rate("sign_request_per_s", lambda i: sign_request(ks, "SubmitUpdate", 1, "cam-1", payload, t0))
+    rate("verify_request_per_s", lambda i: ver.verify(envs[i], payload, ident, t0))
+    chk = RevocationChecker(ca.cert.public_key, "bench.example")
+    chk.update(ca.publish_revocations(t0), t0)
+    cold = CertValidator(ca.cert, "bench.example", chk, cache_size=1)
+    other = [ca.issue(MemoryKeyStore().make_csr(ident), ident, t0) for _ in range(2)]
+    rate("validate_cert_uncached_per_s", lambda i: cold.validate(other[i % 2], t0))
+    warm = CertValidator(ca.cert, "bench.example", chk)
+    rate("validate_cert_cached_per_s", lambda i: warm.validate(cert, t0))
+    eng = PolicyEngine(MemoryAuditSink())
+    req = AccessRequest(
+        ident,
+        "SubmitUpdate",
+        Resource("update", "bench.example", "cams"),
+        TrustContext(0.9, True, 10, False),
+    )
+    rate("policy_decision_per_s", lambda i: eng.authorize(req, t0))
+    with tempfile.TemporaryDirectory() as d:
+        log = AuditLog(Path(d) / "a.jsonl")
+        rate("audit_append_fsync_per_s", lambda i: log.append("e", {"i": i}, t0))
+        log.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, nargs="+", default=[1, 10, 100, 500])
@@ -152,7 +209,13 @@ def main() -> None:
     ap.add_argument("--audit", choices=["file", "memory"], nargs="+", default=["file", "memory"])
     ap.add_argument("--server-workers", type=int, default=16)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--micro-only", action="store_true")
     args = ap.parse_args()
+    ops = micro()
+    for k, v in ops.items():
+        print(f"{k:>32}: {v:10.0f}", flush=True)
+    if args.micro_only:
+        return
     if max(args.devices) > 500 or args.requests > 20000:
         ap.error("bounded bench: at most 500 devices and 20000 requests")
     rows = []
@@ -186,6 +249,7 @@ def main() -> None:
                     k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 },
                 "rows": rows,
+                "micro_ops_per_s": ops,
                 "median_req_per_s": statistics.median(float(r["req_per_s"]) for r in rows),  # type: ignore[arg-type]
             },
             indent=1,
