@@ -1,7 +1,12 @@
 """Per-device trust (layer 3): beta-reputation scores, quarantine with canary replay, rate limits,
 explained changes, crash-safe stores."""
 
-from ztfm.trust.behaviour import UpdateObservation, observe_updates, update_evidence
+from ztfm.trust.behaviour import (
+    UpdateObservation,
+    observe_groups,
+    observe_updates,
+    update_evidence,
+)
 from ztfm.trust.manager import CanaryEvaluator, CanaryResult, TrustManager
 from ztfm.trust.model import TrustChange, TrustConfig, TrustRecord, TrustState
 from ztfm.trust.ratelimit import TokenBucket
@@ -27,6 +32,7 @@ __all__ = [
     "TrustState",
     "TrustStore",
     "UpdateObservation",
+    "observe_groups",
     "observe_updates",
     "open_store",
     "update_evidence",

@@ -39,6 +39,48 @@ class UpdateObservation:
     nn_ratio: float
     norm_ratio: float
     excluded: bool = False
+    evidence_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.evidence_scale <= 1.0:
+            raise TrustError(f"evidence_scale must be in (0, 1], got {self.evidence_scale}")
+
+
+def observe_groups(
+    groups: Sequence[Sequence[DeviceId]],
+    group_means: np.ndarray,
+    reference: np.ndarray,
+) -> list[UpdateObservation]:
+    """Observations when updates are masked (SecAgg): only group means are visible. Each group
+    mean is observed like an update against ``reference`` and every member inherits its group's
+    observation with ``evidence_scale = 1 / group size`` (one bad member spoils the group, so
+    each member carries a share of the blame). With groups re-drawn every round this is group
+    testing: an attacker is in a flagged group every round, an honest device only when it shares
+    a group with one, so trust separates them over rounds without seeing any single update."""
+    if not isinstance(group_means, np.ndarray) or group_means.ndim != 2:
+        raise TrustError("group_means must be a (groups, d) array")
+    if len(groups) != group_means.shape[0]:
+        raise TrustError(f"{len(groups)} groups but {group_means.shape[0]} group means")
+    members = [d for g in groups for d in g]
+    if any(len(g) == 0 for g in groups) or len(set(members)) != len(members):
+        raise TrustError("groups must be non-empty and disjoint")
+    labels = [DeviceId(f"group:{i}") for i in range(len(groups))]
+    per_group = observe_updates(labels, group_means, reference)
+    out: list[UpdateObservation] = []
+    for g, obs in zip(groups, per_group, strict=True):
+        for device in g:
+            out.append(
+                UpdateObservation(
+                    device=device,
+                    distance=obs.distance,
+                    distance_z=obs.distance_z,
+                    cosine=obs.cosine,
+                    nn_ratio=obs.nn_ratio,
+                    norm_ratio=obs.norm_ratio,
+                    evidence_scale=1.0 / len(g),
+                )
+            )
+    return out
 
 
 def observe_updates(
@@ -131,4 +173,4 @@ def update_evidence(obs: UpdateObservation, config: TrustConfig) -> tuple[float,
         flags.append("excluded_by_rule")
         negative += config.weak_flag
     positive = config.good_round * max(0.0, 1.0 - negative / config.strong_flag)
-    return positive, negative, flags
+    return positive * obs.evidence_scale, negative * obs.evidence_scale, flags

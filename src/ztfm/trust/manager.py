@@ -205,6 +205,8 @@ class TrustManager:
                 "excluded": obs.excluded,
                 "flags": ",".join(flags),
             }
+            if obs.evidence_scale != 1.0:
+                inputs["evidence_scale"] = round(obs.evidence_scale, 4)
             reason = "update_flagged" if flags else "update_ok"
             rec, change = self._change(r, new, reason, now, round_id, inputs)
             records.append(rec)
