@@ -224,6 +224,11 @@ def run_fleet(
                 and trust.record(DeviceId(d), now).state is TrustState.QUARANTINED
             ):
                 quarantined_at[d] = r + 1
+    # Model quality in the detector's own terms: mean anomaly score of held-out benign canary
+    # rows under the final global model (lower = benign telemetry reconstructed better).
+    holdout = np.concatenate([agents[d].data.train[100:200] for d in honest[:3]])
+    canary.model.set_params(params_now)
+    canary_score = float(np.mean(canary.model.score(holdout)))
     tp = fp = fn = tn = 0
     for d in honest:
         ev = agents[d].evaluate(EvalTask(rounds, rounds, params_now, NONCE))
@@ -244,6 +249,7 @@ def run_fleet(
         "honest_quarantined": false_q,
         "honest": len(honest),
         "failed_rounds": failed_rounds,
+        "canary_benign_score": canary_score,
         "agg_error_mean": float(np.mean(errors)) if errors else None,
         "agg_error_max": float(np.max(errors)) if errors else None,
         "wall_s": time.perf_counter() - t0,
