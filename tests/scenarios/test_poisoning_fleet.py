@@ -37,4 +37,9 @@ def test_model_replacement_20_percent() -> None:
     assert robust["honest_quarantined"] <= 0.02 * robust["honest"]
     assert clean["honest_quarantined"] == 0
     assert fedavg["agg_error_mean"] > 1.0
+    # in the detector's own terms: benign canary telemetry is reconstructed worse under FedAvg
+    assert fedavg["canary_benign_score"] > 1.05 * clean["canary_benign_score"]
+    assert abs(robust["canary_benign_score"] - clean["canary_benign_score"]) <= (
+        0.02 * clean["canary_benign_score"]
+    )
     assert robust["agg_error_mean"] < fedavg["agg_error_mean"] / 3
