@@ -122,3 +122,15 @@ def test_train_with_other_columns_refused(tmp_path: Path) -> None:
         ],
     )
     assert isinstance(res.exception, DataError)
+
+
+def test_int8_autoencoder_and_refusal_for_pca() -> None:
+    from ztfm.errors import DetectorError
+
+    path = str(bundled_path("skab/valve1/2.csv.gz"))
+    code, out, _ = _run("--data", path, "--detector", "ae", "--int8", "--json", "--smooth", "5")
+    assert code == 0, out
+    d = json.loads(out)
+    assert d["config"]["int8"] is True and d["config"]["smooth"] == 5
+    res = CliRunner().invoke(detect, ["evaluate", "--data", path, "--int8"])
+    assert isinstance(res.exception, DetectorError)
