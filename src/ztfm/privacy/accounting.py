@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
@@ -233,6 +233,43 @@ class FleetAccountant:
             rows = np.asarray([self._index[d] for d in devs], dtype=np.int64)
         eps = epsilons_from_rdp(self._rdp[rows], self.target_delta) if devs else np.zeros(0)
         return dict(zip(devs, (float(e) for e in eps), strict=True))
+
+    def to_state(self) -> dict[str, object]:
+        """A JSON-ready snapshot (budget, sampling, orders, per-device RDP curves) for storage."""
+        return {
+            "version": 1,
+            "target_epsilon": self.target_epsilon,
+            "target_delta": self.target_delta,
+            "sampling": self.sampling,
+            "population": self.population,
+            "orders": list(ORDERS),
+            "devices": {d: self._rdp[i].tolist() for d, i in sorted(self._index.items())},
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, object]) -> FleetAccountant:
+        """Rebuild from ``to_state``; raise ``PrivacyError`` on anything inconsistent."""
+        try:
+            if state["version"] != 1 or list(state["orders"]) != list(ORDERS):  # type: ignore[call-overload]
+                raise PrivacyError("accountant state has another version or RDP orders")
+            fleet = cls(
+                float(state["target_epsilon"]),  # type: ignore[arg-type]
+                float(state["target_delta"]),  # type: ignore[arg-type]
+                state["sampling"],  # type: ignore[arg-type]
+                int(state["population"]),  # type: ignore[call-overload]
+            )
+            devices = state["devices"]
+            if not isinstance(devices, Mapping):
+                raise PrivacyError("accountant state has no device table")
+            for d, curve in devices.items():
+                vec = np.asarray(curve, dtype=np.float64)
+                if vec.shape != (len(ORDERS),) or not np.all(np.isfinite(vec)) or np.any(vec < 0):
+                    raise PrivacyError(f"accountant state for {d!r} is malformed")
+                _, rows = fleet._rows([DeviceId(str(d))])
+                fleet._rdp[rows[0]] = vec
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PrivacyError(f"accountant state is malformed: {exc}") from exc
+        return fleet
 
 
 def epsilon_for(

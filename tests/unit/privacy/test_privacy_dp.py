@@ -217,3 +217,37 @@ def test_epsilon_for_rejects_bad_arguments() -> None:
     with pytest.raises(PrivacyError):
         epsilon_for(1.0, 1, 0.1, 1e-5, method="moments")  # type: ignore[arg-type]
     assert math.isfinite(epsilon_for(1.0, 1, 1.0, 1e-5))
+
+
+def test_fleet_state_round_trip() -> None:
+    import json
+
+    fleet = FleetAccountant(6.0, 1e-5)
+    fleet.record_round([DeviceId("a"), DeviceId("b")], 1.3, 0.2)
+    fleet.record_round([DeviceId("a")], 1.3, 0.2)
+    again = FleetAccountant.from_state(json.loads(json.dumps(fleet.to_state())))
+    assert again.epsilon_spent() == pytest.approx(fleet.epsilon_spent())
+    assert again.eligible(["a", "b"], 1.3, 0.2) == fleet.eligible(["a", "b"], 1.3, 0.2)  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda s: s.update(version=2),
+        lambda s: s.update(orders=[2.0]),
+        lambda s: s.update(devices={"a": [1.0]}),
+        lambda s: s.update(devices={"a": [-1.0] * len(s["orders"])}),
+        lambda s: s.update(devices={"a": [float("nan")] * len(s["orders"])}),
+        lambda s: s.update(devices=[1, 2]),
+        lambda s: s.pop("target_delta"),
+        lambda s: s.update(target_epsilon="x"),
+        lambda s: s.update(sampling="sometimes"),
+    ],
+)
+def test_fleet_state_rejects_corruption(corrupt: object) -> None:
+    fleet = FleetAccountant(6.0, 1e-5)
+    fleet.record_round([DeviceId("a")], 1.3, 0.2)
+    state = fleet.to_state()
+    corrupt(state)  # type: ignore[operator]
+    with pytest.raises(PrivacyError):
+        FleetAccountant.from_state(state)
