@@ -235,7 +235,8 @@ class FleetAccountant:
         return dict(zip(devs, (float(e) for e in eps), strict=True))
 
     def to_state(self) -> dict[str, object]:
-        """A JSON-ready snapshot (budget, sampling, orders, per-device RDP curves) for storage."""
+        """A JSON-ready snapshot (budget, sampling, orders, per-device RDP curves) for storage.
+        Curves may hold +inf at orders where a mechanism has no finite RDP bound."""
         return {
             "version": 1,
             "target_epsilon": self.target_epsilon,
@@ -263,7 +264,7 @@ class FleetAccountant:
                 raise PrivacyError("accountant state has no device table")
             for d, curve in devices.items():
                 vec = np.asarray(curve, dtype=np.float64)
-                if vec.shape != (len(ORDERS),) or not np.all(np.isfinite(vec)) or np.any(vec < 0):
+                if vec.shape != (len(ORDERS),) or np.any(np.isnan(vec)) or np.any(vec < 0):
                     raise PrivacyError(f"accountant state for {d!r} is malformed")
                 _, rows = fleet._rows([DeviceId(str(d))])
                 fleet._rdp[rows[0]] = vec
