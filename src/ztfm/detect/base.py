@@ -269,6 +269,13 @@ class BaseDetector:
         xs = self._scale(check_matrix(x, self.n_features))
         return np.asarray(self._score_scaled(xs), dtype=np.float32)
 
+    def score_scaled(self, xs: np.ndarray) -> np.ndarray:
+        """Scores of rows already in the local feature space (from ``scale``): a device that
+        scores the same rows under many models scales them once."""
+        if not self._trained:
+            raise DetectorError(f"{self.name}: not trained (call fit or train_epochs)")
+        return np.asarray(self._score_scaled(check_matrix(xs, self.n_features)), np.float32)
+
     def calibrate(self, x_benign: np.ndarray, target_far: float = DEFAULT_TARGET_FAR) -> float:
         """Set the threshold so that at most ``target_far`` of these benign rows alarm."""
         s = self.score(check_matrix(x_benign, self.n_features, what="benign rows", min_rows=1))

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from scipy.stats import rankdata
 
+from ztfm.detect.base import threshold_for_far
 from ztfm.errors import UpdateRejected
 from ztfm.fl import codec
 from ztfm.fl.messages import EvalReply, EvalTask, RoundTask, UpdateReply
@@ -76,15 +78,7 @@ def roc_auc(scores: np.ndarray, y: np.ndarray) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return UNDEFINED_AUC
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # average ranks over ties
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    for s, e in zip(starts, ends, strict=True):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
+    ranks = rankdata(scores)  # average ranks over ties
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
@@ -112,6 +106,7 @@ class DeviceAgent:
         self.postprocess = postprocess
         self.transforms = list(transforms or [])
         self.model.fit_scaler(data.train)
+        self._scaled: dict[str, np.ndarray] = {}
         self.installed_version = -1
 
     # --- transport entry point -------------------------------------------------------------
@@ -149,15 +144,29 @@ class DeviceAgent:
         )
 
     # --- evaluation ----------------------------------------------------------------------------
+    def _score(self, which: str) -> np.ndarray:
+        """Scores of the calibration or held-out rows under the current parameters. The local
+        scaler never changes after enrolment, so scaled rows are computed once and kept."""
+        rows = self.data.calib if which == "calib" else self.data.test_x
+        scale = getattr(self.model, "scale", None)
+        score_scaled = getattr(self.model, "score_scaled", None)
+        if scale is None or score_scaled is None:
+            return self.model.score(rows)
+        if which not in self._scaled:
+            self._scaled[which] = scale(rows)
+        out: np.ndarray = score_scaled(self._scaled[which])
+        return out
+
     def scores(self, params: Params) -> tuple[np.ndarray, float]:
         """Scores of the held-out rows and the locally calibrated threshold for ``params``."""
         self.model.set_params(params)
-        threshold = self.model.calibrate(self.data.calib, self.target_far)
-        s = self.model.score(self.data.test_x)
+        calib = self._score("calib")
+        if self.postprocess is not None:
+            calib = self.postprocess(calib)
+        threshold = threshold_for_far(calib, self.target_far)
+        s = self._score("test")
         if self.postprocess is not None:
             s = self.postprocess(s)
-            calib = self.postprocess(self.model.score(self.data.calib))
-            threshold = float(np.quantile(calib, 1.0 - self.target_far))
         return s, threshold
 
     def evaluate(self, task: EvalTask) -> EvalReply:
