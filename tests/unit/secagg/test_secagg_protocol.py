@@ -581,3 +581,32 @@ def test_aborted_client_answers_nothing(make_round: MakeRound) -> None:
         c.share_keys(KeyDirectory(h.ids[1], ()))
     with pytest.raises(SecAggError, match="phase"):
         c.share_keys(KeyDirectory(h.ids[0], ()))
+
+
+def test_dealer_with_inconsistent_shares_aborts_and_is_named(make_round: MakeRound) -> None:
+    from ztfm.secagg import shamir
+
+    h = make_round(n=6)
+    dealer = h.ids[1]
+    c = h.clients[dealer]
+    real_split = shamir.split
+
+    def bad_split(secret: bytes, threshold: int, xs: Any, rng: Any) -> dict[int, int]:
+        out = real_split(secret, threshold, xs, rng)
+        # a degree-t term: no t shares agree with any degree t-1 polynomial through the secret
+        return {x: (y + 7919 * x**threshold) % shamir.PRIME for x, y in out.items()}
+
+    import ztfm.secagg.client as client_mod
+
+    orig = c.share_keys
+
+    def share(kd: KeyDirectory) -> Any:
+        client_mod.shamir.split = bad_split  # type: ignore[assignment]
+        try:
+            return orig(kd)
+        finally:
+            client_mod.shamir.split = real_split  # type: ignore[assignment]
+
+    c.share_keys = share  # type: ignore[method-assign]
+    with pytest.raises(SecAggError, match=dealer):
+        h.run()
