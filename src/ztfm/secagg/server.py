@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 
 import numpy as np
 
@@ -311,14 +311,19 @@ class SecAggServer:
         if pk != self._adverts[device].mask_key:
             raise SecAggError("public key mismatch")
 
-    def _recover(self, device: DeviceId, shares: dict[int, int], what: str, check: object) -> bytes:
+    def _recover(
+        self,
+        device: DeviceId,
+        shares: dict[int, int],
+        what: str,
+        check: Callable[[DeviceId, bytes], None],
+    ) -> bytes:
         t = self._p.threshold
         if len(shares) < t:
             raise self._fail(
                 f"cannot unmask: {len(shares)} shares of the {what} of {device!r} "
                 f"arrived, threshold is {t}"
             )
-        assert callable(check)
         xs = sorted(shares)
         for tries, subset in enumerate(itertools.combinations(xs, t)):
             if tries >= MAX_RECONSTRUCTION_TRIES:
