@@ -79,6 +79,7 @@ def simulate_round(
     bits: int = 32,
     degree: int = 0,
     threshold: int = 0,
+    min_survivors: int = 0,
     headroom_bits: int = 4,
     rounding: Rounding = "nearest",
     encoded: Sequence[UIntArray] | None = None,
@@ -121,6 +122,7 @@ def simulate_round(
         bits=bits,
         degree=degree,
         threshold=threshold,
+        min_survivors=min_survivors,
     )
     clock = timer or (lambda: 0.0)
     client_s: dict[DeviceId, float] = dict.fromkeys(ids, 0.0)
