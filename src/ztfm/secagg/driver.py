@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -85,6 +85,7 @@ def simulate_round(
     encoded: Sequence[UIntArray] | None = None,
     timer: Callable[[], float] | None = None,
     trust_transport: bool = False,
+    advert_checks: Literal["eager", "lazy"] = "eager",
 ) -> SecAggRun:
     """Run one full SecAgg+ round over ``inputs`` (equal-length 1-D float vectors).
 
@@ -140,7 +141,14 @@ def simulate_round(
     clients = {
         d: SecAggClient(params, d, signing[i], identities, rng, expander) for i, d in enumerate(ids)
     }
-    server = SecAggServer(params, identities, server_key, expander, trust_transport=trust_transport)
+    server = SecAggServer(
+        params,
+        identities,
+        server_key,
+        expander,
+        trust_transport=trust_transport,
+        advert_checks=advert_checks,
+    )
     idx = {d: i for i, d in enumerate(ids)}
 
     adverts = [timed(d, clients[d].advertise) for d in ids]

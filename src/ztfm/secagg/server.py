@@ -13,6 +13,7 @@ import enum
 import itertools
 import logging
 from collections.abc import Callable, Container, Iterable, Mapping
+from typing import Literal
 
 import numpy as np
 
@@ -64,6 +65,7 @@ class SecAggServer:
         expander: MaskExpander | None = None,
         *,
         trust_transport: bool = False,
+        advert_checks: Literal["eager", "lazy"] = "eager",
     ) -> None:
         """``trust_transport=True`` is for callers whose every device <-> server message already
         travels over a mutually authenticated channel bound to the device id (ztfm's mTLS
@@ -72,7 +74,13 @@ class SecAggServer:
         device per round, ~100 us). Neighbours still verify every advert they use and abort on a
         forged one, and unmasking still checks every secret against its signed commitment; what
         is lost is protection against a relay that sits *inside* the authenticated channel.
-        Logged on every round."""
+        Logged on every round.
+
+        ``advert_checks="lazy"`` (end-to-end mode) verifies advert signatures only around
+        devices that went silent after receiving their key directory (an honest neighbour that
+        sees a forged advert aborts, which is how a forgery shows up): no Ed25519 work in a
+        round without dropouts, forgeries still attributed in ``rejected``, but a forged advert
+        costs its neighbours the round instead of being excluded before they see it."""
         if key.public != params.server_key:
             raise SecAggError("server key does not match the round parameters")
         missing = [d for d in params.roster if d not in identities]
@@ -82,7 +90,12 @@ class SecAggServer:
         self._ids = dict(identities)
         self._key = key
         self._exp = expander
+        if advert_checks not in ("eager", "lazy"):
+            raise SecAggError(f"advert_checks must be 'eager' or 'lazy', not {advert_checks!r}")
         self._e2e = not trust_transport
+        self._eager = advert_checks == "eager"
+        self._verified: set[DeviceId] = set()
+        self._directed: set[DeviceId] = set()
         self._roster = frozenset(params.roster)
         if trust_transport:
             _log.warning(
@@ -142,10 +155,8 @@ class SecAggServer:
                 continue
             try:
                 if self._e2e:
-                    payload = dv.advert_payload(
-                        self._p, m.device, m.channel_key, m.mask_key, m.seed_commitment
-                    )
-                    self._ids[m.device].verify(m.signature, payload)
+                    if self._eager:
+                        self._verify_advert(m)
                     self._shared[m.device] = self._key.exchange(KexPublicKey(m.channel_key))
                 KexPublicKey(m.mask_key)
             except CryptoError:
@@ -158,8 +169,14 @@ class SecAggServer:
             nb = [self._adverts[o] for o in self._p.neighbours[d] if o in live]
             if len(nb) >= self._p.threshold:
                 out[d] = KeyDirectory(d, tuple(nb))
+        self._directed = set(out)
         self.phase = ServerPhase.SHARE
         return out
+
+    def _verify_advert(self, m: AdvertiseKeys) -> None:
+        payload = dv.advert_payload(self._p, m.device, m.channel_key, m.mask_key, m.seed_commitment)
+        self._ids[m.device].verify(m.signature, payload)
+        self._verified.add(m.device)
 
     # -- phase 1 -> 2 -------------------------------------------------------------------------
     def receive_shares(self, msgs: Iterable[ShareKeys]) -> dict[DeviceId, ShareInbox]:
@@ -174,6 +191,17 @@ class SecAggServer:
                 self._reject(m.device, "shares addressed outside its live neighbourhood")
                 continue
             got[m.device] = m
+        if self._e2e and not self._eager:
+            # a device that went quiet may have aborted on a forged neighbour advert: check
+            for quiet in self._directed - set(got):
+                for o in self._p.neighbours[quiet]:
+                    adv = self._adverts.get(o)
+                    if adv is None or o in self._verified or o in self.rejected:
+                        continue
+                    try:
+                        self._verify_advert(adv)
+                    except CryptoError:
+                        self._reject(o, "advertised keys fail verification")
         live = self._check_size(got, "share keys")
         inbox: dict[DeviceId, dict[DeviceId, bytes]] = {d: {} for d in live}
         for sender in live:

@@ -610,3 +610,40 @@ def test_dealer_with_inconsistent_shares_aborts_and_is_named(make_round: MakeRou
     c.share_keys = share  # type: ignore[method-assign]
     with pytest.raises(SecAggError, match=dealer):
         h.run()
+
+
+def test_lazy_advert_checks_attribute_a_forgery_after_neighbours_abort(
+    make_round: MakeRound,
+) -> None:
+    h = make_round(n=12, degree=4)
+    h.server = SecAggServer(h.params, h.identities, h.server_key, advert_checks="lazy")
+    bad = h.ids[5]
+    fake = KexPrivateKey.generate(np.random.default_rng(3)).public.raw
+    ads = [c.advertise() for c in h.clients.values()]
+    ads = [dataclasses.replace(a, channel_key=fake) if a.device == bad else a for a in ads]
+    dirs = h.server.receive_adverts(ads)
+    assert bad not in h.server.rejected  # lazy: not checked yet
+    shares, aborted = [], []
+    for d, kd in dirs.items():
+        try:
+            shares.append(h.clients[d].share_keys(kd))
+        except SecAggError:
+            aborted.append(d)
+    assert set(aborted) == set(h.params.neighbours[bad])
+    inbox = h.server.receive_shares(shares)
+    assert "advertised keys" in h.server.rejected[bad]
+    assert bad not in inbox
+
+
+def test_lazy_advert_checks_verify_nothing_without_dropouts(make_round: MakeRound) -> None:
+    h = make_round(n=10)
+    h.server = SecAggServer(h.params, h.identities, h.server_key, advert_checks="lazy")
+    total = h.run()
+    assert h.server._verified == set()
+    assert np.abs(total - h.expected(tuple(h.ids))).max() <= h.codec.max_error(10)
+
+
+def test_unknown_advert_check_mode_rejected(make_round: MakeRound) -> None:
+    h = make_round()
+    with pytest.raises(SecAggError, match="advert_checks"):
+        SecAggServer(h.params, h.identities, h.server_key, advert_checks="never")  # type: ignore[arg-type]
