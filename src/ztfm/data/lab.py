@@ -15,7 +15,10 @@ One series per device, one row per packet (features from the injected ``featuriz
 ``ztfm.detect.netfeatures.packet_featurizer()``). A packet is labelled as an attack when it falls
 inside one of that device's attack intervals (``LABEL_SLACK_S`` either side) *and* its other end
 is the attack's peer address, so benign traffic that happens during an attack stays benign;
-``kinds`` names the attack. ``segment`` is the device type.
+``kinds`` names the attack. Packets with the attack's peer up to ``LABEL_TAIL_S`` after the end
+(TCP teardown, server time-outs, retransmissions of connections the attack opened) are labelled
+1 with kind ``"aftermath"``: attack-caused, but not part of any attack's detection rate.
+``segment`` is the device type.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ LABELS_HEADER = (
 DEVICES_HEADER = ("device", "type", "ip", "netns", "seed")
 FORMAT = "ztfm-lab/1"
 LABEL_SLACK_S = 1.0
+LABEL_TAIL_S = 10.0
+AFTERMATH = "aftermath"  # kind of attack-peer packets in the tail after an attack
 ANY_PEER = "0.0.0.0"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_ROWS = 100_000
@@ -255,9 +260,12 @@ def label_packets(
             involved = ((src == device.ip) | (dst == device.ip)) & (other != services_ip)
         else:
             involved = ((src == peer) & (dst == device.ip)) | ((src == device.ip) & (dst == peer))
-        m = (ts >= lab.start - LABEL_SLACK_S) & (ts <= lab.end + LABEL_SLACK_S) & involved
-        y[m] = 1
-        kinds[m] = lab.attack
+        during = (ts >= lab.start - LABEL_SLACK_S) & (ts <= lab.end + LABEL_SLACK_S) & involved
+        after = (ts > lab.end + LABEL_SLACK_S) & (ts <= lab.end + LABEL_TAIL_S) & involved
+        after &= kinds == "benign"
+        y[during | after] = 1
+        kinds[after] = AFTERMATH
+        kinds[during] = lab.attack
     return y, kinds
 
 

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ztfm.data.lab import LabLabel, label_packets, read_devices, read_labels, read_manifest
+from ztfm.data.lab import (
+    AFTERMATH,
+    LabLabel,
+    label_packets,
+    read_devices,
+    read_labels,
+    read_manifest,
+)
 from ztfm.data.pcap import iter_packets
 from ztfm.detect.features import FeatureSpec
 from ztfm.detect.stream import PipelineConfig, StreamingDetector
@@ -23,6 +30,9 @@ from ztfm.errors import LabError
 from ztfm.lab.windows import COLUMNS, DeviceWindows, rows_of
 
 RAW = FeatureSpec(windows=(), ewma_alphas=(), raw=True, delta=False)
+#: PCA keeps the components explaining 90 % of the warm-up variance; chosen on the first bundled
+#: recording (0.99 -> 0.9 lowered its worst FAR from 0.9 % to 0.6 %), then checked on a second.
+PCA_VAR_FRAC = 0.9
 
 #: (train windows, test windows) -> (train scores, test scores); higher = more anomalous.
 Scorer = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -71,9 +81,10 @@ def lab_windows(
         kind = np.full(len(t), "benign", dtype=object)
         idx = np.floor((np.array([p.ts for p in packets]) - t[0]) / width_s).astype(np.int64)
         idx = np.clip(idx, 0, len(t) - 1)
-        for i in np.flatnonzero(py):
+        for i in np.flatnonzero(py):  # an attack's own packets win over aftermath
             y[idx[i]] = 1
-            kind[idx[i]] = pk[i]
+            if kind[idx[i]] in ("benign", AFTERMATH):
+                kind[idx[i]] = pk[i]
         keep = t + width_s <= run_end
         t, x, y, kind = t[keep], x[keep], y[keep], kind[keep]
         train = (t + width_s <= cut) & (y == 0)
@@ -85,7 +96,9 @@ def ztfm_scorer(detector: str = "pca", *, seed: int = 0) -> Scorer:
     """A ztfm ``StreamingDetector`` (raw window rows in, detector score out)."""
 
     def score(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hp: tuple[tuple[str, object], ...] = (("var_frac", 0.99),) if detector == "pca" else ()
+        hp: tuple[tuple[str, object], ...] = (
+            (("var_frac", PCA_VAR_FRAC),) if detector == "pca" else ()
+        )
         pipe = StreamingDetector(
             train.shape[1], PipelineConfig(detector=detector, features=RAW, smooth=1, hparams=hp)
         )

@@ -22,7 +22,7 @@ from ztfm.data.live import LiveCapture
 from ztfm.data.pcap import Packet
 from ztfm.detect.stream import PipelineConfig, StreamingDetector
 from ztfm.errors import DataError, LabError
-from ztfm.lab.evaluate import RAW
+from ztfm.lab.evaluate import PCA_VAR_FRAC, RAW
 from ztfm.lab.windows import DeviceWindows, rows_of
 
 DEFAULT_DETECTOR = "pca"
@@ -43,7 +43,7 @@ def fit_windows(rows: np.ndarray, *, rng: np.random.Generator,
     """Fit on benign warm-up windows; threshold = the highest warm-up score (no warm-up alarm)."""
     if rows.ndim != 2 or rows.shape[0] < MIN_WARMUP_WINDOWS:
         raise LabError(f"need at least {MIN_WARMUP_WINDOWS} warm-up windows, got {rows.shape[0]}")
-    hp: tuple[tuple[str, object], ...] = (("var_frac", 0.99),) if detector == "pca" else ()
+    hp: tuple[tuple[str, object], ...] = (("var_frac", PCA_VAR_FRAC),) if detector == "pca" else ()
     pipe = StreamingDetector(rows.shape[1], PipelineConfig(detector=detector, features=RAW,
                                                            smooth=1, hparams=hp))  # fmt: skip
     try:

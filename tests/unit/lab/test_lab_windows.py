@@ -110,11 +110,13 @@ def test_subnet_wide_label_matches_every_peer_but_services() -> None:
         pkt(12, ME, "10.213.0.11", 5000, 23),
         pkt(13, ME, SRV),
         pkt(14, "10.213.0.99", ME, 23, 5001),
-        pkt(25, ME, "10.213.0.11", 5000, 23),
+        pkt(25, ME, "10.213.0.11", 5000, 23),  # teardown after the end: aftermath
+        pkt(31, ME, "10.213.0.11", 5000, 23),  # past the tail: benign
     ]
     y, kinds = label_packets(pk, dev, [lab], services_ip=SRV)
-    assert y.tolist() == [1, 0, 1, 0]
-    assert kinds[0] == "telnet_propagation" and kinds[1] == "benign"
+    assert y.tolist() == [1, 0, 1, 1, 0]
+    assert kinds.tolist() == ["telnet_propagation", "benign", "telnet_propagation", "aftermath",
+                              "benign"]  # fmt: skip
 
 
 def test_worm_scan_labels_every_victim_too() -> None:
