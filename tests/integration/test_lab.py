@@ -293,6 +293,20 @@ def test_interrupt_tears_everything_down(tmp_path: Path, sig: signal.Signals) ->
             if "running" in line or not line:
                 break
         assert netns.list_namespaces(f"ztfm-{rid}-"), "lab did not start"
+        # while it runs: one connected /24 route, no default route, no IPv6 address
+        for ns in (f"ztfm-{rid}-dev00", f"ztfm-{rid}-srv", f"ztfm-{rid}-atk"):
+            routes = (
+                subprocess.run(
+                    ["ip", "-n", ns, "-4", "route"], capture_output=True, text=True, check=True
+                )
+                .stdout.strip()
+                .splitlines()
+            )
+            assert len(routes) == 1 and routes[0].startswith(f"{SUBNET}.0/24"), routes
+            v6 = subprocess.run(
+                ["ip", "-n", ns, "-6", "addr"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            assert v6 == "", v6
         time.sleep(1.0)
         proc.send_signal(sig)
         rc = proc.wait(timeout=60)

@@ -43,7 +43,8 @@ def lab() -> None:
     "--attacks",
     default="portscan,syn_flood,cnc_beacon",
     show_default=True,
-    help="Comma-separated attack names, 'all' or 'none'.",
+    help="Comma-separated attack names, 'all' or 'none'; NAME@devNN pins an attack to a device "
+    "(its target, or the compromised source of an outbound attack).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of fleet and schedule.")
 @click.option(
@@ -75,12 +76,14 @@ def run(
 ) -> None:
     """Build the lab, run fleet and attacks, capture a pcap per device, tear everything down."""
     from ztfm.lab.runner import new_run_id, run_lab
-    from ztfm.lab.spec import LabConfig, parse_attacks
+    from ztfm.lab.spec import LabConfig, parse_attack_spec
 
+    names, pins = parse_attack_spec(attacks)
     cfg = LabConfig(
         devices=devices,
         duration_s=duration_s,
-        attacks=parse_attacks(attacks),
+        attacks=names,
+        targets=pins,
         seed=seed,
         run_id=run_id or new_run_id(),
         snaplen=snaplen,

@@ -24,6 +24,7 @@ FIRST_DEVICE_HOST = 10
 MAX_DEVICES = 200
 MAX_DURATION_S = 3600.0
 NAME_RE = re.compile(r"^[a-z0-9]{3,8}$")
+DEVICE_RE = re.compile(r"^dev(\d{2,3})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,9 @@ class LabConfig:
     seed: int
     run_id: str
     snaplen: int = 192
+    #: (attack, device) pairs pinning an attack to a device, e.g. (("portscan", "dev02"),);
+    #: other attacks pick an eligible device from the seed.
+    targets: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.devices, int) or not 1 <= self.devices <= MAX_DEVICES:
@@ -111,6 +115,25 @@ class LabConfig:
                     f"{'/'.join(kind.targets)}; add more devices"
                 )
 
+        pinned = [a for a, _ in self.targets]
+        if len(set(pinned)) != len(pinned):
+            raise ConfigError("each attack may be pinned to one device only")
+        for name, dev in self.targets:
+            if name not in self.attacks:
+                raise ConfigError(f"target given for {name!r}, which is not in the attack list")
+            m = DEVICE_RE.match(dev)
+            if m is None or int(m.group(1)) >= self.devices:
+                raise ConfigError(
+                    f"no device {dev!r} in a lab of {self.devices} devices "
+                    f"(dev00..dev{self.devices - 1:02d})"
+                )
+            dtype = DEVICE_TYPES[int(m.group(1)) % len(DEVICE_TYPES)]
+            if dtype not in ATTACKS[name].targets:
+                raise ConfigError(
+                    f"attack {name!r} cannot use {dev} (a {dtype}); it needs a "
+                    f"{'/'.join(ATTACKS[name].targets)}"
+                )
+
     @property
     def prefix(self) -> str:
         """Prefix of every namespace of this run (``ztfm-<id>-``)."""
@@ -129,6 +152,31 @@ def parse_attacks(text: str) -> tuple[str, ...]:
         if n not in ATTACKS:
             raise ConfigError(f"unknown attack {n!r}; known: {', '.join(ATTACKS)}")
     return names
+
+
+def parse_attack_spec(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """Parse ``"portscan@dev02,syn_flood"`` into attack names and (attack, device) pins.
+
+    ``@devNN`` pins an attack to a device: the target of an inbound attack, the compromised
+    source of an outbound one. Unknown attack names raise ``ConfigError``.
+    """
+    t = text.strip()
+    if t in ("all", "none", ""):
+        return parse_attacks(t), ()
+    names: list[str] = []
+    pins: list[tuple[str, str]] = []
+    for part in t.split(","):
+        name, sep, dev = (x.strip() for x in part.partition("@"))
+        if not name and not sep:
+            continue
+        if name not in ATTACKS:
+            raise ConfigError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
+        if sep and not dev:
+            raise ConfigError(f"no device after '@' in {part.strip()!r}")
+        names.append(name)
+        if sep:
+            pins.append((name, dev))
+    return tuple(names), tuple(pins)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +282,8 @@ def plan_lab(cfg: LabConfig) -> LabPlan:
         for j, name in enumerate(cfg.attacks):
             kind = ATTACKS[name]
             eligible = [d for d in devices if d.kind in kind.targets]
-            dev = eligible[int(rng.integers(len(eligible)))]
+            dev = eligible[int(rng.integers(len(eligible)))]  # drawn even when pinned
+            dev = next((d for d in devices if (name, d.name) in cfg.targets), dev)
             length = max(3.0, 0.6 * slot)
             start = warmup + j * slot + 0.2 * slot
             end = min(start + length, dur - tail)

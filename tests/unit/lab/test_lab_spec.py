@@ -134,3 +134,53 @@ def test_tools_needed_follow_the_attacks() -> None:
     assert "nmap" in tools_needed(cfg(attacks=("portscan",)))
     assert "hydra" in tools_needed(cfg(attacks=("bruteforce",)))
     assert set(tools_needed(cfg(attacks=()))) == {"ip", "tcpdump", "mosquitto", "openssl"}
+
+
+def test_attack_spec_pins_devices() -> None:
+    from ztfm.lab.spec import parse_attack_spec
+
+    names, pins = parse_attack_spec("portscan@dev02, cnc_beacon@dev05 ,udp_flood")
+    assert names == ("portscan", "cnc_beacon", "udp_flood")
+    assert pins == (("portscan", "dev02"), ("cnc_beacon", "dev05"))
+    c = cfg(devices=8, attacks=names, targets=pins)
+    plan = plan_lab(c)
+    by = {e.attack: e for e in plan.schedule}
+    assert by["portscan"].target == "dev02" and by["portscan"].source == "atk"
+    assert by["cnc_beacon"].source == "dev05"
+    # pinning one attack does not move the seeded choice of the others
+    free = plan_lab(cfg(devices=8, attacks=names))
+    assert {e.attack: e.device for e in free.schedule}["udp_flood"] == by["udp_flood"].device
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("portscan@", "no device after '@'"),
+        ("teleport@dev01", "unknown attack 'teleport'"),
+        ("@dev01", "unknown attack ''"),
+    ],
+)
+def test_attack_spec_rejects_bad_pins(text: str, needle: str) -> None:
+    from ztfm.lab.spec import parse_attack_spec
+
+    with pytest.raises(ConfigError, match=needle):
+        parse_attack_spec(text)
+
+
+@pytest.mark.parametrize(
+    ("attacks", "targets", "needle"),
+    [
+        (("portscan",), (("portscan", "dev09"),), "no device 'dev09'"),
+        (("portscan",), (("portscan", "atk"),), "no device 'atk'"),
+        (("portscan",), (("portscan", "../x"),), "no device"),
+        (("bruteforce",), (("bruteforce", "dev00"),), "cannot use dev00 (a sensor)"),
+        (("mqtt_flood",), (("mqtt_flood", "dev01"),), "cannot use dev01 (a plug)"),
+        (("portscan",), (("syn_flood", "dev01"),), "not in the attack list"),
+        (("portscan",), (("portscan", "dev01"), ("portscan", "dev02")), "one device only"),
+    ],
+)
+def test_bad_pins_are_refused(attacks: tuple[str, ...], targets: tuple[tuple[str, str], ...],
+                              needle: str) -> None:  # fmt: skip
+    with pytest.raises(ConfigError) as exc:
+        cfg(attacks=attacks, targets=targets)
+    assert needle in str(exc.value)
