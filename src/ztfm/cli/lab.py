@@ -63,6 +63,13 @@ def lab() -> None:
     show_default=True,
     help="Bytes kept per packet in the captures.",
 )
+@click.option(
+    "--warmup",
+    "warmup_s",
+    type=float,
+    default=None,
+    help="Seconds of benign traffic before the first attack [default: max(10, 30% of the run)].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def run(
     devices: int,
@@ -72,6 +79,7 @@ def run(
     out: Path,
     run_id: str | None,
     snaplen: int,
+    warmup_s: float | None,
     as_json: bool,
 ) -> None:
     """Build the lab, run fleet and attacks, capture a pcap per device, tear everything down."""
@@ -87,6 +95,7 @@ def run(
         seed=seed,
         run_id=run_id or new_run_id(),
         snaplen=snaplen,
+        warmup_s=warmup_s,
     )
     res = run_lab(cfg, out, progress=None if as_json else (lambda m: click.echo(m, err=True)))
     summary = {

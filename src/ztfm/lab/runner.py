@@ -559,6 +559,7 @@ def run_lab(
             "duration_s": float(cfg.duration_s),
             "attacks": list(cfg.attacks),
             "snaplen": cfg.snaplen,
+            "warmup_s": min((e.start_s for e in plan.schedule), default=None),
             "started_at": t0,
             "ended_at": t_end,
             "services_ip": plan.services.ip,

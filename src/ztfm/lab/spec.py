@@ -79,6 +79,8 @@ class LabConfig:
     seed: int
     run_id: str
     snaplen: int = 192
+    #: seconds of benign traffic before the first attack; None = max(10, 30 % of the run)
+    warmup_s: float | None = None
     #: (attack, device) pairs pinning an attack to a device, e.g. (("portscan", "dev02"),);
     #: other attacks pick an eligible device from the seed.
     targets: tuple[tuple[str, str], ...] = ()
@@ -115,6 +117,13 @@ class LabConfig:
                     f"{'/'.join(kind.targets)}; add more devices"
                 )
 
+        if self.warmup_s is not None and not (
+            isinstance(self.warmup_s, int | float)
+            and 10.0 <= float(self.warmup_s) <= 0.9 * float(self.duration_s)
+        ):
+            raise ConfigError(
+                f"warm-up must be between 10 s and 90 % of the run, got {self.warmup_s}"
+            )
         pinned = [a for a, _ in self.targets]
         if len(set(pinned)) != len(pinned):
             raise ConfigError("each attack may be pinned to one device only")
@@ -274,7 +283,7 @@ def plan_lab(cfg: LabConfig) -> LabPlan:
         for i in range(cfg.devices)
     )
     dur = float(cfg.duration_s)
-    warmup = max(10.0, 0.3 * dur)
+    warmup = max(10.0, 0.3 * dur) if cfg.warmup_s is None else float(cfg.warmup_s)
     tail = 3.0
     schedule: list[AttackEvent] = []
     if cfg.attacks:

@@ -184,3 +184,15 @@ def test_bad_pins_are_refused(attacks: tuple[str, ...], targets: tuple[tuple[str
     with pytest.raises(ConfigError) as exc:
         cfg(attacks=attacks, targets=targets)
     assert needle in str(exc.value)
+
+
+@pytest.mark.parametrize("w", [5.0, 59.0, "30", float("nan")])
+def test_bad_warmup_is_refused(w: object) -> None:
+    with pytest.raises(ConfigError, match="warm-up"):
+        cfg(duration_s=60.0, warmup_s=w)
+
+
+def test_warmup_moves_the_first_attack() -> None:
+    p = plan_lab(cfg(duration_s=300.0, warmup_s=200.0))
+    assert min(e.start_s for e in p.schedule) >= 200.0
+    assert max(e.end_s for e in p.schedule) <= 300.0
