@@ -8,6 +8,8 @@ each round in one transaction with ``synchronous=FULL``. A corrupt or tampered s
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import sqlite3
@@ -66,13 +68,33 @@ class MemoryTrustStore:
         return list(self._history.get(device, [])[-limit:]) if limit > 0 else []
 
 
+def _canonical(doc: dict[str, object]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
 class JsonFileTrustStore(MemoryTrustStore):
     """One JSON file, rewritten atomically on every ``save``. Fine for thousands of devices;
-    use ``SqliteTrustStore`` beyond that. One writer process at a time."""
+    use ``SqliteTrustStore`` beyond that. One writer process at a time.
 
-    def __init__(self, path: str | os.PathLike[str], history_limit: int = 50) -> None:
+    With ``mac_key`` (>= 32 bytes, kept off the disk the store lives on) every write carries an
+    HMAC-SHA256 over the canonical JSON and a ``generation`` counter, and a read with the key
+    rejects any file whose MAC is missing or wrong. Anchor ``(generation, head_mac)`` in the
+    audit log after each save to detect a rollback to an older, validly MACed file."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        history_limit: int = 50,
+        *,
+        mac_key: bytes | None = None,
+    ) -> None:
         super().__init__(history_limit)
+        if mac_key is not None and (not isinstance(mac_key, bytes) or len(mac_key) < 32):
+            raise TrustError("trust store mac_key must be at least 32 bytes")
         self.path = Path(path)
+        self._mac_key = mac_key
+        self.generation = 0
+        self.head_mac: str | None = None
         if self.path.exists():
             self._read()
 
@@ -86,6 +108,22 @@ class JsonFileTrustStore(MemoryTrustStore):
             raise TrustError(f"cannot read trust store {self.path}: {exc}") from exc
         if not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION:
             raise TrustError(f"trust store {self.path}: not a version {FORMAT_VERSION} store")
+        mac = raw.pop("mac", None)
+        if self._mac_key is not None:
+            if not isinstance(mac, str):
+                raise TrustError(f"trust store {self.path}: no MAC (unauthenticated file)")
+            try:
+                want = hmac.new(self._mac_key, _canonical(raw), hashlib.sha256).hexdigest()
+            except (TypeError, ValueError) as exc:
+                raise TrustError(f"trust store {self.path}: cannot canonicalise: {exc}") from exc
+            if not hmac.compare_digest(mac, want):
+                raise TrustError(f"trust store {self.path}: MAC mismatch (tampered or wrong key)")
+        gen = raw.get("generation", 0)
+        if isinstance(gen, bool) or not isinstance(gen, int) or gen < 0:
+            raise TrustError(f"trust store {self.path}: bad generation {gen!r}")
+        self.generation, self.head_mac = gen, mac if isinstance(mac, str) else None
+        if set(raw) - {"version", "generation", "records", "history"}:
+            raise TrustError(f"trust store {self.path}: unknown top-level fields")
         recs, hist = raw.get("records"), raw.get("history")
         if not isinstance(recs, dict) or not isinstance(hist, dict):
             raise TrustError(f"trust store {self.path}: records/history must be objects")
@@ -117,11 +155,16 @@ class JsonFileTrustStore(MemoryTrustStore):
             raise
 
     def _write(self) -> None:
-        doc = {
+        doc: dict[str, object] = {
             "version": FORMAT_VERSION,
+            "generation": self.generation + 1,
             "records": {d: r.to_dict() for d, r in sorted(self._records.items())},
             "history": {d: [c.to_dict() for c in h] for d, h in sorted(self._history.items())},
         }
+        mac = None
+        if self._mac_key is not None:
+            mac = hmac.new(self._mac_key, _canonical(doc), hashlib.sha256).hexdigest()
+            doc["mac"] = mac
         data = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
         directory = self.path.parent
         try:
@@ -136,6 +179,8 @@ class JsonFileTrustStore(MemoryTrustStore):
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            self.generation += 1
+            self.head_mac = mac
             dir_fd = os.open(directory, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)

@@ -200,3 +200,49 @@ def test_token_bucket() -> None:
     ):
         with pytest.raises(TrustError):
             TokenBucket(*args)
+
+
+KEY = b"k" * 32
+
+
+def test_mac_round_trip_and_generation(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    store = JsonFileTrustStore(path, mac_key=KEY)
+    _populate(TrustManager(store))
+    assert store.generation == 3 and store.head_mac is not None
+    again = JsonFileTrustStore(path, mac_key=KEY)
+    assert again.generation == 3 and again.head_mac == store.head_mac
+    assert again.devices() == ["dev-1", "dev-2"]
+
+
+@pytest.mark.parametrize("case", ["score", "state", "drop_mac", "wrong_key", "extra_top"])
+def test_mac_rejects_tampering(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "t.json"
+    _populate(TrustManager(JsonFileTrustStore(path, mac_key=KEY)))
+    doc = json.loads(path.read_text())
+    key = KEY
+    if case == "score":
+        doc["records"]["dev-2"]["beta"] = 0.001  # make a quarantined device look trusted
+    elif case == "state":
+        doc["records"]["dev-2"]["state"] = "active"
+    elif case == "drop_mac":
+        del doc["mac"]
+    elif case == "wrong_key":
+        key = b"x" * 32
+    elif case == "extra_top":
+        doc["note"] = "hi"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(TrustError):
+        JsonFileTrustStore(path, mac_key=key)
+
+
+def test_mac_key_must_be_long(tmp_path: Path) -> None:
+    for bad in (b"short", "x" * 40):
+        with pytest.raises(TrustError):
+            JsonFileTrustStore(tmp_path / "t.json", mac_key=bad)  # type: ignore[arg-type]
+
+
+def test_unauthenticated_read_of_macd_store_still_parses(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    _populate(TrustManager(JsonFileTrustStore(path, mac_key=KEY)))
+    assert JsonFileTrustStore(path).devices() == ["dev-1", "dev-2"]  # e.g. `ztfm trust show`
