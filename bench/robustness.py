@@ -349,6 +349,37 @@ def groups_tradeoff(seed: int) -> list[dict[str, Any]]:
     return rows
 
 
+def speed(seed: int) -> list[dict[str, Any]]:
+    """Wall time of each rule on random stacks the size of the SKAB autoencoder update
+    (d = 8,384) for n = 30, 100 and 300 devices, f = 10% of n (median of 3 runs)."""
+    rows = []
+    rng = np.random.default_rng(seed)
+    for n in (30, 100, 300):
+        x = rng.normal(size=(n, 8384)).astype(np.float32)
+        f = n // 10
+        g0 = rng.normal(size=8384)
+        rules: dict[str, Aggregator] = {
+            "mean": make_aggregator("mean"),
+            "median": make_aggregator("median", f=f),
+            "trimmed_mean": make_aggregator("trimmed_mean", f=f),
+            "krum": make_aggregator("krum", f=f),
+            "multi_krum": make_aggregator("multi_krum", f=f, m=n - f),
+            "bulyan": make_aggregator("bulyan", f=f),
+            "geometric_median": make_aggregator("geometric_median", f=f),
+            "norm_bounding": make_aggregator("norm_bounding", f=f),
+            "centered_clipping": make_aggregator("centered_clipping", f=f),
+            "fltrust": make_aggregator("fltrust", server_update=g0),
+        }
+        for name, agg in rules.items():
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                agg.aggregate(x)
+                times.append(time.perf_counter() - t0)
+            rows.append({"rule": name, "n": n, "d": 8384, "seconds": sorted(times)[1]})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="Small grid (20%% attackers only).")
@@ -396,6 +427,16 @@ def main() -> None:
                     f"{fmt(sel['geometric_median']['error']):>8} {fmt(sel['mean']['error']):>8}"
                 )
 
+    timing = speed(args.seed)
+    print("\nrule wall time (s), d = 8,384 (SKAB autoencoder), f = n/10, median of 3")
+    print(f"{'rule':<18}" + "".join(f"{'n=' + str(n):>10}" for n in (30, 100, 300)))
+    for rule in dict.fromkeys(r["rule"] for r in timing):
+        cells = [
+            next(r["seconds"] for r in timing if r["rule"] == rule and r["n"] == n)
+            for n in (30, 100, 300)
+        ]
+        print(f"{rule:<18}" + "".join(f"{c:>10.4f}" for c in cells))
+
     fleet: list[dict[str, Any]] = []
     if not args.skip_fleet:
         print("\nfleet runs (SKAB, real autoencoder):", file=sys.stderr)
@@ -440,6 +481,7 @@ def main() -> None:
             "attack_params": {a: ATTACKS[a] for a in attacks},
         },
         "groups": groups,
+        "speed": timing,
         "fleet": fleet,
         "wall_s": time.perf_counter() - t0,
     }

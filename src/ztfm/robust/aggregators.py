@@ -125,14 +125,18 @@ class TrimmedMean:
         return make_result(self.name, x, v, range(n), share / d)
 
 
+def _krum_scores_from(dist: Matrix, f: int) -> Vector:
+    n = dist.shape[0]
+    k = max(n - f - 2, 1)
+    d = dist.copy()
+    np.fill_diagonal(d, np.inf)
+    nearest = np.partition(d, k - 1, axis=1)[:, :k] if k < n else d
+    return np.asarray(nearest.sum(axis=1), dtype=np.float64)
+
+
 def krum_scores(x: Matrix, f: int) -> Vector:
     """Krum score of each row: sum of squared distances to its n - f - 2 nearest other rows."""
-    n = x.shape[0]
-    k = max(n - f - 2, 1)
-    dist = pairwise_sq_distances(x)
-    np.fill_diagonal(dist, np.inf)
-    nearest = np.sort(dist, axis=1)[:, :k]
-    return np.asarray(nearest.sum(axis=1), dtype=np.float64)
+    return _krum_scores_from(pairwise_sq_distances(x), f)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +197,11 @@ class Bulyan:
         theta = n - 2 * f
         remaining = list(range(n))
         chosen: list[int] = []
-        first_scores = krum_scores(x, f)
+        dist = pairwise_sq_distances(x)  # once; each Krum step works on a sub-matrix
+        first_scores = _krum_scores_from(dist, f)
         while len(chosen) < theta:
-            sub = x[remaining]
-            s = krum_scores(sub, f) if len(remaining) > 1 else np.zeros(1)
+            idx = np.array(remaining)
+            s = _krum_scores_from(dist[np.ix_(idx, idx)], f) if len(idx) > 1 else np.zeros(1)
             pick = remaining[int(np.argmin(s))]
             chosen.append(pick)
             remaining.remove(pick)
