@@ -191,22 +191,36 @@ class JsonFileTrustStore(MemoryTrustStore):
 
 
 class SqliteTrustStore:
-    """SQLite store: one transaction per ``save``, WAL journal, ``synchronous=FULL``."""
+    """SQLite store: one transaction per ``save``, WAL journal, ``synchronous=FULL``.
 
-    def __init__(self, path: str | os.PathLike[str], history_limit: int = 200) -> None:
+    With ``mac_key`` (>= 32 bytes) every row carries an HMAC-SHA256 over (table, device, body)
+    and reads with the key reject rows whose MAC is missing or wrong, so a row cannot be edited
+    or moved to another device. Replacing a row with an older validly MACed copy of the same
+    device (rollback) is not detected; anchor the audit log for that."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        history_limit: int = 200,
+        *,
+        mac_key: bytes | None = None,
+    ) -> None:
+        if mac_key is not None and (not isinstance(mac_key, bytes) or len(mac_key) < 32):
+            raise TrustError("trust store mac_key must be at least 32 bytes")
         self.path = Path(path)
         self._limit = history_limit
+        self._mac_key = mac_key
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS trust_records "
-                "(device TEXT PRIMARY KEY, body TEXT NOT NULL)"
+                "(device TEXT PRIMARY KEY, body TEXT NOT NULL, mac TEXT)"
             )
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS trust_changes (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                "device TEXT NOT NULL, body TEXT NOT NULL)"
+                "device TEXT NOT NULL, body TEXT NOT NULL, mac TEXT)"
             )
             self._db.execute(
                 "CREATE INDEX IF NOT EXISTS trust_changes_device ON trust_changes(device, id)"
@@ -217,15 +231,29 @@ class SqliteTrustStore:
     def close(self) -> None:
         self._db.close()
 
+    def _mac(self, table: str, device: str, body: str) -> str | None:
+        if self._mac_key is None:
+            return None
+        msg = json.dumps([table, device, body]).encode()
+        return hmac.new(self._mac_key, msg, hashlib.sha256).hexdigest()
+
+    def _check(self, table: str, device: str, body: str, mac: object) -> None:
+        want = self._mac(table, device, body)
+        if want is None:
+            return
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, want):
+            raise TrustError(f"trust store {self.path}: bad or missing MAC on a {table} row")
+
     def load(self, device: DeviceId) -> TrustRecord | None:
         try:
             row = self._db.execute(
-                "SELECT body FROM trust_records WHERE device = ?", (device,)
+                "SELECT body, mac FROM trust_records WHERE device = ?", (device,)
             ).fetchone()
         except sqlite3.Error as exc:
             raise TrustError(f"trust store {self.path}: {exc}") from exc
         if row is None:
             return None
+        self._check("trust_records", device, row[0], row[1])
         rec = TrustRecord.from_dict(_loads(row[0]))
         if rec.device != device:
             raise TrustError(f"trust store {self.path}: row for {device!r} names another device")
@@ -235,13 +263,15 @@ class SqliteTrustStore:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                rec_rows = [(r.device, json.dumps(r.to_dict(), allow_nan=False)) for r in records]
+                chg_rows = [(c.device, json.dumps(c.to_dict(), allow_nan=False)) for c in changes]
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO trust_records (device, body) VALUES (?, ?)",
-                    [(r.device, json.dumps(r.to_dict(), allow_nan=False)) for r in records],
+                    "INSERT OR REPLACE INTO trust_records (device, body, mac) VALUES (?, ?, ?)",
+                    [(d, b, self._mac("trust_records", d, b)) for d, b in rec_rows],
                 )
                 self._db.executemany(
-                    "INSERT INTO trust_changes (device, body) VALUES (?, ?)",
-                    [(c.device, json.dumps(c.to_dict(), allow_nan=False)) for c in changes],
+                    "INSERT INTO trust_changes (device, body, mac) VALUES (?, ?, ?)",
+                    [(d, b, self._mac("trust_changes", d, b)) for d, b in chg_rows],
                 )
                 for device in {c.device for c in changes}:
                     self._db.execute(
@@ -264,10 +294,17 @@ class SqliteTrustStore:
         if limit <= 0:
             return []
         rows = self._db.execute(
-            "SELECT body FROM trust_changes WHERE device = ? ORDER BY id DESC LIMIT ?",
+            "SELECT body, mac FROM trust_changes WHERE device = ? ORDER BY id DESC LIMIT ?",
             (device, limit),
         ).fetchall()
-        return [TrustChange.from_dict(_loads(r[0])) for r in reversed(rows)]
+        out = []
+        for body, mac in reversed(rows):
+            self._check("trust_changes", device, body, mac)
+            change = TrustChange.from_dict(_loads(body))
+            if change.device != device:
+                raise TrustError(f"trust store {self.path}: a change of {device!r} names another")
+            out.append(change)
+        return out
 
 
 def _loads(body: str) -> object:
@@ -277,9 +314,10 @@ def _loads(body: str) -> object:
         raise TrustError(f"corrupt trust row: {exc}") from exc
 
 
-def open_store(path: str | os.PathLike[str]) -> TrustStore:
-    """Pick a backend from the file name: ``.sqlite``/``.db`` -> SQLite, otherwise JSON."""
+def open_store(path: str | os.PathLike[str], *, mac_key: bytes | None = None) -> TrustStore:
+    """Pick a backend from the file name: ``.sqlite``/``.db`` -> SQLite, otherwise JSON.
+    ``mac_key`` authenticates the stored records (see each backend)."""
     p = Path(path)
     if p.suffix in {".sqlite", ".sqlite3", ".db"}:
-        return SqliteTrustStore(p)
-    return JsonFileTrustStore(p)
+        return SqliteTrustStore(p, mac_key=mac_key)
+    return JsonFileTrustStore(p, mac_key=mac_key)

@@ -246,3 +246,32 @@ def test_unauthenticated_read_of_macd_store_still_parses(tmp_path: Path) -> None
     path = tmp_path / "t.json"
     _populate(TrustManager(JsonFileTrustStore(path, mac_key=KEY)))
     assert JsonFileTrustStore(path).devices() == ["dev-1", "dev-2"]  # e.g. `ztfm trust show`
+
+
+@pytest.mark.parametrize("case", ["edit_body", "drop_mac", "move_row", "wrong_key", "edit_change"])
+def test_sqlite_mac_rejects_tampering(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "t.db"
+    store = open_store(path, mac_key=KEY)
+    _populate(TrustManager(store))
+    assert isinstance(store, SqliteTrustStore)
+    assert store.load(DeviceId("dev-2")) is not None and len(store.history(D)) == 2
+    db = store._db
+    if case == "edit_body":
+        body = db.execute("SELECT body FROM trust_records WHERE device='dev-2'").fetchone()[0]
+        db.execute(
+            "UPDATE trust_records SET body=? WHERE device='dev-2'",
+            (body.replace('"quarantined"', '"active"'),),
+        )
+    elif case == "drop_mac":
+        db.execute("UPDATE trust_records SET mac=NULL WHERE device='dev-2'")
+    elif case == "move_row":  # give dev-2 the (valid) row of dev-1
+        db.execute("DELETE FROM trust_records WHERE device='dev-1'")
+        db.execute("UPDATE trust_records SET device='dev-1' WHERE device='dev-2'")
+    elif case == "edit_change":
+        db.execute("UPDATE trust_changes SET body=replace(body, 'bad_signature', 'late')")
+    reader = SqliteTrustStore(path, mac_key=b"x" * 32 if case == "wrong_key" else KEY)
+    with pytest.raises(TrustError):
+        if case == "edit_change":
+            reader.history(D)
+        else:
+            reader.load(DeviceId("dev-1" if case == "move_row" else "dev-2"))
