@@ -29,6 +29,7 @@ class DetectorConfig:
     ewma_alphas: tuple[float, ...] = (0.1,)
     target_far: float = 0.01
     smoothing: int = 0
+    whiten: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,35 @@ class CompareConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RobustConfig:
+    aggregator: str = "mean"
+    f: int = 0
+    equal_weights: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AttackConfig:
+    name: str = "none"
+    fraction: float = 0.0
+    params: dict[str, float | int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustSimConfig:
+    enabled: bool = False
+    gate: float = 0.4
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    clip_norm: float = 0.0
+    noise_multiplier: float = 0.0
+    noise: str = "distributed"
+    epsilon_budget: float = 0.0
+    delta: float = 1e-5
+
+
+@dataclass(frozen=True, slots=True)
 class SimConfig:
     seed: int = 0
     fleet: FleetConfig = field(default_factory=FleetConfig)
@@ -66,6 +96,10 @@ class SimConfig:
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    attacks: AttackConfig = field(default_factory=AttackConfig)
+    trust: TrustSimConfig = field(default_factory=TrustSimConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seed": self.seed}
@@ -77,6 +111,8 @@ class SimConfig:
 
 
 def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return dict(v)
     return list(v) if isinstance(v, tuple) else v
 
 
@@ -101,6 +137,13 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float, str)) and not isinstance(v, bool)
+            for k, v in value.items()
+        ):
+            raise ConfigError(f"{where} must be a table of numbers or strings, got {value!r}")
+        return dict(value)
     if isinstance(default, tuple):
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, got {value!r}")
@@ -177,6 +220,25 @@ def validate(cfg: SimConfig) -> None:
             cfg.network.uplink_bps > 0 and cfg.network.downlink_bps > 0,
             "[network] link speeds must be > 0",
         ),
+        (cfg.robust.f >= 0, "[robust] f must be >= 0"),
+        (0.0 <= cfg.attacks.fraction < 1.0, "[attacks] fraction must be in [0, 1)"),
+        (
+            cfg.attacks.name == "none" or cfg.attacks.fraction > 0,
+            "[attacks] an attack needs fraction > 0",
+        ),
+        (0.0 <= cfg.trust.gate < 1.0, "[trust] gate must be in [0, 1)"),
+        (cfg.privacy.clip_norm >= 0, "[privacy] clip_norm must be >= 0"),
+        (cfg.privacy.noise_multiplier >= 0, "[privacy] noise_multiplier must be >= 0"),
+        (
+            cfg.privacy.noise_multiplier == 0 or cfg.privacy.clip_norm > 0,
+            "[privacy] noise needs clip_norm > 0 (the noise is calibrated to the clip norm)",
+        ),
+        (
+            cfg.privacy.noise in {"distributed", "central"},
+            "[privacy] noise must be distributed or central",
+        ),
+        (cfg.privacy.epsilon_budget >= 0, "[privacy] epsilon_budget must be >= 0"),
+        (0 < cfg.privacy.delta < 1, "[privacy] delta must be in (0, 1)"),
     ]
     for ok, msg in checks:
         if not ok:

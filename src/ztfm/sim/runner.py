@@ -5,23 +5,26 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ztfm.coordinator.core import Coordinator, RoundSettings
+from ztfm.coordinator.core import Coordinator, Eligibility, ReplyHook, RoundSettings
 from ztfm.detect import make_detector
 from ztfm.detect.base import BaseDetector
-from ztfm.device.agent import DeviceAgent
+from ztfm.device.agent import DeviceAgent, UpdateTransform
 from ztfm.errors import RoundError
 from ztfm.fl.messages import EvalReply, EvalTask
 from ztfm.fl.params import Params
-from ztfm.fl.strategy import FedAvg
+from ztfm.fl.strategy import FedAvg, Strategy
 from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import DeviceSpec, Fleet, build_fleet
+from ztfm.sim.scenario import build_scenario
 from ztfm.transport.inproc import InProcessTransport, LatencyModel
+from ztfm.trust import TrustState
+from ztfm.types import DeviceId
 
 ROUND_PERIOD_S = 3600.0  # simulated time between round starts (one round an hour)
 
@@ -30,7 +33,12 @@ def make_local_model(cfg: SimConfig, n_features: int) -> BaseDetector:
     d = cfg.detector
     if d.name == "ae":
         return make_detector(
-            "ae", n_features, hidden=tuple(d.hidden), lr=d.lr, batch_size=d.batch_size
+            "ae",
+            n_features,
+            hidden=tuple(d.hidden),
+            lr=d.lr,
+            batch_size=d.batch_size,
+            whiten=d.whiten,
         )
     return make_detector(d.name, n_features)
 
@@ -99,7 +107,13 @@ class SimulationResult:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_agent(cfg: SimConfig, spec: DeviceSpec, index: int, n_features: int) -> DeviceAgent:
+def build_agent(
+    cfg: SimConfig,
+    spec: DeviceSpec,
+    index: int,
+    n_features: int,
+    transforms: list[UpdateTransform] | None = None,
+) -> DeviceAgent:
     """The device agent for fleet member ``index``: the same in process and in its own process."""
     return DeviceAgent(
         spec.device_id,
@@ -109,20 +123,29 @@ def build_agent(cfg: SimConfig, spec: DeviceSpec, index: int, n_features: int) -
         rng=np.random.default_rng([cfg.seed, 1, index]),
         target_far=cfg.detector.target_far,
         postprocess=causal_smoother(cfg.detector.smoothing),
+        transforms=transforms,
     )
 
 
 def build_coordinator(
-    cfg: SimConfig, n_features: int, events: Callable[[dict[str, Any]], None] | None = None
+    cfg: SimConfig,
+    n_features: int,
+    events: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    strategy: Strategy | None = None,
+    eligibility: Sequence[Eligibility] = (),
+    reply_hooks: Sequence[ReplyHook] = (),
 ) -> Coordinator:
     """The coordinator with the configured strategy, starting from the detector's initial model."""
     r = cfg.rounds
     return Coordinator(
         make_local_model(cfg, n_features).get_params(),
-        FedAvg(fraction=r.fraction, min_devices=r.min_devices, server_lr=r.server_lr),
+        strategy or FedAvg(fraction=r.fraction, min_devices=r.min_devices, server_lr=r.server_lr),
         RoundSettings(local_epochs=r.local_epochs, prox_mu=r.prox_mu, deadline_s=r.deadline_s),
         rng=np.random.default_rng([cfg.seed, 2]),
         events=events,
+        eligibility=eligibility,
+        reply_hooks=reply_hooks,
     )
 
 
@@ -131,15 +154,28 @@ class Simulation:
 
     def __init__(self, cfg: SimConfig, fleet: Fleet | None = None) -> None:
         self.cfg = cfg
-        self.fleet = fleet or build_fleet(cfg.fleet, cfg.detector)
         seed = cfg.seed
+        self.now = 0.0
+        self.scenario, self.fleet = build_scenario(
+            cfg, fleet or build_fleet(cfg.fleet, cfg.detector), lambda: self.now
+        )
+        self.attackers = set(self.scenario.attackers)
         self.events: list[dict[str, Any]] = []
         nf = self.fleet.n_features
         self.agents = {
-            d.device_id: build_agent(cfg, d, i, nf) for i, d in enumerate(self.fleet.devices)
+            d.device_id: build_agent(cfg, d, i, nf, self.scenario.transforms)
+            for i, d in enumerate(self.fleet.devices)
         }
         self.segments = {d.device_id: d.segment for d in self.fleet.devices}
-        self.coordinator = build_coordinator(cfg, nf, self.events.append)
+        sc = self.scenario
+        self.coordinator = build_coordinator(
+            cfg,
+            nf,
+            self.events.append,
+            strategy=sc.strategy,
+            eligibility=sc.eligibility(),
+            reply_hooks=[sc.adversary] if sc.adversary is not None else [],
+        )
         self.initial_params: Params = self.coordinator.params
         for d in self.fleet.devices:
             self.coordinator.register(d.device_id, d.segment)
@@ -160,8 +196,10 @@ class Simulation:
     # --- federated ---------------------------------------------------------------------------
     def run_round(self, r: int) -> dict[str, Any]:
         t0 = time.perf_counter()
+        self.now = r * ROUND_PERIOD_S
+        n_events = len(self.events)
         try:
-            traffic = self.transport.run_round(self.coordinator, now=r * ROUND_PERIOD_S)
+            traffic = self.transport.run_round(self.coordinator, now=self.now)
             summary = traffic.summary
             failed = None
         except RoundError as exc:
@@ -174,6 +212,14 @@ class Simulation:
             "model_version": self.coordinator.model_version,
             **summarise(evals, self.segments),
         }
+        excluded = {
+            e["device"]: e["reason"]
+            for e in self.events[n_events:]
+            if e["event"] == "device_excluded"
+        }
+        rec["excluded"] = excluded
+        self.scenario.after_round([d for d in self.segments if d not in excluded])
+        rec.update(self._security_metrics(evals))
         if traffic is not None and summary is not None:
             rec.update(
                 {
@@ -196,6 +242,23 @@ class Simulation:
                 }
             )
         return rec
+
+    def _security_metrics(self, evals: dict[str, EvalReply]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        sc = self.scenario
+        if self.attackers:
+            honest = {d: e for d, e in evals.items() if d not in self.attackers}
+            out["attackers"] = sorted(self.attackers)
+            out["global_honest"] = summarise(honest, self.segments)["global"]
+        if sc.trust is not None:
+            recs = {d: sc.trust.record(DeviceId(d), self.now) for d in sorted(self.segments)}
+            out["trust"] = {d: round(r.score, 4) for d, r in recs.items()}
+            out["quarantined"] = sorted(
+                d for d, r in recs.items() if r.state is TrustState.QUARANTINED
+            )
+        if sc.accountant is not None:
+            out["epsilon"] = {d: round(e, 4) for d, e in sc.accountant.epsilon_spent().items()}
+        return out
 
     # --- baselines ---------------------------------------------------------------------------
     def _evaluate_params(self, params_for: Callable[[str], Params]) -> dict[str, EvalReply]:

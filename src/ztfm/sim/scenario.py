@@ -1,0 +1,264 @@
+"""Security scenarios of ``ztfm simulate``: poisoning attackers, robust aggregation, trust and
+differential privacy, built from the ``[attacks]``, ``[robust]``, ``[trust]`` and ``[privacy]``
+sections of the configuration.
+
+* Attackers are a seeded share of the fleet. A data attack (``label_flip``, ``backdoor``) poisons
+  an attacker's training rows with its own attack traffic before it trains honestly. A model
+  attack (``alie``, ``ipm``, ``scaling``, ...) is played by a colluding adversary who, at the
+  coordinator's door, replaces the attackers' updates with crafted ones after seeing the honest
+  updates of the round (the omniscient case, the strongest).
+* Defences: a robust aggregator over the updates; per-device trust that weights aggregation,
+  gates participation and quarantines; device-side clipping with distributed Gaussian noise (or
+  central noise at the coordinator) and a per-device privacy accountant whose budget gates
+  participation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ztfm.coordinator.defence import DefendedFedAvg
+from ztfm.device.agent import DeviceData, UpdateTransform
+from ztfm.errors import ConfigError, PrivacyBudgetExceeded
+from ztfm.fl.messages import RoundTask, UpdateReply
+from ztfm.fl.params import Params, ParamSpec
+from ztfm.fl.strategy import FedAvg, Strategy
+from ztfm.privacy.accounting import FleetAccountant
+from ztfm.privacy.clip import clip_update
+from ztfm.privacy.noise import DistributedGaussian
+from ztfm.robust import make_aggregator
+from ztfm.sim.attacks import DataAttack, UpdateAttack, make_attack
+from ztfm.sim.config import SimConfig
+from ztfm.sim.fleet import Fleet
+from ztfm.trust import MemoryTrustStore, TrustChange, TrustConfig, TrustManager
+from ztfm.types import DeviceId
+
+UNLIMITED_EPSILON = 1e9  # accounting without a budget: report epsilon, never refuse
+
+
+def choose_attackers(fleet: Fleet, fraction: float, seed: int) -> list[str]:
+    ids = [d.device_id for d in fleet.devices]
+    k = round(fraction * len(ids))
+    if fraction > 0 and k == 0:
+        k = 1
+    rng = np.random.default_rng([seed, 6])
+    return sorted(ids[i] for i in rng.choice(len(ids), size=k, replace=False)) if k else []
+
+
+def poison_fleet(fleet: Fleet, attackers: Sequence[str], attack: DataAttack, seed: int) -> Fleet:
+    """Attackers train on their own attack rows as if they were benign."""
+    out = []
+    for i, d in enumerate(fleet.devices):
+        if d.device_id not in attackers:
+            out.append(d)
+            continue
+        data = d.data
+        rows = data.test_x[data.test_y == 1]
+        kinds = None if data.test_kinds is None else data.test_kinds[data.test_y == 1]
+        if len(rows) == 0:
+            out.append(d)
+            continue
+        train = attack.poison(
+            data.train, rows, np.random.default_rng([seed, 7, i]), attack_kinds=kinds
+        )
+        train = np.asarray(train, dtype=np.float32)
+        out.append(
+            replace(
+                d, data=DeviceData(train, data.calib, data.test_x, data.test_y, data.test_kinds)
+            )
+        )
+    return Fleet(fleet.dataset, tuple(out), fleet.n_features, fleet.has_signal)
+
+
+@dataclass(slots=True)
+class Adversary:
+    """Colluding attackers: replaces their updates with crafted ones before aggregation."""
+
+    attackers: frozenset[str]
+    attack: UpdateAttack
+    rng: np.random.Generator
+    spec: ParamSpec | None = None
+
+    def __call__(self, round_id: int, replies: Sequence[UpdateReply]) -> Sequence[UpdateReply]:
+        bad = [r for r in replies if r.device_id in self.attackers]
+        if not bad:
+            return replies
+        good = [r for r in replies if r.device_id not in self.attackers]
+        spec = self.spec or ParamSpec.of(bad[0].delta)
+        own = np.stack([spec.flatten(r.delta) for r in bad]).astype(np.float64)
+        benign = (
+            np.stack([spec.flatten(r.delta) for r in good]).astype(np.float64) if good else None
+        )
+        crafted = np.asarray(self.attack.craft(own, benign, self.rng), dtype=np.float64)
+        forged = {
+            r.device_id: replace(r, delta=spec.unflatten(crafted[i].astype(np.float32)))
+            for i, r in enumerate(bad)
+        }
+        return [forged.get(r.device_id, r) for r in replies]
+
+
+def privacy_transforms(cfg: SimConfig, expected_participants: int) -> list[UpdateTransform]:
+    """Device side: clip the whole update to ``clip_norm``; add this device's noise share."""
+    p = cfg.privacy
+    if p.clip_norm <= 0:
+        return []
+    noise = (
+        DistributedGaussian(p.noise_multiplier, p.clip_norm, max(1, expected_participants))
+        if p.noise == "distributed" and p.noise_multiplier > 0
+        else None
+    )
+
+    def privatise(delta: Params, task: RoundTask, rng: np.random.Generator) -> Params:
+        spec = ParamSpec.of(delta)
+        flat = clip_update(spec.flatten(delta), p.clip_norm)
+        if noise is not None:
+            flat = noise.privatise(flat, rng)
+        return spec.unflatten(np.asarray(flat, dtype=np.float32))
+
+    return [privatise]
+
+
+@dataclass(slots=True)
+class Scenario:
+    """Everything the security sections of the config add to a simulation."""
+
+    attackers: list[str]
+    strategy: Strategy
+    adversary: Adversary | None
+    trust: TrustManager | None
+    accountant: FleetAccountant | None
+    sampling_rate: float
+    transforms: list[UpdateTransform]
+    noise_multiplier: float = 0.0
+    trust_log: list[dict[str, Any]] = field(default_factory=list)
+
+    def eligibility(self) -> list[Callable[[str, float], str | None]]:
+        gates: list[Callable[[str, float], str | None]] = []
+        if isinstance(self.strategy, DefendedFedAvg) and self.trust is not None:
+            gates.append(self.strategy.trust_gate)
+        if self.accountant is not None and self.accountant.target_epsilon < UNLIMITED_EPSILON:
+            acc, z, q = self.accountant, self.noise_multiplier, self.sampling_rate
+
+            def budget(dev: str, now: float) -> str | None:
+                try:
+                    acc.check(DeviceId(dev), z, q)
+                except PrivacyBudgetExceeded as exc:
+                    return str(exc)
+                return None
+
+            gates.append(budget)
+        return gates
+
+    def after_round(self, eligible: Sequence[str]) -> None:
+        """Book the round's privacy cost for every device that could have been sampled."""
+        if self.accountant is not None:
+            self.accountant.record_round(
+                [DeviceId(d) for d in eligible], self.noise_multiplier, self.sampling_rate
+            )
+
+
+def build_scenario(
+    cfg: SimConfig, fleet: Fleet, now: Callable[[], float]
+) -> tuple[Scenario, Fleet]:
+    """The scenario and the (possibly poisoned) fleet."""
+    n = len(fleet.devices)
+    attackers: list[str] = []
+    adversary = None
+    if cfg.attacks.name != "none":
+        attack = make_attack(cfg.attacks.name, **cfg.attacks.params)
+        attackers = choose_attackers(fleet, cfg.attacks.fraction, cfg.seed)
+        if isinstance(attack, DataAttack):
+            fleet = poison_fleet(fleet, attackers, attack, cfg.seed)
+        elif isinstance(attack, UpdateAttack):
+            adversary = Adversary(
+                frozenset(attackers), attack, np.random.default_rng([cfg.seed, 8])
+            )
+        else:  # pragma: no cover - make_attack returns one of the two
+            raise ConfigError(f"attack {cfg.attacks.name!r} is neither a data nor a model attack")
+    r, p = cfg.rounds, cfg.privacy
+    dp = p.clip_norm > 0 and p.noise_multiplier > 0
+    participants = max(r.min_devices, math.ceil(r.fraction * n))
+    trust = None
+    if cfg.trust.enabled:
+        trust = TrustManager(MemoryTrustStore(), TrustConfig(gate=cfg.trust.gate))
+        for d in fleet.devices:
+            trust.observe_attestation(
+                DeviceId(d.device_id), True, 0.0, detail="attestation not simulated in this run"
+            )
+    central = p.noise == "central" and dp
+    combine = None
+    if central:
+        noise_rng = np.random.default_rng([cfg.seed, 9])
+        sigma_mean = p.noise_multiplier * p.clip_norm / participants
+
+        def combine(deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
+            out: np.ndarray = deltas.mean(axis=0) + noise_rng.normal(0, sigma_mean, deltas.shape[1])
+            return out
+
+    defended = cfg.robust.aggregator not in ("mean", "fedavg") or trust is not None
+    strategy: Strategy
+    if defended:
+        name = cfg.robust.aggregator
+        params = {"f": cfg.robust.f} if name not in ("mean", "fedavg") else {}
+        log: list[dict[str, Any]] = []
+        scenario_log = log
+
+        def on_change(change: TrustChange) -> None:
+            scenario_log.append(_change_record(change))
+
+        strategy = DefendedFedAvg(
+            make_aggregator(name, **params),
+            fraction=r.fraction,
+            min_devices=r.min_devices,
+            server_lr=r.server_lr,
+            weight_by_samples=not (cfg.robust.equal_weights or dp),
+            trust=trust,
+            now=now,
+            on_trust_change=on_change,
+        )
+    else:
+        log = []
+        strategy = FedAvg(
+            fraction=r.fraction,
+            min_devices=r.min_devices,
+            server_lr=r.server_lr,
+            combine=combine,
+            weight_by_samples=not (cfg.robust.equal_weights or dp),
+        )
+    accountant = None
+    if dp:
+        budget = p.epsilon_budget if p.epsilon_budget > 0 else UNLIMITED_EPSILON
+        accountant = FleetAccountant(budget, p.delta, sampling="poisson", population=n)
+    scenario = Scenario(
+        attackers,
+        strategy,
+        adversary,
+        trust,
+        accountant,
+        r.fraction,
+        privacy_transforms(cfg, participants),
+        noise_multiplier=p.noise_multiplier if dp else 0.0,
+        trust_log=log,
+    )
+    return scenario, fleet
+
+
+def _change_record(change: TrustChange) -> dict[str, Any]:
+    rec: dict[str, Any] = {}
+    for name in (
+        "device",
+        "reason",
+        "old_score",
+        "new_score",
+        "old_state",
+        "new_state",
+        "round_id",
+    ):
+        v = getattr(change, name, None)
+        rec[name] = getattr(v, "value", v)
+    return rec
