@@ -273,7 +273,7 @@ def main() -> None:
         "--flower-python",
         default=os.environ.get("ZTFM_FLOWER_PYTHON", "/work/benchenv/bin/python"),
     )
-    ap.add_argument("--flower-rounds", type=int, default=3)
+    ap.add_argument("--flower-rounds", type=int, default=4)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     # trust_transport rounds log a warning each (by design); keep the table readable
@@ -330,7 +330,7 @@ def main() -> None:
         )
     comparison = []
     for k, t in configs:
-        z = measure(n_f, d_f, 0.0, max(args.repeats, 3), degree=k, threshold=t)
+        z = measure(n_f, d_f, 0.0, max(args.repeats, 7), degree=k, threshold=t)
         entry: dict[str, Any] = {
             "n": n_f,
             "d": d_f,
