@@ -11,13 +11,24 @@ import click
 STORE_HELP = "Trust store (.json, or .sqlite/.db). Env: ZTFM_TRUST_STORE."
 
 
-def _open(path: Path) -> Any:
+KEY_HELP = (
+    "File with the store's MAC key (>= 32 bytes): verify records. Env: ZTFM_TRUST_MAC_KEY_FILE."
+)
+
+
+def _open(path: Path, key_file: Path | None = None) -> Any:
     from ztfm.errors import TrustError
     from ztfm.trust import open_store
 
     if not path.is_file():
         raise TrustError(f"no trust store at {path}")
-    return open_store(path)
+    key = None
+    if key_file is not None:
+        try:
+            key = key_file.read_bytes()
+        except OSError as exc:
+            raise TrustError(f"cannot read MAC key file {key_file}: {exc}") from exc
+    return open_store(path, mac_key=key)
 
 
 @click.group("trust")
@@ -45,14 +56,22 @@ def trust() -> None:
     show_default=True,
     help="How many recent changes to explain.",
 )
+@click.option(
+    "--mac-key-file",
+    envvar="ZTFM_TRUST_MAC_KEY_FILE",
+    type=click.Path(path_type=Path),
+    help=KEY_HELP,
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def show(device: str, store_path: Path, count: int, as_json: bool) -> None:
+def show(
+    device: str, store_path: Path, mac_key_file: Path | None, count: int, as_json: bool
+) -> None:
     """Explain DEVICE's trust score: evidence, state, gates and the last N changes."""
     from ztfm.errors import TrustError
     from ztfm.trust import TrustConfig
     from ztfm.types import DeviceId
 
-    store = _open(store_path)
+    store = _open(store_path, mac_key_file)
     dev = DeviceId(device)
     rec = store.load(dev)
     if rec is None:
@@ -107,10 +126,18 @@ def show(device: str, store_path: Path, count: int, as_json: bool) -> None:
     type=click.Choice(["active", "suspicious", "quarantined"]),
     help="Only devices in this state.",
 )
+@click.option(
+    "--mac-key-file",
+    envvar="ZTFM_TRUST_MAC_KEY_FILE",
+    type=click.Path(path_type=Path),
+    help=KEY_HELP,
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_devices(store_path: Path, state: str | None, as_json: bool) -> None:
+def list_devices(
+    store_path: Path, mac_key_file: Path | None, state: str | None, as_json: bool
+) -> None:
     """List every device with its score and state, lowest trust first."""
-    store = _open(store_path)
+    store = _open(store_path, mac_key_file)
     recs = [store.load(d) for d in store.devices()]
     rows = sorted(
         (r for r in recs if r is not None and (state is None or r.state.value == state)),

@@ -95,3 +95,25 @@ def test_store_is_required(
     monkeypatch.delenv("ZTFM_TRUST_STORE", raising=False)
     code, _, err = _run(capsys, "trust", "show", "x")
     assert code == 2 and "--store" in err
+
+
+def test_mac_key_file_verifies(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_bytes(b"k" * 32)
+    path = tmp_path / "t.json"
+    TrustManager(JsonFileTrustStore(path, mac_key=b"k" * 32)).observe_alerts(
+        DeviceId("cam-1"), 1, 0, 0.0
+    )
+    code, out, _ = _run(
+        capsys, "trust", "show", "cam-1", "--store", str(path), "--mac-key-file", str(key)
+    )
+    assert code == 0 and "cam-1" in out
+    doc = json.loads(path.read_text())
+    doc["records"]["cam-1"]["beta"] = 0.01
+    path.write_text(json.dumps(doc))
+    code, _, err = _run(capsys, "trust", "list", "--store", str(path), "--mac-key-file", str(key))
+    assert code == 1 and "MAC mismatch" in err
+    code, _, err = _run(
+        capsys, "trust", "list", "--store", str(path), "--mac-key-file", str(tmp_path / "nokey")
+    )
+    assert code == 1 and "cannot read MAC key file" in err
