@@ -120,6 +120,51 @@ def plot_bandwidth(m: dict[str, Any]) -> str:
     return _png(fig)
 
 
+def security_section(m: dict[str, Any]) -> str:
+    """Attackers, trust and privacy spending, when the run configured them."""
+    last = m["rounds"][-1]
+    parts: list[str] = []
+    if "attackers" in last:
+        attackers = last["attackers"]
+        caught = [d for d in attackers if d in last.get("excluded", {})]
+        honest_out = [d for d in last.get("excluded", {}) if d not in attackers]
+        g = last["global_honest"]
+        cfg = m["config"]
+        attack = html.escape(str(cfg["attacks"]["name"]))
+        rule = html.escape(str(cfg["robust"]["aggregator"]))
+        trust_on = "on" if cfg["trust"]["enabled"] else "off"
+        parts.append(
+            f"<h2>Poisoning scenario</h2><p>Attack <b>{attack}</b> by {len(attackers)} of "
+            f"{m['n_devices']} devices; defence: aggregator <b>{rule}</b>, trust {trust_on}. "
+            f"In the last round {len(caught)} attackers and {len(honest_out)} honest devices "
+            f"sat out. Honest devices: F1 {_fmt(g['f1'])}, FAR {_fmt(g['far'])}, "
+            f"MAR {_fmt(g['mar'])}.</p>"
+        )
+        if "trust" in last:
+            rows = "".join(
+                f"<tr><td>{html.escape(d)}</td><td>{'attacker' if d in attackers else 'honest'}"
+                f"</td><td>{_fmt(last['trust'][d])}</td><td>"
+                f"{html.escape(last.get('excluded', {}).get(d, ''))}</td></tr>"
+                for d in sorted(last["trust"], key=lambda d: last["trust"][d])[:15]
+            )
+            parts.append(
+                "<table><tr><th>device (lowest trust first)</th><th>role</th>"
+                f"<th>trust</th><th>why it sat out</th></tr>{rows}</table>"
+            )
+    if last.get("epsilon"):
+        eps = list(last["epsilon"].values())
+        p = m["config"]["privacy"]
+        parts.append(
+            f"<h2>Differential privacy</h2><p>Clip {p['clip_norm']}, noise multiplier "
+            f"{p['noise_multiplier']} ({html.escape(str(p['noise']))}), delta {p['delta']}: "
+            f"epsilon spent per device after {len(m['rounds'])} rounds: max {max(eps):.3f}, "
+            f"mean {sum(eps) / len(eps):.3f}"
+            + (f" (budget {p['epsilon_budget']})" if p["epsilon_budget"] else "")
+            + ".</p>"
+        )
+    return "".join(parts)
+
+
 def render_report(m: dict[str, Any]) -> str:
     """The whole report as one self-contained HTML page."""
     cmp_rows = "".join(
@@ -172,6 +217,7 @@ parameters over {m["n_features"]} streaming features; each device calibrates its
 <p>Pooled over every device's held-out rows (TP/FP/FN/TN summed); ROC-AUC is the mean over
 devices. "flag everything" is the reference every result must beat.</p>
 {imgs}
+{security_section(m)}
 <h2>Bandwidth</h2><p>Mean per device per round: {bw["mean_bytes_up_per_device_per_round"]:.0f} B up,
 {bw["mean_bytes_down_per_device_per_round"]:.0f} B down; at one round per
 {bw["round_period_s"] / 3600:g} h that is {bw["bytes_up_per_device_per_week"] / 1e6:.2f} MB up and
