@@ -24,7 +24,8 @@ from ztfm.policy import TrustContext
 from ztfm.transport.gate import StaticTrustSource
 from ztfm.transport.grpc_client import RpcFailed
 from ztfm.transport.grpc_fleet import LocalFleet
-from ztfm.transport.grpc_roles import CoordinatorService
+from ztfm.coordinator.service import CoordinatorService
+from ztfm.transport.grpc_roles import RoundRpcHandler
 from ztfm.wire.codec import encode_signed_request
 
 PARAMS = [np.zeros(4, dtype=np.float32)]
@@ -51,12 +52,14 @@ def test_insider_attacks_during_a_round() -> None:
     plc = fleet.enroll("plcs", "plc-1", now)
     for d in [*honest, "cam-evil"]:
         coord.register(d, "cams")
-    service = CoordinatorService(coord)
+    service = CoordinatorService(coord, rounds=1, expected_devices=4)
     srv = fleet.serve(
-        service, fleet.gate(audit, StaticTrustSource(TrustContext(0.9, True, 5, False)))
+        RoundRpcHandler(service),
+        fleet.gate(audit, StaticTrustSource(TrustContext(0.9, True, 5, False))),
     )
     try:
-        service.open_round()
+        service.step(time.time())
+        assert service.phase == "train"
         clients = {
             d: c.client(srv.target, fleet.ca.cert, np.random.default_rng(i))
             for i, (d, c) in enumerate(honest.items())
@@ -92,10 +95,14 @@ def test_insider_attacks_during_a_round() -> None:
         for d in ("cam-1", "cam-2"):
             t = clients[d].call("GetRound", b"")
             clients[d].call("SubmitUpdate", _reply(t, d, 1.0), round_id=1)
-        summary = service.close_round()
+        # the insider's task was spent on its refused reply: every task is answered, so the
+        # phase driver closes the round at once
+        service.step(time.time())
+        assert service.phase == "eval"
+        summary = service.log.summaries[0]
     finally:
         srv.stop(0)
-    assert sorted(summary.accepted) == ["cam-0", "cam-1", "cam-2"]  # type: ignore[attr-defined]
+    assert sorted(summary.accepted) == ["cam-0", "cam-1", "cam-2"]
     assert np.allclose(coord.params[0], 1.0)  # the poisoned 100.0 never counted
     rejected = [f for e, f, _ in audit.events if e == "rpc.rejected"]
     assert any("signer" in str(f["detail"]) for f in rejected)

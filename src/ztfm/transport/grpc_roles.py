@@ -1,108 +1,96 @@
-"""The federated roles on the networked transport: pull-based rounds over the fleet RPCs.
+"""The federated roles on the networked transport: a thin adapter, no round state of its own.
 
-``CoordinatorService`` is an ``RpcHandler`` that puts a coordinator (anything with the
-``CoordinatorPort`` shape of ``transport.inproc``) behind a ``FleetServer``: the operator opens a
-round, each selected device pulls its own task with ``GetRound``, trains, and pushes its reply
-with ``SubmitUpdate``; then the round is closed. ``DeviceLoop`` is the device side: it drives an
-``Endpoint`` (``bytes -> bytes``, e.g. the device agent) with a ``FleetClient``.
+The round state machine (enrol -> train -> eval -> done, deadlines, round log) lives in
+``ztfm.coordinator.service.CoordinatorService``; this module only needs its ``RoundTasks`` shape
+(``register`` / ``next_task`` / ``submit``), so the transport (layer 5) never imports the
+coordinator (layer 6).
 
-The identity a reply is attributed to is always the authenticated caller's certificate
-identity, never a field of the message.
+``RoundRpcHandler`` is the ``RpcHandler`` plugged into a ``FleetServer``:
+
+* ``GetRound`` registers the caller (device id and segment from its *certificate*) and returns
+  its pending task: ``WAIT`` (``b""``) if none yet, ``DONE`` (``b"done"``) once training is over.
+* ``SubmitUpdate`` hands the reply to ``RoundTasks.submit`` under the certificate identity; the
+  device id inside the message must match it (checked by the coordinator), so a device can
+  neither submit for another nor twice.
+* ``GetModel`` is served by an optional ``ModelProvider``.
+
+``DeviceLoop`` is the device side: it polls ``GetRound`` with a ``FleetClient``, runs the task
+through an ``Endpoint`` (``bytes -> bytes``, e.g. the device agent) and submits the reply.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable
+from enum import Enum
+from typing import Final, Protocol
 
 import grpc
 
-from ztfm.errors import RoundError, UpdateRejected
+from ztfm.errors import RoundError
 from ztfm.fl import codec
-from ztfm.fl.messages import EvalReply, EvalTask, RoundTask
 from ztfm.identity import Identity
 from ztfm.transport.grpc_client import FleetClient, RpcFailed
-from ztfm.transport.inproc import CoordinatorPort, Endpoint
+from ztfm.transport.inproc import Endpoint
 from ztfm.types import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+WAIT: Final = b""  # nothing for you yet: poll again later
+DONE: Final = b"done"  # training is over: stop polling
 
 ModelProvider = Callable[[Identity], bytes]
 
 
-class CoordinatorService:
-    """Serves one coordinator to the fleet. Thread-safe (one lock around the coordinator)."""
+class RoundTasks(Protocol):
+    """The pull/push round state as the transport sees it (``coordinator.service``).
+
+    ``next_task`` returns the caller's encoded task, ``WAIT`` or ``DONE``; ``submit`` raises a
+    ``ZtfmError`` (e.g. ``UpdateRejected``) to refuse a reply.
+    """
+
+    def register(self, device_id: str, segment: str) -> None: ...
+    def next_task(self, device_id: str) -> bytes: ...
+    def submit(self, device_id: str, data: bytes, now: float) -> None: ...
+
+
+class RoundRpcHandler:
+    """``RpcHandler`` serving round tasks to authenticated devices; stateless itself."""
 
     def __init__(
         self,
-        coordinator: CoordinatorPort,
+        tasks: RoundTasks,
         *,
         clock: Clock | None = None,
         model: ModelProvider | None = None,
+        roles: frozenset[str] = frozenset({"device"}),
     ) -> None:
-        self.coordinator = coordinator
+        self.tasks = tasks
         self.clock: Clock = clock or SystemClock()
         self.model = model
-        self._lock = threading.Lock()
-        self._tasks: dict[str, bytes] = {}
-        self._round_id: int | None = None
-        self.submitted: set[str] = set()
+        self.roles = roles
 
-    # --- operator side --------------------------------------------------------------------------
-    def open_round(self) -> list[str]:
-        """Open a round; return the devices that have a task waiting for them."""
-        with self._lock:
-            tasks: dict[str, RoundTask] = self.coordinator.open_round(self.clock.now())
-            self._tasks = codec.encode_many(tasks)
-            self._round_id = next(iter(tasks.values())).round_id if tasks else None
-            self.submitted = set()
-            return sorted(self._tasks)
-
-    def open_eval(self, devices: Sequence[str] | None = None) -> list[str]:
-        """After a round: offer evaluation tasks (``GetRound`` returns them)."""
-        with self._lock:
-            tasks: dict[str, EvalTask] = self.coordinator.eval_tasks(
-                list(devices) if devices is not None else None
-            )
-            self._tasks = codec.encode_many(tasks)
-            self.submitted = set()
-            return sorted(self._tasks)
-
-    def close_round(self) -> object:
-        with self._lock:
-            self._tasks = {}
-            self._round_id = None
-            return self.coordinator.close_round(self.clock.now())
-
-    def pending(self) -> list[str]:
-        """Devices with a task that have not replied yet."""
-        with self._lock:
-            return sorted(set(self._tasks) - self.submitted)
-
-    # --- RpcHandler -----------------------------------------------------------------------------
     def __call__(self, identity: Identity, method: str, payload: bytes) -> bytes:
-        device = identity.device_id
-        if method == "GetRound":
-            with self._lock:
-                task = self._tasks.get(device)
-                done = device in self.submitted
-            if task is None or done:
-                raise RoundError("no task for this device now")
-            return task
-        if method == "SubmitUpdate":
-            msg = codec.decode(payload)
-            with self._lock:
-                if device not in self._tasks:
-                    raise UpdateRejected("no open task for this device")
-                if device in self.submitted:
-                    raise UpdateRejected("this device already replied in this round")
-                if isinstance(msg, EvalReply):
-                    self.coordinator.submit_eval(device, msg)
-                else:
-                    self.coordinator.submit_bytes(device, payload, self.clock.now())
-                self.submitted.add(device)
-            return b""
         if method == "GetModel" and self.model is not None:
             return self.model(identity)
-        raise RoundError(f"{method} is not served by this coordinator")
+        if method not in ("GetRound", "SubmitUpdate"):
+            raise RoundError(f"{method} is not served by this coordinator")
+        if identity.role not in self.roles:
+            raise RoundError(f"role {identity.role} does not take part in rounds")
+        if method == "GetRound":
+            if payload:
+                raise RoundError("GetRound takes an empty payload")
+            self.tasks.register(identity.device_id, identity.segment)
+            return self.tasks.next_task(identity.device_id)
+        self.tasks.submit(identity.device_id, payload, self.clock.now())
+        return b""
+
+
+class PollResult(Enum):
+    HANDLED = "handled"  # a task was run and its reply accepted
+    WAIT = "wait"  # nothing to do yet
+    REFUSED = "refused"  # a task was run but the coordinator refused the reply (e.g. too late)
+    DONE = "done"  # training is over
 
 
 class DeviceLoop:
@@ -111,22 +99,41 @@ class DeviceLoop:
     def __init__(self, client: FleetClient, endpoint: Endpoint) -> None:
         self.client = client
         self.endpoint = endpoint
-        self.rounds_done = 0
+        self.tasks_done = 0
+        self.refused = 0
+        self.done = False
         self._last_task: bytes | None = None
 
-    def poll_once(self) -> bool:
-        """One poll. True if a task was handled; False if the coordinator had none for us."""
-        try:
-            task = self.client.call("GetRound", b"")
-        except RpcFailed as exc:
-            if exc.status == grpc.StatusCode.FAILED_PRECONDITION:
-                return False
-            raise
-        if task == self._last_task:
-            return False  # already handled (our reply may still be in flight)
+    @property
+    def rounds_done(self) -> int:  # kept for callers of the first version
+        return self.tasks_done
+
+    def poll(self) -> PollResult:
+        """One poll. Raises ``RpcFailed`` if ``GetRound`` itself is refused (identity, policy)."""
+        if self.done:
+            return PollResult.DONE
+        task = self.client.call("GetRound", b"")
+        if task == DONE:
+            self.done = True
+            return PollResult.DONE
+        if task == WAIT or task == self._last_task:
+            return PollResult.WAIT  # the second case: our reply is still on its way
         msg = codec.decode(task)
         reply = self.endpoint.handle(task)
-        self.client.call("SubmitUpdate", reply, round_id=int(msg.round_id))
         self._last_task = task
-        self.rounds_done += 1
-        return True
+        try:
+            self.client.call("SubmitUpdate", reply, round_id=int(msg.round_id))
+        except RpcFailed as exc:
+            if exc.status != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            # refused by the round logic (deadline passed, round closed, retry of a delivered
+            # reply): the device keeps going with the next task
+            log.warning("reply to round %s refused: %s", msg.round_id, exc.details)
+            self.refused += 1
+            return PollResult.REFUSED
+        self.tasks_done += 1
+        return PollResult.HANDLED
+
+    def poll_once(self) -> bool:
+        """True if a task was handled; False otherwise."""
+        return self.poll() is PollResult.HANDLED
