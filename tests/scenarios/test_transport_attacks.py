@@ -16,6 +16,7 @@ import pytest
 
 from ztfm.audit import MemoryAuditSink
 from ztfm.coordinator.core import Coordinator, RoundSettings
+from ztfm.coordinator.service import CoordinatorService
 from ztfm.fl import codec
 from ztfm.fl.messages import RoundTask, UpdateReply
 from ztfm.fl.strategy import FedAvg
@@ -24,7 +25,6 @@ from ztfm.policy import TrustContext
 from ztfm.transport.gate import StaticTrustSource
 from ztfm.transport.grpc_client import RpcFailed
 from ztfm.transport.grpc_fleet import LocalFleet
-from ztfm.coordinator.service import CoordinatorService
 from ztfm.transport.grpc_roles import RoundRpcHandler
 from ztfm.wire.codec import encode_signed_request
 
