@@ -118,9 +118,13 @@ def detect() -> None:
     default=None,
     help="False alarm rate to calibrate the threshold to on the benign training rows.",
 )
-@click.option("--smooth", type=int, default=None, help="Score smoothing window (rows).")
+@click.option(
+    "--smooth", type=click.IntRange(1, 10_000), default=None, help="Score smoothing window (rows)."
+)
 @click.option("--int8", is_flag=True, help="Score with the int8 autoencoder (detector ae).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Random seed."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate(
     data: Path,

@@ -134,3 +134,11 @@ def test_int8_autoencoder_and_refusal_for_pca() -> None:
     assert d["config"]["int8"] is True and d["config"]["smooth"] == 5
     res = CliRunner().invoke(detect, ["evaluate", "--data", path, "--int8"])
     assert isinstance(res.exception, DetectorError)
+
+
+@pytest.mark.parametrize(
+    "args", [["--seed", "-1"], ["--smooth", "0"], ["--smooth", "x"], ["--target-far", "nan"]]
+)
+def test_bad_numbers_are_usage_errors(args: list[str]) -> None:
+    code, _, _ = _run("--data", str(bundled_path("skab/valve1/0.csv.gz")), *args)
+    assert code == 2
