@@ -94,7 +94,7 @@ def show(
     click.echo(f"state       {rec.state.value}")
     gate = "passes" if rec.score >= cfg.gate else "BELOW"
     click.echo(f"gate        {gate} the default participation gate {cfg.gate}")
-    click.echo(f"attested    {'yes' if rec.attested_ok else 'NO (last quote failed)'}")
+    click.echo(f"attested    {'yes' if rec.attested_ok else 'NO (no passing quote on record)'}")
     if rec.state.value == "quarantined":
         click.echo(
             f"quarantine  since round {rec.quarantined_round}; "

@@ -89,13 +89,14 @@ class TrustConfig:
 @dataclass(frozen=True, slots=True)
 class TrustRecord:
     """One device's persisted trust. Build with ``TrustRecord.new`` or ``from_dict`` (which checks
-    every field, so a tampered or corrupt store is rejected, never half-loaded)."""
+    every field, so a tampered or corrupt store is rejected, never half-loaded).
+    ``attested_ok`` is False until the device's first passing quote (no implicit trust)."""
 
     device: DeviceId
     alpha: float
     beta: float
     state: TrustState = TrustState.ACTIVE
-    attested_ok: bool = True
+    attested_ok: bool = False
     good_replays: int = 0
     quarantine_count: int = 0
     quarantined_round: int | None = None
@@ -166,7 +167,7 @@ class TrustRecord:
             raise TrustError(f"trust record has unknown fields {sorted(extra)}")
         try:
             state = TrustState(raw["state"])
-            attested = raw.get("attested_ok", True)
+            attested = raw.get("attested_ok", False)
             if not isinstance(attested, bool):
                 raise TrustError("trust record: attested_ok must be a boolean")
             args = {k: raw[k] for k in known if k in raw}

@@ -36,11 +36,14 @@ def _obs(device: str = "dev-1", **kw: float | bool) -> UpdateObservation:
     return UpdateObservation(device=DeviceId(device), **base)  # type: ignore[arg-type]
 
 
-def test_new_device_starts_at_prior_and_may_participate() -> None:
+def test_new_device_starts_at_prior_and_must_attest_first() -> None:
     m = _mgr()
     assert m.score(D, 0.0) == pytest.approx(0.75)
+    with pytest.raises(TrustError, match="no passing attestation"):
+        m.check_participation(D, 0.0)  # no implicit trust
+    m.observe_attestation(D, True, 0.0)
     m.check_participation(D, 0.0)
-    assert m.weight(D, 0.0) == pytest.approx(0.75)
+    assert m.weight(D, 0.0) == pytest.approx(0.75, abs=0.02)
 
 
 def test_good_rounds_raise_trust_and_explain() -> None:
@@ -147,6 +150,7 @@ def test_duplicate_device_in_round_rejected() -> None:
 
 
 def _quarantine(m: TrustManager) -> None:
+    m.observe_attestation(D, True, 0.0)
     for r in range(3):
         m.observe_round(r, [_obs(cosine=-1.0)], float(r))
     assert m.record(D, 3.0).state is TrustState.QUARANTINED
@@ -231,6 +235,7 @@ def test_manual_release_needs_operator_and_reason() -> None:
 
 def test_gate_blocks_low_trust_before_quarantine() -> None:
     m = TrustManager(MemoryTrustStore(), TrustConfig(gate=0.55))
+    m.observe_attestation(D, True, 0.0)
     m.observe_round(0, [_obs(cosine=-1.0)], 0.0)
     r = m.record(D, 1.0)
     assert r.state is TrustState.SUSPICIOUS
@@ -266,7 +271,7 @@ def test_policy_input() -> None:
         "trust_score": 0.75,
         "trust_state": "active",
         "quarantined": False,
-        "attested_ok": True,
+        "attested_ok": False,  # until the first passing quote
     }
 
 
