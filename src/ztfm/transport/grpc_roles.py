@@ -69,6 +69,7 @@ class RoundRpcHandler:
         self.clock: Clock = clock or SystemClock()
         self.model = model
         self.roles = roles
+        self.told_done: set[str] = set()  # devices that have been told training is over
 
     def __call__(self, identity: Identity, method: str, payload: bytes) -> bytes:
         if method == "GetModel" and self.model is not None:
@@ -81,7 +82,10 @@ class RoundRpcHandler:
             if payload:
                 raise RoundError("GetRound takes an empty payload")
             self.tasks.register(identity.device_id, identity.segment)
-            return self.tasks.next_task(identity.device_id)
+            task = self.tasks.next_task(identity.device_id)
+            if task == DONE:
+                self.told_done.add(identity.device_id)
+            return task
         self.tasks.submit(identity.device_id, payload, self.clock.now())
         return b""
 

@@ -1,0 +1,275 @@
+"""``ztfm coordinator serve``: federated rounds over mutual TLS, until the rounds are done."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ztfm.errors import ConfigError, RoundError
+
+if TYPE_CHECKING:
+    from ztfm.coordinator.service import CoordinatorService
+    from ztfm.sim.config import SimConfig
+
+
+def network_config(
+    config_path: str | None,
+    devices: int | None = None,
+    rounds: int | None = None,
+    seed: int | None = None,
+) -> SimConfig:
+    """The simulation config with CLI overrides, checked for what the networked run supports."""
+    from ztfm.sim.config import load_config
+
+    cfg = load_config(config_path)
+    if devices is not None:
+        cfg = replace(cfg, fleet=replace(cfg.fleet, devices=devices))
+    if rounds is not None:
+        cfg = replace(cfg, rounds=replace(cfg.rounds, rounds=rounds))
+    if seed is not None:
+        cfg = replace(cfg, seed=seed)
+    unsupported = []
+    if cfg.attacks.name != "none":
+        unsupported.append("[attacks]")
+    if cfg.trust.enabled:
+        unsupported.append("[trust]")
+    if cfg.privacy.clip_norm > 0 or cfg.privacy.noise_multiplier > 0:
+        unsupported.append("[privacy]")
+    if cfg.robust.aggregator not in ("mean", "fedavg") or cfg.robust.equal_weights:
+        unsupported.append("[robust]")
+    if unsupported:
+        raise ConfigError(
+            f"{', '.join(unsupported)} settings are simulation-only for now; "
+            "networked runs use plain FedAvg (use `ztfm simulate` for these)"
+        )
+    return cfg
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """A crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def network_metrics(
+    cfg: SimConfig, service: CoordinatorService, n_features: int, wall_s: float
+) -> dict[str, Any]:
+    """``metrics.json`` of a networked run, in the shape ``ztfm simulate`` writes."""
+    import numpy as np
+
+    from ztfm.sim.runner import ROUND_PERIOD_S, summarise
+
+    segments = dict(service.coordinator.devices)
+    log = service.log
+    rounds: list[dict[str, Any]] = []
+    for i, evals in enumerate(log.evals):
+        s = log.summaries[i] if i < len(log.summaries) else None
+        rounds.append(
+            {
+                "round": i + 1,
+                "model_version": s.model_version if s is not None else None,
+                **summarise(evals, segments),
+                "excluded": {},
+                "accepted": list(s.accepted) if s is not None else [],
+                "rejected": dict(s.rejected) if s is not None else {},
+                "bytes_up": log.bytes_up[i] if i < len(log.bytes_up) else {},
+                "bytes_down": log.bytes_down[i] if i < len(log.bytes_down) else {},
+                "wall_s": {},
+            }
+        )
+    comparison: dict[str, Any] = {}
+    if rounds:
+        comparison = {
+            "federated": rounds[-1]["global"],
+            "federated_per_segment": rounds[-1]["per_segment"],
+        }
+    ups = [sum(r["bytes_up"].values()) / max(1, len(r["bytes_up"])) for r in rounds]
+    downs = [sum(r["bytes_down"].values()) / max(1, len(r["bytes_down"])) for r in rounds]
+    up = float(np.mean(ups)) if ups else 0.0
+    down = float(np.mean(downs)) if downs else 0.0
+    per_week = 7 * 24 * 3600 / ROUND_PERIOD_S
+    return {
+        "ztfm_simulate_version": 1,
+        "transport": "grpc-mtls",
+        "config": cfg.to_dict(),
+        "dataset": cfg.fleet.dataset,
+        "has_signal": cfg.fleet.dataset == "skab",
+        "n_devices": len(segments),
+        "n_features": n_features,
+        "n_params": int(sum(p.size for p in service.coordinator.params)),
+        "devices": [{"id": d, "segment": s} for d, s in sorted(segments.items())],
+        "rounds": rounds,
+        "rounds_planned": service.rounds,
+        "failures": list(log.failures),
+        "comparison": comparison,
+        "bandwidth": {
+            "mean_bytes_up_per_device_per_round": up,
+            "mean_bytes_down_per_device_per_round": down,
+            "round_period_s": ROUND_PERIOD_S,
+            "bytes_up_per_device_per_week": up * per_week,
+            "bytes_down_per_device_per_week": down * per_week,
+        },
+        "wall_s": {"federated": wall_s, "total": wall_s},
+    }
+
+
+@click.group("coordinator")
+def coordinator() -> None:
+    """Run the federated coordinator as a network service."""
+
+
+@coordinator.command("serve")
+@click.option(
+    "--ca",
+    "ca_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="Fleet CA directory (`ztfm ca init`).",
+)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--listen", default="127.0.0.1:0", show_default=True, help="Round RPCs (mTLS).")
+@click.option(
+    "--enroll-listen", default="127.0.0.1:0", show_default=True, help="Enrolment (TLS + token)."
+)
+@click.option(
+    "--devices",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Devices to wait for before round 1 (default: the config's fleet size).",
+)
+@click.option("--rounds", type=click.IntRange(min=1), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option(
+    "--n-features",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Model input width (default: read from the configured dataset).",
+)
+@click.option(
+    "--attestation",
+    type=click.Choice(["none"]),
+    default="none",
+    show_default=True,
+    help="none = UNSAFE: every enrolled device counts as attested (a warning is logged).",
+)
+@click.option("--deadline-s", type=click.FloatRange(min=0.1), default=None)
+@click.option("--eval-deadline-s", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write {fleet, enroll} endpoints here (atomically) once listening.",
+)
+@click.option(
+    "--linger-s",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="After the last round, keep serving until every device was told done (at most this).",
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="runs/serve")
+def serve(
+    ca_dir: Path,
+    config_path: str | None,
+    listen: str,
+    enroll_listen: str,
+    devices: int | None,
+    rounds: int | None,
+    seed: int | None,
+    n_features: int | None,
+    attestation: str,
+    deadline_s: float | None,
+    eval_deadline_s: float,
+    ready_file: Path | None,
+    linger_s: float,
+    out: Path,
+) -> None:
+    """Serve federated rounds over mTLS until the configured rounds are done.
+
+    Devices enrol on the enrolment port with a one-time token (`ztfm ca token`), then pull
+    their tasks and push their replies on the round port; every request is authenticated by its
+    client certificate, signed, policy-checked and written to OUT/audit.log. Writes
+    OUT/metrics.json (and OUT/report.html). SIGINT/SIGTERM stop cleanly.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from ztfm.audit import AuditLog, SnapshotStore
+    from ztfm.coordinator.server import CoordinatorServer, UnsafeAssumeAttested
+    from ztfm.coordinator.service import CoordinatorService
+    from ztfm.sim.runner import build_coordinator
+    from ztfm.transport.grpc_fleet import LocalFleet
+
+    cfg = network_config(config_path, devices, rounds, seed)
+    if deadline_s is not None:
+        cfg = replace(cfg, rounds=replace(cfg.rounds, deadline_s=deadline_s))
+    if n_features is None or devices is None:
+        from ztfm.sim.fleet import build_fleet
+
+        fl = build_fleet(cfg.fleet, cfg.detector)
+        n_features = n_features or fl.n_features
+        devices = devices or len(fl.devices)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output folder {out}: {exc}") from exc
+    audit = AuditLog(out / "audit.log")
+    fleet = LocalFleet.from_directory(ca_dir, time.time())
+    service = CoordinatorService(
+        build_coordinator(cfg, n_features),
+        rounds=cfg.rounds.rounds,
+        expected_devices=devices,
+        eval_deadline_s=eval_deadline_s,
+    )
+    assert attestation == "none"
+    server = CoordinatorServer(
+        fleet,
+        service,
+        audit,
+        UnsafeAssumeAttested(),
+        listen=listen,
+        enroll_listen=enroll_listen,
+        snapshots=SnapshotStore(out / "snapshots"),
+    )
+    stop = threading.Event()
+    signalled: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        signalled.append(signum)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    t0 = time.perf_counter()
+    ends = server.start()
+    try:
+        if ready_file is not None:
+            write_atomic(ready_file, ends.to_json())
+        click.echo(f"coordinator: rounds on {ends.fleet}, enrolment on {ends.enroll}", err=True)
+        while not stop.is_set() and not server.wait(0.2):
+            pass
+        if not stop.is_set():
+            server.linger(linger_s)
+    finally:
+        reason = f"signal {signalled[0]}" if signalled else "finished"
+        server.stop(reason)
+        for s, h in old.items():
+            signal.signal(s, h)
+    m = network_metrics(cfg, service, n_features, time.perf_counter() - t0)
+    m["interrupted"] = bool(signalled)
+    write_atomic(out / "metrics.json", json.dumps(m, indent=1, sort_keys=True))
+    if signalled:
+        raise click.exceptions.Exit(130)
+    if len(service.log.evals) < cfg.rounds.rounds:
+        raise RoundError(f"only {len(service.log.evals)} of {cfg.rounds.rounds} rounds completed")
+    click.echo(f"coordinator: {len(m['rounds'])} rounds done; wrote {out / 'metrics.json'}")

@@ -1,0 +1,208 @@
+"""``ztfm device run``: one device as its own process, training with the fleet over mTLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import zlib
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import click
+
+from ztfm.errors import ConfigError, DataError, IdentityError
+
+if TYPE_CHECKING:
+    from ztfm.device.agent import DeviceAgent
+    from ztfm.identity import Identity
+
+
+def _agent_from_fleet(
+    config_path: str | None,
+    index: int,
+    identity: Identity,
+    devices: int | None,
+    rounds: int | None,
+    seed: int | None,
+) -> DeviceAgent:
+    """Exactly fleet member ``index`` of ``build_fleet`` (what ``ztfm simulate`` builds)."""
+    from ztfm.cli.coordinator import network_config
+    from ztfm.sim.fleet import build_fleet
+    from ztfm.sim.runner import build_agent
+
+    cfg = network_config(config_path, devices, rounds, seed)
+    fleet = build_fleet(cfg.fleet, cfg.detector)
+    if not 0 <= index < len(fleet.devices):
+        raise ConfigError(
+            f"--fleet-index {index} is outside the fleet (0..{len(fleet.devices) - 1})"
+        )
+    spec = fleet.devices[index]
+    if (spec.device_id, spec.segment) != (identity.device_id, identity.segment):
+        raise ConfigError(
+            f"fleet member {index} is {spec.device_id} in {spec.segment}, "
+            f"not {identity.device_id} in {identity.segment}"
+        )
+    return build_agent(cfg, spec, index, fleet.n_features)
+
+
+def _agent_from_file(
+    config_path: str | None, path: Path, identity: Identity, seed: int | None
+) -> DeviceAgent:
+    """A device on its own SKAB-style CSV: first 400 rows train (benign), all rows evaluate."""
+    import numpy as np
+
+    from ztfm.cli.coordinator import network_config
+    from ztfm.data.skab import load_skab_file
+    from ztfm.detect.features import FeatureSpec, WindowFeatures
+    from ztfm.device.agent import DeviceAgent, DeviceData
+    from ztfm.sim.fleet import SKAB_TRAIN_ROWS
+    from ztfm.sim.runner import causal_smoother, make_local_model
+
+    cfg = network_config(config_path, None, None, seed)
+    series = load_skab_file(path)
+    if series.y is None or len(series) <= SKAB_TRAIN_ROWS:
+        raise DataError(f"{path}: needs labels and more than {SKAB_TRAIN_ROWS} rows")
+    det = cfg.detector
+    spec = FeatureSpec(windows=tuple(det.windows), ewma_alphas=tuple(det.ewma_alphas))
+    feats = WindowFeatures(series.x.shape[1], spec).transform(series.x)
+    train = feats[:SKAB_TRAIN_ROWS]
+    return DeviceAgent(
+        identity.device_id,
+        identity.segment,
+        make_local_model(cfg, feats.shape[1]),
+        DeviceData(train, train, feats, series.y, series.kinds),
+        rng=np.random.default_rng([cfg.seed, 1, zlib.crc32(identity.device_id.encode())]),
+        target_far=det.target_far,
+        postprocess=causal_smoother(det.smoothing),
+    )
+
+
+@click.group("device")
+def device() -> None:
+    """Run a fleet device as a process."""
+
+
+@device.command("run")
+@click.option("--coordinator", "target", required=True, help="Round endpoint HOST:PORT.")
+@click.option("--enroll", "enroll_target", default=None, help="Enrolment endpoint HOST:PORT.")
+@click.option(
+    "--ca-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="Fleet CA certificate (PEM): the only root this device trusts.",
+)
+@click.option("--id", "device_id", required=True)
+@click.option("--segment", required=True)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Holds this device's key (0600) and certificate.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="One-time enrolment token (from `ztfm ca token`); needed without a valid cert.",
+)
+@click.option("--telemetry", default=None, help="SKAB-style CSV file (live IFACE: not yet).")
+@click.option("--fleet-index", type=click.IntRange(min=0), default=None)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--devices", type=click.IntRange(min=1), default=None)
+@click.option("--rounds", type=click.IntRange(min=1), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--give-up-s", type=click.FloatRange(min=1), default=120.0, show_default=True)
+def run(
+    target: str,
+    enroll_target: str | None,
+    ca_cert: Path,
+    device_id: str,
+    segment: str,
+    state_dir: Path,
+    token_file: Path | None,
+    telemetry: str | None,
+    fleet_index: int | None,
+    config_path: str | None,
+    devices: int | None,
+    rounds: int | None,
+    seed: int | None,
+    give_up_s: float,
+) -> None:
+    """Enrol (if needed), then train with the fleet until the coordinator says done."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import numpy as np
+    import torch
+
+    from ztfm.crypto.pki import Certificate
+    from ztfm.device.runner import DeviceRunner
+    from ztfm.errors import CryptoError
+    from ztfm.identity import FileKeyStore, Identity
+    from ztfm.identity._fs import atomic_write
+
+    torch.set_num_threads(1)
+    if (telemetry is None) == (fleet_index is None):
+        raise ConfigError("give exactly one of --telemetry FILE or --fleet-index K")
+    try:
+        ca = Certificate.from_pem(ca_cert.read_bytes())
+    except (OSError, CryptoError) as exc:
+        raise IdentityError(f"{ca_cert}: not a CA certificate: {exc}") from exc
+    fleets = [u.removeprefix("spiffe://") for u in ca.uris if u.startswith("spiffe://")]
+    if len(fleets) != 1:
+        raise IdentityError(f"{ca_cert}: CA certificate names no single spiffe:// trust domain")
+    identity = Identity(fleets[0], segment, "device", device_id)
+    if fleet_index is not None:
+        agent = _agent_from_fleet(config_path, fleet_index, identity, devices, rounds, seed)
+    else:
+        assert telemetry is not None
+        path = Path(telemetry)
+        if not path.is_file():
+            raise ConfigError(
+                f"--telemetry {telemetry}: not a file; live capture (IFACE) is not yet "
+                "supported for federated training"
+            )
+        agent = _agent_from_file(config_path, path, identity, seed)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keys = FileKeyStore(state_dir / "key.pem")
+    cert_path = state_dir / "cert.pem"
+    cert = None
+    if cert_path.exists():
+        try:
+            cert = Certificate.from_pem(cert_path.read_bytes())
+        except CryptoError as exc:
+            raise IdentityError(f"{cert_path}: not a certificate: {exc}") from exc
+        if cert.public_key != keys.public_key:
+            raise IdentityError(f"{cert_path} is not for this device's key")
+    token = ""
+    if token_file is not None:
+        token = token_file.read_text().strip()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+
+    def on_int(_s: int, _f: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_int)
+    runner = DeviceRunner(
+        identity,
+        keys,
+        ca,
+        agent,
+        target,
+        np.random.default_rng(),
+        cert=cert,
+        enroll_target=enroll_target,
+        token=token,
+        on_cert=lambda c: atomic_write(cert_path, c.to_pem(), mode=0o600),
+        give_up_s=give_up_s,
+        stop=stop,
+    )
+    stats = runner.run()
+    click.echo(
+        f"{device_id}: {stats.tasks} tasks, {stats.refused} refused, {stats.renewals} renewals"
+        + (", done" if stats.finished else ", stopped"),
+        err=True,
+    )
+    if not stats.finished:
+        raise click.exceptions.Exit(130)

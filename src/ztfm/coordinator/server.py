@@ -1,0 +1,208 @@
+"""The coordinator as a network service: round RPCs over mutual TLS plus first enrolment.
+
+``CoordinatorServer`` glues three parts together and owns nothing else:
+
+* a ``FleetServer`` (mTLS, zero-trust gate: identity from the peer certificate, signed and bound
+  requests, Cedar policy, audit) whose handler is the thin ``RoundRpcHandler`` over a
+  ``CoordinatorService`` (the round state machine);
+* an ``EnrollmentServer`` (server-authenticated TLS, one-time token inside the CSR ->
+  short-lived certificate from the fleet CA);
+* a driver thread that calls ``service.step(clock.now())`` every ``tick_s`` until the configured
+  rounds are done, and writes one audit record per closed round.
+
+``stop()`` is idempotent and safe from a signal handler's thread: it stops the driver, stops both
+servers, and appends a final ``coordinator.stopped`` record, so the audit log stays verifiable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+
+from ztfm.audit import AuditSink, SnapshotStore
+from ztfm.coordinator.service import CoordinatorService
+from ztfm.errors import ZtfmError
+from ztfm.identity import Identity
+from ztfm.policy import TrustContext, TrustSource
+from ztfm.transport.grpc_fleet import LocalFleet
+from ztfm.transport.grpc_roles import RoundRpcHandler
+from ztfm.transport.grpc_server import EnrollmentServer, FleetServer
+from ztfm.types import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+
+class UnsafeAssumeAttested:
+    """A ``TrustSource`` that reports every authenticated caller as freshly attested.
+
+    For fleets without TPMs (``--attestation none``): the certificate, request binding and
+    policy checks still run, but the policy's attestation requirement is satisfied by fiat.
+    Logs a warning for every identity it vouches for.
+    """
+
+    def __init__(self, trust_score: float = 1.0) -> None:
+        self.trust_score = trust_score
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        log.warning("UnsafeAssumeAttested: attestation is NOT checked for this fleet")
+
+    def context_for(self, identity: Identity, now: float) -> TrustContext:
+        with self._lock:
+            if identity.uri not in self._warned:
+                self._warned.add(identity.uri)
+                log.warning("UnsafeAssumeAttested: %s treated as attested", identity.uri)
+        return TrustContext(self.trust_score, True, 0.0, False)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where a started coordinator listens (``host:port`` each)."""
+
+    fleet: str
+    enroll: str
+
+    def to_json(self) -> str:
+        return json.dumps({"fleet": self.fleet, "enroll": self.enroll})
+
+    @classmethod
+    def from_json(cls, text: str) -> Endpoints:
+        try:
+            d = json.loads(text)
+            return cls(str(d["fleet"]), str(d["enroll"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ZtfmError(f"endpoints file is not valid: {exc}") from exc
+
+
+class CoordinatorServer:
+    """Serves one ``CoordinatorService`` to the fleet until its rounds are done."""
+
+    def __init__(
+        self,
+        fleet: LocalFleet,
+        service: CoordinatorService,
+        audit: AuditSink,
+        trust: TrustSource,
+        *,
+        listen: str = "127.0.0.1:0",
+        enroll_listen: str = "127.0.0.1:0",
+        clock: Clock | None = None,
+        tick_s: float = 0.1,
+        snapshots: SnapshotStore | None = None,
+        max_workers: int = 16,
+    ) -> None:
+        if tick_s <= 0:
+            raise ZtfmError("tick_s must be positive")
+        self.fleet = fleet
+        self.service = service
+        self.audit = audit
+        self.trust = trust
+        self.listen = listen
+        self.enroll_listen = enroll_listen
+        self.clock: Clock = clock or SystemClock()
+        self.tick_s = tick_s
+        self.snapshots = snapshots
+        self.max_workers = max_workers
+        self.error: BaseException | None = None
+        self.handler = RoundRpcHandler(service, clock=self.clock)
+        self._fleet_server: FleetServer | None = None
+        self._enroll_server: EnrollmentServer | None = None
+        self._driver: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+
+    def start(self) -> Endpoints:
+        """Start both servers and the driver; return where they listen."""
+        now = self.clock.now()
+        gate = self.fleet.gate(self.audit, self.trust, snapshots=self.snapshots)
+        self._fleet_server = self.fleet.serve(
+            self.handler, gate, self.listen, clock=self.clock, max_workers=self.max_workers
+        )
+        try:
+            self._enroll_server = self.fleet.serve_enrollment(
+                self.audit, self.enroll_listen, clock=self.clock
+            )
+        except BaseException:
+            self._fleet_server.stop(0)
+            raise
+        ends = Endpoints(self._fleet_server.target, self._enroll_server.target)
+        self.audit.record(
+            "coordinator.started",
+            {
+                "fleet": ends.fleet,
+                "enroll": ends.enroll,
+                "rounds": self.service.rounds,
+                "expected_devices": self.service.expected_devices,
+                "identity": self.fleet.coordinator.identity.uri,
+            },
+            now,
+        )
+        self._driver = threading.Thread(target=self._drive, name="ztfm-driver", daemon=True)
+        self._driver.start()
+        return ends
+
+    def _drive(self) -> None:
+        seen = 0
+        try:
+            while not self._stop.is_set():
+                self.service.step(self.clock.now())
+                log_ = self.service.log
+                while seen < len(log_.summaries):
+                    s = log_.summaries[seen]
+                    self.audit.record(
+                        "round.closed",
+                        {
+                            "round": s.round_id,
+                            "version": s.model_version,
+                            "accepted": list(s.accepted),
+                            "rejected": dict(s.rejected),
+                        },
+                        self.clock.now(),
+                    )
+                    seen += 1
+                if self.service.finished.is_set():
+                    return
+                self._stop.wait(self.tick_s)
+        except BaseException as exc:  # a driver crash must end the run, not hang it
+            log.exception("coordinator driver failed")
+            self.error = exc
+            self.service.log.failures.append(f"driver failed: {exc!r}")
+            self.service.finished.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the rounds are done (True) or the timeout passes (False)."""
+        return self.service.finished.wait(timeout_s)
+
+    def linger(self, timeout_s: float, poll_s: float = 0.1) -> bool:
+        """After the last round: keep serving until every registered device has been told
+        ``done`` (True) or ``timeout_s`` passes (False), so devices exit instead of retrying."""
+        deadline = self.clock.now() + timeout_s
+        while True:
+            if set(self.service.coordinator.devices) <= self.handler.told_done:
+                return True
+            if self.clock.now() >= deadline or self._stop.wait(poll_s):
+                return False
+
+    def stop(self, reason: str = "finished", grace_s: float = 1.0) -> None:
+        """Stop the driver and both servers; idempotent."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._stop.set()
+        if self._driver is not None and self._driver is not threading.current_thread():
+            self._driver.join(timeout=10.0)
+        for srv in (self._fleet_server, self._enroll_server):
+            if srv is not None:
+                srv.stop(grace_s)
+        self.audit.record(
+            "coordinator.stopped",
+            {
+                "reason": reason[:200],
+                "rounds_done": len(self.service.log.evals),
+                "failures": list(self.service.log.failures)[:20],
+            },
+            self.clock.now(),
+        )

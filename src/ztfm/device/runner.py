@@ -1,0 +1,223 @@
+"""A device process's main loop: enrol if needed, pull tasks, train, push replies, renew, stop.
+
+``DeviceRunner.run()``:
+
+1. without a certificate, enrols over server-authenticated TLS pinned to the fleet CA with a
+   one-time token carried in the CSR (``transport.grpc_client.enroll``);
+2. fetches the CA-signed revocation list and opens its mTLS client with a server validator, so
+   it talks only to a valid, unrevoked coordinator (or gateway) of its fleet;
+3. polls ``GetRound``; an empty answer means "wait": it sleeps with exponential backoff and full
+   jitter (seeded ``rng``) and resets to the shortest delay after each task; a task goes through
+   the ``Endpoint`` (the ``DeviceAgent``) and the reply goes back with ``SubmitUpdate``;
+4. renews its certificate (same key) in the last part of its lifetime;
+5. stops on ``done``, on ``stop`` being set, or after ``give_up_s`` without reaching the
+   coordinator (a clear ``TransportError``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from ztfm.crypto.pki import Certificate
+from ztfm.errors import TransportError, ZtfmError
+from ztfm.identity import CertValidator, Identity, MemoryKeyStore, needs_renewal
+from ztfm.transport.grpc_client import FleetClient, RetryPolicy, RpcFailed, enroll
+from ztfm.transport.grpc_roles import DeviceLoop, PollResult
+from ztfm.transport.inproc import Endpoint
+from ztfm.types import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True, slots=True)
+class PollBackoff:
+    """Wait k (after k empty polls in a row) is U(0, min(max_s, initial_s * factor^k))."""
+
+    initial_s: float = 0.05
+    factor: float = 2.0
+    max_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.initial_s > 0 and self.factor >= 1 and self.max_s >= self.initial_s):
+            raise ZtfmError("poll backoff needs initial_s > 0, factor >= 1, max_s >= initial_s")
+
+    def delay_s(self, empty_polls: int, rng: np.random.Generator) -> float:
+        cap = min(self.max_s, self.initial_s * self.factor ** min(empty_polls, 60))
+        return float(rng.uniform(cap / 2, cap))
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What one device run did."""
+
+    tasks: int = 0
+    refused: int = 0
+    polls: int = 0
+    renewals: int = 0
+    enrolled: bool = False
+    finished: bool = False
+
+
+class DeviceRunner:
+    """Runs one device against a coordinator until training is done."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        keystore: MemoryKeyStore,
+        ca_cert: Certificate,
+        endpoint: Endpoint,
+        fleet_target: str,
+        rng: np.random.Generator,
+        *,
+        cert: Certificate | None = None,
+        enroll_target: str | None = None,
+        token: str = "",
+        on_cert: Callable[[Certificate], None] | None = None,
+        clock: Clock | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        backoff: PollBackoff | None = None,
+        retry: RetryPolicy | None = None,
+        renew_margin_s: float | None = None,
+        give_up_s: float = 60.0,
+        timeout_s: float = 30.0,
+        stop: threading.Event | None = None,
+    ) -> None:
+        if cert is None and (enroll_target is None or not token):
+            raise ZtfmError("a device without a certificate needs an enrolment endpoint and token")
+        self.identity = identity
+        self.keystore = keystore
+        self.ca_cert = ca_cert
+        self.endpoint = endpoint
+        self.fleet_target = fleet_target
+        self.rng = rng
+        self.cert = cert
+        self.enroll_target = enroll_target
+        self.token = token
+        self.on_cert = on_cert
+        self.clock: Clock = clock or SystemClock()
+        self.sleep = sleep
+        self.backoff = backoff or PollBackoff()
+        self.retry = retry or RetryPolicy(max_attempts=3, base_delay_s=0.1, max_delay_s=1.0)
+        self.renew_margin_s = renew_margin_s
+        self.give_up_s = give_up_s
+        self.timeout_s = timeout_s
+        self.stop = stop or threading.Event()
+        self.stats = RunStats()
+        self.client: FleetClient | None = None
+        self.validator: CertValidator | None = None
+
+    # --- steps -------------------------------------------------------------------------------
+    def enrol(self) -> Certificate:
+        """First enrolment with the one-time token; the certificate must name our identity."""
+        assert self.enroll_target is not None
+        csr = self.keystore.make_csr(self.identity, self.token)
+        cert = enroll(self.enroll_target, self.ca_cert, csr, timeout_s=self.timeout_s)
+        self._set_cert(cert)
+        self.stats.enrolled = True
+        return cert
+
+    def _set_cert(self, cert: Certificate) -> None:
+        self.cert = cert
+        if self.on_cert is not None:
+            self.on_cert(cert)
+
+    def _client(self, validator: CertValidator | None) -> FleetClient:
+        assert self.cert is not None
+        return FleetClient(
+            self.fleet_target,
+            self.identity,
+            self.keystore,
+            self.keystore.tls_private_key_pem(),
+            self.cert,
+            self.ca_cert,
+            self.rng,
+            clock=self.clock,
+            retry=self.retry,
+            timeout_s=self.timeout_s,
+            server_validator=validator,
+            sleep=self.sleep,
+        )
+
+    def connect(self) -> FleetClient:
+        """Fetch the signed revocation list, then open a client that validates the server."""
+        if self.cert is None or needs_renewal(self.cert, self.clock.now(), 0.0):
+            if self.enroll_target is None or not self.token:
+                raise ZtfmError("device certificate has expired and no enrolment token is given")
+            self.enrol()
+        with self._client(None) as boot:
+            self.validator = boot.fetch_validator()
+        self.client = self._client(self.validator)
+        return self.client
+
+    def maybe_renew(self) -> None:
+        assert self.client is not None
+        if needs_renewal(self.client.cert, self.clock.now(), self.renew_margin_s):
+            self.validator = self.client.fetch_validator()
+            cert = self.client.renew(self.validator)
+            self._set_cert(cert)
+            self.stats.renewals += 1
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, max_polls: int | None = None) -> RunStats:
+        """Poll until done, stopped, ``max_polls`` reached, or the coordinator is unreachable."""
+        started = self.clock.now()
+        while True:
+            try:
+                self.connect()
+                break
+            except (RpcFailed, TransportError) as exc:
+                if not _transient(exc) or self.clock.now() - started > self.give_up_s:
+                    raise
+                self.sleep(self.backoff.delay_s(3, self.rng))
+        assert self.client is not None
+        loop = DeviceLoop(self.client, self.endpoint)
+        empty = 0
+        last_contact = self.clock.now()
+        try:
+            while not self.stop.is_set():
+                if max_polls is not None and self.stats.polls >= max_polls:
+                    break
+                self.stats.polls += 1
+                try:
+                    self.maybe_renew()
+                    result = loop.poll()
+                except RpcFailed as exc:
+                    if exc.status not in _UNREACHABLE:
+                        raise
+                    if self.clock.now() - last_contact > self.give_up_s:
+                        raise TransportError(
+                            f"coordinator {self.fleet_target} unreachable for "
+                            f"{self.give_up_s:.0f} s"
+                        ) from exc
+                    result = PollResult.WAIT
+                else:
+                    last_contact = self.clock.now()
+                self.stats.tasks = loop.tasks_done
+                self.stats.refused = loop.refused
+                if result is PollResult.DONE:
+                    self.stats.finished = True
+                    break
+                if result is PollResult.WAIT:
+                    self.stop.wait(self.backoff.delay_s(empty, self.rng))
+                    empty += 1
+                else:
+                    empty = 0
+        finally:
+            self.client.close()
+        return self.stats
+
+
+def _transient(exc: ZtfmError) -> bool:
+    if isinstance(exc, RpcFailed):
+        return exc.status in _UNREACHABLE
+    return isinstance(exc, TransportError)
