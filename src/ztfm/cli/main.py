@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bundle": ("ztfm.cli.bundle", "bundle", "Publish, inspect and verify signed model bundles."),
     "lab": ("ztfm.cli.lab", "lab", "IoT traffic lab: namespaces, real attack tools, pcaps."),
     "attest": ("ztfm.cli.attest", "attest", "TPM 2.0 attestation: swtpm devices, quotes."),
+    "coordinator": ("ztfm.cli.coordinator", "coordinator", "Serve federated rounds over mTLS."),
+    "device": ("ztfm.cli.device", "device", "Run one fleet device as a process."),
+    "up": ("ztfm.cli.up", "up", "A whole fleet as real processes on 127.0.0.1 over mTLS."),
 }
 
 
