@@ -399,3 +399,12 @@ def test_oversized_models_refused(name: str, n: int, kwargs: dict[str, Any]) -> 
     # a crafted export header must not make a device allocate gigabytes
     with pytest.raises(DetectorError):
         make_detector(name, n, **kwargs)
+
+
+def test_whitening_falls_back_to_identity_on_few_rows(rng: np.random.Generator) -> None:
+    x = rng.normal(size=(30, 20)).astype(np.float32)  # fewer than 2 rows per feature
+    d = make_detector("ae", 20)
+    d.fit_scaler(x)
+    np.testing.assert_array_equal(d._white, np.eye(20, dtype=np.float32))
+    d.fit_scaler(np.concatenate([x, x + 0.1, x - 0.1]))  # 90 rows: enough, whitens
+    assert d._white is not None and not np.array_equal(d._white, np.eye(20, dtype=np.float32))

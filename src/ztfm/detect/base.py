@@ -27,6 +27,7 @@ from ztfm.errors import DetectorError
 
 DEFAULT_TARGET_FAR = 0.01
 WHITEN_FLOOR = 1e-3  # eigenvalue floor of the whitening (z-scored features, so relative)
+WHITEN_MIN_ROWS_PER_FEATURE = 2  # below this the whitening falls back to the identity
 SCALE_CLIP = 50.0  # scaled features are clipped to +-50 std: bounded influence of wild inputs
 MAX_STATE_BYTES = 64 * 1024 * 1024
 MAX_FEATURES = 65_536  # a crafted export must not make us allocate without bound
@@ -179,7 +180,10 @@ class BaseDetector:
         self._mu = mu.astype(np.float32)
         self._sd = np.maximum(sd, floor).astype(np.float32)
         self._white = None
-        if self.whiten:
+        if self.whiten and x64.shape[0] < WHITEN_MIN_ROWS_PER_FEATURE * self.n_features:
+            # too few rows to estimate a covariance: whitening would amplify noise directions
+            self._white = np.eye(self.n_features, dtype=np.float32)
+        elif self.whiten:
             z = (x64 - mu) / self._sd.astype(np.float64)
             cov = z.T @ z / z.shape[0]
             vals, vecs = np.linalg.eigh(0.5 * (cov + cov.T))
