@@ -329,29 +329,33 @@ def main() -> None:
             file=sys.stderr,
         )
     comparison = []
+    # every ztfm measurement first: a Flower run leaves Ray processes winding down for a while,
+    # which would slow whatever is measured right after it
     for k, t in configs:
         z = measure(n_f, d_f, 0.0, max(args.repeats, 7), degree=k, threshold=t)
-        entry: dict[str, Any] = {
-            "n": n_f,
-            "d": d_f,
-            "degree": k,
-            "threshold": t,
-            "flower_num_shares": k + 1,
-            "flower_threshold": t,
-            "ztfm_round_s": z["round_s"],
-            "ztfm_simulate_wall_s": z["wall_s"],
-            "ztfm_server_s": z["server_s"],
-            "ztfm_client_mean_s": z["client_mean_s"],
-            "ztfm_critical_path_s": z["client_max_s"] + z["server_s"],
-        }
-        if have_flower:
-            f = flower(args.flower_python, n_f, d_f, args.flower_rounds, k + 1, t)
-            entry["flower"] = f
-            if f.get("round_s"):
-                entry["flower_round_s"] = f["round_s"]
-                entry["speedup_round"] = f["round_s"] / z["round_s"]
-                entry["speedup_critical_path"] = f["round_s"] / entry["ztfm_critical_path_s"]
-        comparison.append(entry)
+        comparison.append(
+            {
+                "n": n_f,
+                "d": d_f,
+                "degree": k,
+                "threshold": t,
+                "flower_num_shares": k + 1,
+                "flower_threshold": t,
+                "ztfm_round_s": z["round_s"],
+                "ztfm_simulate_wall_s": z["wall_s"],
+                "ztfm_server_s": z["server_s"],
+                "ztfm_client_mean_s": z["client_mean_s"],
+                "ztfm_critical_path_s": z["client_max_s"] + z["server_s"],
+            }
+        )
+    for entry in comparison if have_flower else []:
+        k, t = entry["degree"], entry["threshold"]
+        f = flower(args.flower_python, n_f, d_f, args.flower_rounds, k + 1, t)
+        entry["flower"] = f
+        if f.get("round_s"):
+            entry["flower_round_s"] = f["round_s"]
+            entry["speedup_round"] = f["round_s"] / entry["ztfm_round_s"]
+            entry["speedup_critical_path"] = f["round_s"] / entry["ztfm_critical_path_s"]
 
     print()
     print(
