@@ -20,7 +20,13 @@ from ztfm.lab.runner import MANIFEST_NAME, run_lab, write_manifest
 from ztfm.lab.spec import ATTACKS, LabConfig
 
 BUNDLE_CONFIG = LabConfig(
-    devices=12, duration_s=480.0, attacks=tuple(ATTACKS), seed=2026, run_id="bundle", snaplen=96
+    devices=12,
+    duration_s=600.0,
+    attacks=tuple(ATTACKS),
+    seed=2026,
+    run_id="bundle",
+    snaplen=96,
+    warmup_s=300.0,
 )
 
 

@@ -167,7 +167,8 @@ def evaluate_lab(
     for lab in labels:
         s = by_dev[lab.device]
         m = s.kind == lab.attack
-        hit = alarms[lab.device] & (s.t + s.width_s >= lab.start) & (s.t <= lab.end + 1.0)
+        # the first alarmed window that holds this attack's own traffic
+        hit = alarms[lab.device] & m & (s.t + s.width_s >= lab.start) & (s.t <= lab.end + 1.0)
         first = s.t[hit]
         ttd = float(max(0.0, first.min() + s.width_s - lab.start)) if first.size else None
         atts.append(AttackResult(lab.attack, lab.device, lab.type, int(m.sum()),

@@ -28,7 +28,7 @@ def test_bundled_set_is_intact_complete_and_small(root: Path) -> None:
     assert {d.type for d in devices.values()} == set(DEVICE_TYPES)
     assert all(sum(d.type == t for d in devices.values()) >= 3 for t in DEVICE_TYPES)
     assert {lab.attack for lab in labels} == set(ATTACKS)
-    assert m["duration_s"] >= 180
+    assert m["duration_s"] >= 180 and m["warmup_s"] >= 120
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert size <= 3 * 1024 * 1024
 
@@ -54,7 +54,4 @@ def test_detector_meets_the_lab_targets(windows) -> None:  # type: ignore[no-unt
         if a.attack in HEADLINE:
             assert a.dr is not None and a.dr >= 0.95, a
     fars = np.array([d.far for d in devs], dtype=np.float64)
-    # regression guard at the measured figures (docs/lab.md): 11 of 12 devices within the 1 %
-    # target, the worst (a gateway, rare benign variants unseen in its warm-up) at 3.1 %
-    assert (fars <= 0.01).sum() >= 11, fars
-    assert fars.max() <= 0.035, fars
+    assert (fars <= 0.01).all(), fars  # measured worst: 0.4 % (docs/lab.md)
