@@ -128,7 +128,7 @@ def live_session(interface: str, *, warmup_s: float, seconds: float, width_s: fl
         began = time.time()  # kernel packet stamps are CLOCK_REALTIME too
         warm = list(_bounded(cap, warmup_s, max_packets))
         fx.learn(warm)
-        _, rows = rows_of(fx, warm, origin=began)
+        _, rows = rows_of(fx, warm, origin=began, until=time.time())
         pipe = fit_windows(rows, rng=rng, detector=detector)
         live = _bounded(cap, seconds, max_packets)
         scored = tuple(score_windows(live, fx, pipe, flush=False, origin=time.time()))

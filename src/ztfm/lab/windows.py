@@ -112,6 +112,20 @@ class DeviceWindows:
         self._acc.append(p)
         return done
 
+    def close_until(self, ts: float) -> list[tuple[float, np.ndarray]]:
+        """Close every window that ends at or before ``ts`` (silence gives rows of zeros)."""
+        if self._start is None or not math.isfinite(ts):
+            return []
+        k = math.floor((ts - self._start) / self.width_s)
+        if k - self._index > MAX_GAP_WINDOWS:
+            raise DataError(f"clock jump of {(k - self._index) * self.width_s:.0f} s in the stream")
+        done: list[tuple[float, np.ndarray]] = []
+        while self._index < k:
+            done.append((self._start + self._index * self.width_s, self._row(self._acc)))
+            self._acc = []
+            self._index += 1
+        return done
+
     def flush(self) -> list[tuple[float, np.ndarray]]:
         """Rows of the window still open (call at the end of a capture)."""
         if self._start is None:
@@ -130,10 +144,15 @@ class DeviceWindows:
 
 
 def rows_of(
-    fx: DeviceWindows, packets: Iterable[Packet], *, origin: float | None = None
+    fx: DeviceWindows,
+    packets: Iterable[Packet],
+    *,
+    origin: float | None = None,
+    until: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(window start times, rows (n, len(COLUMNS)) float32) of a packet sequence, from a fresh
-    stream position (the allow-list is kept)."""
+    stream position at ``origin`` (or the first packet), up to ``until`` (or the last packet's
+    window). The allow-list is kept."""
     fx.reset(origin)
     t: list[float] = []
     x: list[np.ndarray] = []
@@ -141,7 +160,8 @@ def rows_of(
         for ts, row in fx.push(p):
             t.append(ts)
             x.append(row)
-    for ts, row in fx.flush():
+    # with ``until``: every whole window up to it (a quiet end is data); else the open window too
+    for ts, row in fx.flush() if until is None else fx.close_until(until):
         t.append(ts)
         x.append(row)
     if not x:

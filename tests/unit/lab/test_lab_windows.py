@@ -168,3 +168,11 @@ def test_evaluate_needs_warmup() -> None:
     short = DeviceWindowSet(s.device, s.type, s.t, s.x, s.y, s.kind, s.t < 5, 1.0)
     with pytest.raises(LabError, match="warm-up windows"):
         evaluate_lab([short], [], lambda a, b: (a[:, 0], b[:, 0]))
+
+
+def test_quiet_end_of_a_warmup_still_gives_windows() -> None:
+    fx = DeviceWindows(ME)
+    t, x = rows_of(fx, [pkt(100.2, ME, SRV), pkt(101.5, ME, SRV)], origin=100.0, until=112.0)
+    assert len(t) == 12 and t[0] == 100.0
+    assert count(x[0], "pkts_out") == pytest.approx(1) and not x[5:].any()
+    assert rows_of(fx, [], origin=None, until=5.0)[1].shape == (0, len(COLUMNS))
