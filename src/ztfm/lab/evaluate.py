@@ -8,26 +8,28 @@ and reports detection rate, false-alarm rate and time-to-detect.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ztfm.data.lab import (
-    AFTERMATH,
     LabLabel,
-    label_packets,
-    read_devices,
-    read_labels,
-    read_manifest,
 )
-from ztfm.data.pcap import iter_packets
 from ztfm.detect.features import FeatureSpec
+from ztfm.detect.netwindows import COLUMNS, DeviceWindows, DeviceWindowSet, lab_windows, rows_of
 from ztfm.detect.stream import PipelineConfig, StreamingDetector
 from ztfm.errors import LabError
-from ztfm.lab.windows import COLUMNS, DeviceWindows, rows_of
+
+__all__ = [
+    "COLUMNS",
+    "DeviceWindowSet",
+    "DeviceWindows",
+    "evaluate_lab",
+    "lab_windows",
+    "rows_of",
+    "ztfm_scorer",
+]
 
 RAW = FeatureSpec(windows=(), ewma_alphas=(), raw=True, delta=False)
 #: PCA keeps the components explaining 90 % of the warm-up variance; chosen on the first bundled
@@ -36,60 +38,6 @@ PCA_VAR_FRAC = 0.9
 
 #: (train windows, test windows) -> (train scores, test scores); higher = more anomalous.
 Scorer = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceWindowSet:
-    device: str
-    type: str
-    t: np.ndarray  # window start (epoch s)
-    x: np.ndarray  # (n, len(COLUMNS)) float32
-    y: np.ndarray  # int8, 1 = window holds attack traffic of this device
-    kind: np.ndarray  # object: attack name or "benign"
-    train: np.ndarray  # bool: window lies wholly inside the benign warm-up
-    width_s: float
-
-
-def lab_windows(
-    root: str | Path, *, width_s: float = 1.0
-) -> tuple[list[DeviceWindowSet], list[LabLabel]]:
-    """Window rows and labels of every device of a lab folder (manifest hashes checked)."""
-    root = Path(root)
-    manifest = read_manifest(root)
-    devices = read_devices(root)
-    labels = read_labels(root, devices)
-    services_ip = str(manifest.get("services_ip", ""))
-    cut = min((lab.start for lab in labels), default=math.inf)
-    try:  # the fleet stops at started_at + duration_s; what follows is the lab shutting down
-        run_end = float(manifest["started_at"]) + float(manifest["duration_s"])
-    except (KeyError, TypeError, ValueError):
-        run_end = math.inf
-    out = []
-    for dev in devices.values():
-        cap = next((root / "pcaps" / n for n in (f"{dev.name}.pcap", f"{dev.name}.pcap.gz")
-                    if (root / "pcaps" / n).is_file()), None)  # fmt: skip
-        if cap is None:
-            raise LabError(f"{root}: no capture for {dev.name}")
-        packets = list(iter_packets(cap))
-        if not math.isfinite(cut):
-            cut = packets[0].ts + 0.5 * (packets[-1].ts - packets[0].ts)
-        fx = DeviceWindows(dev.ip, width_s)
-        fx.learn(p for p in packets if p.ts < cut)
-        t, x = rows_of(fx, packets)
-        py, pk = label_packets(packets, dev, labels, services_ip=services_ip)
-        y = np.zeros(len(t), dtype=np.int8)
-        kind = np.full(len(t), "benign", dtype=object)
-        idx = np.floor((np.array([p.ts for p in packets]) - t[0]) / width_s).astype(np.int64)
-        idx = np.clip(idx, 0, len(t) - 1)
-        for i in np.flatnonzero(py):  # an attack's own packets win over aftermath
-            y[idx[i]] = 1
-            if kind[idx[i]] in ("benign", AFTERMATH):
-                kind[idx[i]] = pk[i]
-        keep = t + width_s <= run_end
-        t, x, y, kind = t[keep], x[keep], y[keep], kind[keep]
-        train = (t + width_s <= cut) & (y == 0)
-        out.append(DeviceWindowSet(dev.name, dev.type, t, x, y, kind, train, width_s))
-    return out, labels
 
 
 def ztfm_scorer(detector: str = "pca", *, seed: int = 0) -> Scorer:

@@ -20,10 +20,10 @@ import numpy as np
 
 from ztfm.data.live import LiveCapture
 from ztfm.data.pcap import Packet
+from ztfm.detect.netwindows import DeviceWindows, rows_of
 from ztfm.detect.stream import PipelineConfig, StreamingDetector
 from ztfm.errors import DataError, LabError
 from ztfm.lab.evaluate import PCA_VAR_FRAC, RAW
-from ztfm.lab.windows import DeviceWindows, rows_of
 
 DEFAULT_DETECTOR = "pca"
 IDLE_S = 0.5

@@ -7,12 +7,12 @@ import pytest
 
 from ztfm.data.lab import LabDevice, LabLabel, label_packets
 from ztfm.data.pcap import TCP_ACK, TCP_SYN, Link, Packet
+from ztfm.detect.netwindows import COLUMNS, DeviceWindows, rows_of
 from ztfm.errors import DataError, LabError
 from ztfm.lab.evaluate import DeviceWindowSet, evaluate_lab
 from ztfm.lab.live import fit_windows, score_windows
 from ztfm.lab.runner import _labels
 from ztfm.lab.spec import LabConfig, plan_lab
-from ztfm.lab.windows import COLUMNS, DeviceWindows, rows_of
 
 ME, SRV, ATK = "10.213.0.10", "10.213.0.2", "10.213.0.3"
 COL = {c: i for i, c in enumerate(COLUMNS)}

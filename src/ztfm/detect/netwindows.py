@@ -1,4 +1,5 @@
-"""Per-device traffic windows: counts over fixed windows plus a learned allow-list of services.
+"""Per-device traffic windows (layer 2): counts over fixed windows plus a learned allow-list of
+services, and the window rows of every device of a traffic-lab folder (`lab_windows`).
 
 IoT devices talk to a handful of services in a regular rhythm (the idea behind MUD profiles,
 RFC 8520). ``DeviceWindows`` learns, from a benign warm-up, which (peer, protocol, service port)
@@ -16,11 +17,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from ztfm.data.pcap import TCP_ACK, TCP_RST, TCP_SYN, Packet
-from ztfm.errors import DataError
+from ztfm.data.lab import (
+    AFTERMATH,
+    LabLabel,
+    label_packets,
+    read_devices,
+    read_labels,
+    read_manifest,
+)
+from ztfm.data.pcap import TCP_ACK, TCP_RST, TCP_SYN, Packet, iter_packets
+from ztfm.errors import DataError, LabError
 
 COLUMNS: tuple[str, ...] = (
     "pkts_in", "pkts_out", "bytes_in", "bytes_out", "syn_in", "syn_out", "rst_in", "rst_out",
@@ -167,3 +177,57 @@ def rows_of(
     if not x:
         return np.zeros(0), np.zeros((0, len(COLUMNS)), dtype=np.float32)
     return np.array(t, dtype=np.float64), np.stack(x)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceWindowSet:
+    device: str
+    type: str
+    t: np.ndarray  # window start (epoch s)
+    x: np.ndarray  # (n, len(COLUMNS)) float32
+    y: np.ndarray  # int8, 1 = window holds attack traffic of this device
+    kind: np.ndarray  # object: attack name or "benign"
+    train: np.ndarray  # bool: window lies wholly inside the benign warm-up
+    width_s: float
+
+
+def lab_windows(
+    root: str | Path, *, width_s: float = 1.0
+) -> tuple[list[DeviceWindowSet], list[LabLabel]]:
+    """Window rows and labels of every device of a lab folder (manifest hashes checked)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    devices = read_devices(root)
+    labels = read_labels(root, devices)
+    services_ip = str(manifest.get("services_ip", ""))
+    cut = min((lab.start for lab in labels), default=math.inf)
+    try:  # the fleet stops at started_at + duration_s; what follows is the lab shutting down
+        run_end = float(manifest["started_at"]) + float(manifest["duration_s"])
+    except (KeyError, TypeError, ValueError):
+        run_end = math.inf
+    out = []
+    for dev in devices.values():
+        cap = next((root / "pcaps" / n for n in (f"{dev.name}.pcap", f"{dev.name}.pcap.gz")
+                    if (root / "pcaps" / n).is_file()), None)  # fmt: skip
+        if cap is None:
+            raise LabError(f"{root}: no capture for {dev.name}")
+        packets = list(iter_packets(cap))
+        if not math.isfinite(cut):
+            cut = packets[0].ts + 0.5 * (packets[-1].ts - packets[0].ts)
+        fx = DeviceWindows(dev.ip, width_s)
+        fx.learn(p for p in packets if p.ts < cut)
+        t, x = rows_of(fx, packets)
+        py, pk = label_packets(packets, dev, labels, services_ip=services_ip)
+        y = np.zeros(len(t), dtype=np.int8)
+        kind = np.full(len(t), "benign", dtype=object)
+        idx = np.floor((np.array([p.ts for p in packets]) - t[0]) / width_s).astype(np.int64)
+        idx = np.clip(idx, 0, len(t) - 1)
+        for i in np.flatnonzero(py):  # an attack's own packets win over aftermath
+            y[idx[i]] = 1
+            if kind[idx[i]] in ("benign", AFTERMATH):
+                kind[idx[i]] = pk[i]
+        keep = t + width_s <= run_end
+        t, x, y, kind = t[keep], x[keep], y[keep], kind[keep]
+        train = (t + width_s <= cut) & (y == 0)
+        out.append(DeviceWindowSet(dev.name, dev.type, t, x, y, kind, train, width_s))
+    return out, labels
