@@ -28,11 +28,13 @@ def test_same_seed_same_metrics() -> None:
     a = run_simulation(_small(seed=1)).metrics
     b = run_simulation(_small(seed=1)).metrics
     c = run_simulation(_small(seed=2)).metrics
+
     def strip(m):
         return json.dumps(
             [r["global"] for r in m["rounds"]] + [m["comparison"]],
             sort_keys=True,
         )
+
     assert strip(a) == strip(b)
     assert strip(a) != strip(c)
 
@@ -114,3 +116,17 @@ def test_ton_iot_fleet_is_plumbing_only() -> None:
     segs = {d["segment"] for d in m["devices"]}
     assert len(segs) >= 4
     assert np.isfinite(m["comparison"]["federated"]["f1"])
+
+
+def test_lab_fleet_one_device_per_lab_device_segment_is_type() -> None:
+    cfg = _small(devices=0, rounds=1)
+    cfg = replace(
+        cfg,
+        fleet=replace(cfg.fleet, dataset="lab"),
+        compare=replace(cfg.compare, local_only=False, centralised=False),
+    )
+    m = run_simulation(cfg).metrics
+    assert m["dataset"] == "lab" and m["has_signal"]
+    assert {d["segment"] for d in m["devices"]} == {"sensor", "plug", "camera", "gateway"}
+    fed = m["comparison"]["federated"]
+    assert fed["roc_auc"] > 0.9 and fed["far"] < 0.1

@@ -49,9 +49,10 @@ def _table(m: dict[str, Any]) -> str:
 @click.option("--seed", type=int, default=None, help="Seed for splits, sampling and training.")
 @click.option(
     "--dataset",
-    type=click.Choice(["skab", "ton_iot"]),
+    type=click.Choice(["skab", "lab", "ton_iot"]),
     default=None,
-    help="Fleet data: skab (real signal) or ton_iot (plumbing only).",
+    help="Fleet data: skab (sensor telemetry, real signal), lab (network traffic of the "
+    "bundled traffic-lab run, real signal) or ton_iot (plumbing only: no attack signal).",
 )
 @click.option(
     "--out",

@@ -94,6 +94,7 @@ class DeviceAgent:
         *,
         rng: np.random.Generator,
         target_far: float = 0.01,
+        threshold_margin: float = 1.0,
         postprocess: PostProcess | None = None,
         transforms: list[UpdateTransform] | None = None,
     ) -> None:
@@ -103,6 +104,7 @@ class DeviceAgent:
         self.data = data
         self.rng = rng
         self.target_far = target_far
+        self.threshold_margin = threshold_margin
         self.postprocess = postprocess
         self.transforms = list(transforms or [])
         self.model.fit_scaler(data.train)
@@ -163,7 +165,7 @@ class DeviceAgent:
         calib = self._score("calib")
         if self.postprocess is not None:
             calib = self.postprocess(calib)
-        threshold = threshold_for_far(calib, self.target_far)
+        threshold = threshold_for_far(calib, self.target_far) * self.threshold_margin
         s = self._score("test")
         if self.postprocess is not None:
             s = self.postprocess(s)

@@ -28,8 +28,9 @@ class DetectorConfig:
     windows: tuple[int, ...] = (5, 20, 60)
     ewma_alphas: tuple[float, ...] = (0.1,)
     target_far: float = 0.01
-    smoothing: int = 0
+    smoothing: int = 5
     whiten: bool = False
+    threshold_margin: float = 1.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,11 +203,15 @@ def load_config(path: str | Path | None = None) -> SimConfig:
 def validate(cfg: SimConfig) -> None:
     """Range checks that types alone cannot express."""
     checks = [
-        (cfg.fleet.dataset in {"skab", "ton_iot"}, "[fleet] dataset must be skab or ton_iot"),
+        (
+            cfg.fleet.dataset in {"skab", "lab", "ton_iot"},
+            "[fleet] dataset must be skab, lab or ton_iot",
+        ),
         (cfg.fleet.devices >= 0, "[fleet] devices must be >= 0"),
         (cfg.fleet.virtual_per_type >= 1, "[fleet] virtual_per_type must be >= 1"),
         (0.0 < cfg.detector.target_far < 0.5, "[detector] target_far must be in (0, 0.5)"),
         (cfg.detector.smoothing >= 0, "[detector] smoothing must be >= 0"),
+        (cfg.detector.threshold_margin > 0, "[detector] threshold_margin must be > 0"),
         (cfg.detector.lr > 0, "[detector] lr must be > 0"),
         (cfg.rounds.rounds >= 1, "[rounds] rounds must be >= 1"),
         (0.0 < cfg.rounds.fraction <= 1.0, "[rounds] fraction must be in (0, 1]"),

@@ -3,6 +3,9 @@
 * SKAB (real signal): one device per experiment file; the device trains on rows 0-399 (the
   anomaly-free start, as the SKAB protocol prescribes) and is scored on every row; the segment is
   the experiment group (valve1 / other).
+* lab (real traffic from ``ztfm lab run``; the bundled set by default): one device per lab
+  device, segment = device type (sensor, plug, camera, gateway); 1-second traffic windows; the
+  device trains on the benign warm-up before the first attack and is scored on every later window.
 * TON_IoT (plumbing only): ``virtual_per_type`` devices cut from each device type's series in time
   order; the segment is the device type. Its telemetry carries no attack signal once its leaks are
   removed (see the dataset README), so detection figures on it are not reported as meaningful.
@@ -139,9 +142,45 @@ def _pad(devices: Sequence[DeviceSpec], width: int) -> list[DeviceSpec]:
     return out
 
 
+def lab_fleet(cfg: FleetConfig, det: DetectorConfig) -> Fleet:
+    """One device per traffic-lab device: its own 1-second traffic windows, segment = its type.
+    It trains on the benign warm-up before the run's first attack and is scored on the rest."""
+    from ztfm.detect.netwindows import lab_windows
+
+    root = Path(cfg.path) if cfg.path else bundled_path("lab")
+    sets, _labels = lab_windows(root)
+    devices = []
+    for s in sets:
+        train = s.x[s.train].astype(np.float32)
+        test = ~s.train
+        if len(train) < 16 or not test.any():
+            continue
+        devices.append(
+            DeviceSpec(
+                f"lab-{s.device}",
+                s.type,
+                DeviceData(
+                    train,
+                    train,
+                    s.x[test].astype(np.float32),
+                    s.y[test].astype(np.int8),
+                    np.asarray(s.kind[test], dtype=object),
+                ),
+                f"{root.name}/{s.device}",
+            )
+        )
+    if cfg.devices:
+        devices = devices[: cfg.devices]
+    if not devices:
+        raise DataError(f"{root}: no lab devices with a benign warm-up and later windows")
+    return Fleet("lab", tuple(devices), devices[0].data.train.shape[1], True)
+
+
 def build_fleet(cfg: FleetConfig, det: DetectorConfig) -> Fleet:
     if cfg.dataset == "skab":
         return skab_fleet(cfg, det)
+    if cfg.dataset == "lab":
+        return lab_fleet(cfg, det)
     if cfg.dataset == "ton_iot":
         return ton_iot_fleet(cfg, det)
     raise ConfigError(f"unknown fleet dataset {cfg.dataset!r}")

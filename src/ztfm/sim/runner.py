@@ -122,6 +122,7 @@ def build_agent(
         spec.data,
         rng=np.random.default_rng([cfg.seed, 1, index]),
         target_far=cfg.detector.target_far,
+        threshold_margin=cfg.detector.threshold_margin,
         postprocess=causal_smoother(cfg.detector.smoothing),
         transforms=transforms,
     )
