@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -269,7 +270,7 @@ def serve(
     m["interrupted"] = bool(signalled)
     write_atomic(out / "metrics.json", json.dumps(m, indent=1, sort_keys=True))
     if signalled:
-        raise click.exceptions.Exit(130)
+        sys.exit(130)
     if len(service.log.evals) < cfg.rounds.rounds:
         raise RoundError(f"only {len(service.log.evals)} of {cfg.rounds.rounds} rounds completed")
     click.echo(f"coordinator: {len(m['rounds'])} rounds done; wrote {out / 'metrics.json'}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -205,4 +206,4 @@ def run(
         err=True,
     )
     if not stats.finished:
-        raise click.exceptions.Exit(130)
+        sys.exit(130)

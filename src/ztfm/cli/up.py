@@ -238,6 +238,11 @@ def up(
         while coord.poll() is None:
             if time.monotonic() > deadline:
                 raise TransportError(f"the run did not finish within {timeout_s:.0f} s")
+            for name, p in children.procs.items():  # a crashed device would stall round 1
+                if p.poll() not in (None, 0):
+                    raise TransportError(
+                        f"{name} exited with code {p.returncode}:\n" + children.log_tail(name)
+                    )
             time.sleep(0.1)
         if coord.returncode != 0:
             raise TransportError(
@@ -259,7 +264,7 @@ def up(
             signal.signal(s, h)
     if interrupted:
         click.echo("up: interrupted; every process stopped", err=True)
-        raise click.exceptions.Exit(130)
+        sys.exit(130)
     m: dict[str, Any] = json.loads((out / "metrics.json").read_text())
     _complete(m, cfg, fleet, baselines, time.perf_counter() - t0)
     from ztfm.cli.simulate import _table
