@@ -4,8 +4,8 @@ per-device trust, and which feeds each round's update behaviour back into the tr
 Selection is ``FedAvg``'s. Aggregation: the accepted deltas (sorted by device id, so the result
 does not depend on arrival order) go to the robust ``Aggregator``; weights are the trust
 manager's (quarantined devices weigh 0 and are never selected), or sample counts, or equal.
-After aggregating, every participant's update is judged against the robust aggregate
-(distance, direction, near-duplicates, negligible norm) and its trust changes accordingly; each
+After aggregating, every participant's update is judged against the unweighted robust
+aggregate (distance, direction, near-duplicates, negligible norm) and its trust changes accordingly; each
 change is passed to ``on_trust_change`` for the audit log.
 """
 
@@ -98,7 +98,12 @@ class DefendedFedAvg:
             {d: float(w) for d, w in zip(ids, agg.weights, strict=True)},
         )
         if self.trust is not None and len(ids) >= 2:
-            obs = observe_updates(ids, x, agg.vector, rule_weights=np.asarray(agg.weights))
+            # judge behaviour against the UNweighted robust aggregate: a trust-weighted one
+            # drifts towards whoever is already trusted, so a flagged device that keeps
+            # attacking would look normal next round (measured: adaptive ALIE caught 0/30
+            # against the weighted reference, 30/30 against the unweighted one)
+            ref = agg if weights is None else self.aggregator.aggregate(x, None)
+            obs = observe_updates(ids, x, ref.vector, rule_weights=np.asarray(ref.weights))
             diag.trust_changes = self.trust.observe_round(round_id, obs, now)
             if self.on_trust_change is not None:
                 for change in diag.trust_changes:
