@@ -1,0 +1,267 @@
+"""Bad input to ``ztfm coordinator serve`` / ``ztfm device run`` / ``ztfm up`` gets one clear line,
+and the in-process server + device runners (no subprocesses) enrol, renew, train and stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ztfm.audit import MemoryAuditSink
+from ztfm.cli.main import main
+from ztfm.coordinator.core import Coordinator, RoundSettings
+from ztfm.coordinator.server import CoordinatorServer, Endpoints, UnsafeAssumeAttested
+from ztfm.coordinator.service import CoordinatorService
+from ztfm.device.runner import DeviceRunner, PollBackoff
+from ztfm.errors import TransportError, ZtfmError
+from ztfm.fl import codec
+from ztfm.fl.messages import EvalReply, EvalTask, RoundTask, UpdateReply
+from ztfm.fl.strategy import FedAvg
+from ztfm.identity import Identity, MemoryKeyStore
+from ztfm.identity.store import init_ca
+from ztfm.transport.grpc_client import RetryPolicy, RpcFailed
+from ztfm.transport.grpc_fleet import LocalFleet
+
+
+def _fails(args: list[str], capsys: pytest.CaptureFixture[str], match: str) -> None:
+    with pytest.raises(SystemExit) as ei:
+        main(args)
+    assert ei.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert match in err, err
+
+
+@pytest.fixture
+def ca_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "ca"
+    init_ca(d, "fleet.local", time.time())
+    return d
+
+
+def _device(ca_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "device",
+        "run",
+        "--coordinator",
+        "127.0.0.1:1",
+        "--ca-cert",
+        str(ca_dir / "ca.crt"),
+        "--segment",
+        "valve1",
+        "--state-dir",
+        str(tmp_path / "state"),
+        *extra,
+    ]
+
+
+def test_device_needs_exactly_one_data_source(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fails(_device(ca_dir, tmp_path, "--id", "d-1"), capsys, "exactly one")
+    _fails(
+        _device(ca_dir, tmp_path, "--id", "d-1", "--telemetry", "x.csv", "--fleet-index", "0"),
+        capsys,
+        "exactly one",
+    )
+
+
+def test_device_live_interface_is_a_clear_not_yet(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fails(_device(ca_dir, tmp_path, "--id", "d-1", "--telemetry", "eth0"), capsys, "not yet")
+
+
+def test_device_refuses_a_garbage_ca_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "ca.crt"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    args = ["device", "run", "--coordinator", "127.0.0.1:1", "--ca-cert", str(bad)]
+    args += ["--segment", "valve1", "--state-dir", str(tmp_path / "s"), "--id", "d-1"]
+    _fails([*args, "--fleet-index", "0"], capsys, "not a CA certificate")
+
+
+def test_device_refuses_a_bad_identity_name(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fails(_device(ca_dir, tmp_path, "--id", "../etc", "--fleet-index", "0"), capsys, "invalid")
+
+
+def test_device_fleet_index_must_match_identity_and_fleet(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fails(
+        _device(ca_dir, tmp_path, "--id", "impostor", "--fleet-index", "0", "--devices", "2"),
+        capsys,
+        "not impostor",
+    )
+    _fails(
+        _device(ca_dir, tmp_path, "--id", "d-1", "--fleet-index", "7", "--devices", "2"),
+        capsys,
+        "outside the fleet",
+    )
+
+
+def test_device_without_cert_or_token_cannot_start(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _device(ca_dir, tmp_path, "--id", "skab-valve1-0", "--fleet-index", "0")
+    _fails([*args, "--devices", "2"], capsys, "enrolment endpoint and token")
+
+
+def test_device_refuses_a_certificate_for_another_key(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet = LocalFleet.create("fleet.local", time.time())
+    other = fleet.enroll("valve1", "skab-valve1-0", time.time())
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "cert.pem").write_bytes(other.cert.to_pem())
+    args = _device(ca_dir, tmp_path, "--id", "skab-valve1-0", "--fleet-index", "0")
+    _fails([*args, "--devices", "2"], capsys, "not for this device's key")
+
+
+def test_serve_refuses_simulation_only_settings(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "atk.toml"
+    cfg.write_text('[attacks]\nname = "sign_flip"\nfraction = 0.2\n')
+    args = ["coordinator", "serve", "--ca", str(ca_dir), "--config", str(cfg)]
+    _fails([*args, "--n-features", "4", "--devices", "2"], capsys, "simulation-only")
+
+
+def test_up_needs_two_devices(capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(["up", "--devices", "1"], capsys, "--devices")
+
+
+def test_endpoints_file_must_be_well_formed() -> None:
+    assert Endpoints.from_json(Endpoints("a:1", "b:2").to_json()) == Endpoints("a:1", "b:2")
+    for junk in ("", "{}", "[1]", '{"fleet": "a:1"}', "\x00"):
+        with pytest.raises(ZtfmError, match="endpoints file"):
+            Endpoints.from_json(junk)
+
+
+def test_poll_backoff_bounds() -> None:
+    for bad in ((0.0, 2.0, 1.0), (0.1, 0.5, 1.0), (0.5, 2.0, 0.1)):
+        with pytest.raises(ZtfmError):
+            PollBackoff(*bad)
+    b, rng = PollBackoff(0.05, 2.0, 1.0), np.random.default_rng(0)
+    delays = [b.delay_s(k, rng) for k in range(200)]
+    assert all(0.025 <= d <= 1.0 for d in delays)
+    assert max(delays[:1]) <= 0.05 and min(delays[10:]) >= 0.5
+
+
+def test_unreachable_coordinator_gives_up_with_a_clear_error() -> None:
+    now = time.time()
+    fleet = LocalFleet.create("fleet.local", now)
+    creds = fleet.enroll("valve1", "d-1", now)
+    runner = DeviceRunner(
+        creds.identity,
+        creds.keystore,
+        fleet.ca.cert,
+        _Echo("d-1"),
+        "127.0.0.1:1",
+        np.random.default_rng(0),
+        cert=creds.cert,
+        sleep=lambda _s: None,
+        retry=RetryPolicy(max_attempts=1),
+        give_up_s=0.3,
+        timeout_s=1.0,
+    )
+    with pytest.raises(TransportError):
+        runner.run()
+
+
+def test_runner_without_cert_needs_token() -> None:
+    ident = Identity("fleet.local", "valve1", "device", "d-1")
+    fleet = LocalFleet.create("fleet.local", time.time())
+    with pytest.raises(ZtfmError, match="enrolment endpoint and token"):
+        DeviceRunner(
+            ident, MemoryKeyStore(), fleet.ca.cert, _Echo("d-1"), "x:1", np.random.default_rng(0)
+        )
+
+
+class _Echo:
+    """A device endpoint: adds 1 to each parameter; evaluates with fixed counts."""
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+
+    def handle(self, data: bytes) -> bytes:
+        task = codec.decode(data)
+        if isinstance(task, EvalTask):
+            v, n = task.model_version, task.nonce
+            return codec.encode(EvalReply(task.round_id, self.device_id, v, 1, 0, 0, 1, 1.0, n))
+        assert isinstance(task, RoundTask)
+        delta = [np.ones_like(p) for p in task.params]
+        return codec.encode(
+            UpdateReply(
+                task.round_id, self.device_id, task.model_version, delta, 5, 0.1, task.nonce
+            )
+        )
+
+
+def test_server_and_runners_in_process_enrol_renew_train_and_stop(tmp_path: Path) -> None:
+    now = time.time()
+    fleet = LocalFleet.create("fleet.local", now, cert_ttl_s=3600)
+    coord = Coordinator(
+        [np.zeros(3, np.float32)],
+        FedAvg(),
+        RoundSettings(deadline_s=60),
+        rng=np.random.default_rng(0),
+    )
+    service = CoordinatorService(coord, rounds=2, expected_devices=3)
+    audit = MemoryAuditSink()
+    server = CoordinatorServer(fleet, service, audit, UnsafeAssumeAttested(), tick_s=0.02)
+    ends = server.start()
+    try:
+        runners = []
+        for i in range(3):
+            ident = Identity("fleet.local", "cams", "device", f"cam-{i}")
+            with fleet.ca_lock:
+                token = fleet.ca.create_token(ident, now, 600)
+            runners.append(
+                DeviceRunner(
+                    ident,
+                    MemoryKeyStore(),
+                    fleet.ca.cert,
+                    _Echo(ident.device_id),
+                    ends.fleet,
+                    np.random.default_rng(i),
+                    enroll_target=ends.enroll,
+                    token=token,
+                    backoff=PollBackoff(0.01, 2.0, 0.05),
+                    renew_margin_s=3600 - 0.2 if i == 0 else None,  # cam-0 renews often
+                )
+            )
+        threads = [threading.Thread(target=r.run) for r in runners]
+        for t in threads:
+            t.start()
+        assert server.wait(60)
+        assert server.linger(10)
+        for t in threads:
+            t.join(30)
+        # a used token cannot enrol a second device
+        with pytest.raises(RpcFailed) as ei:
+            DeviceRunner(
+                Identity("fleet.local", "cams", "device", "cam-0"),
+                MemoryKeyStore(),
+                fleet.ca.cert,
+                _Echo("cam-0"),
+                ends.fleet,
+                np.random.default_rng(9),
+                enroll_target=ends.enroll,
+                token=runners[0].token,
+            ).enrol()
+        assert ei.value.status.name == "PERMISSION_DENIED"
+    finally:
+        server.stop()
+    assert [r.stats.finished for r in runners] == [True] * 3
+    assert all(r.stats.enrolled and r.stats.tasks == 4 for r in runners)
+    assert runners[0].stats.renewals >= 1
+    assert np.allclose(coord.params[0], 2.0)
+    events = [e for e, _f, _t in audit.events]
+    assert events.count("enroll.issued") == 3 and events.count("round.closed") == 2
+    assert events[0] == "coordinator.started" and events[-1] == "coordinator.stopped"
