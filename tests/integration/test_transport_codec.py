@@ -120,6 +120,11 @@ def test_trust_manager_drives_policy_and_learns_from_rejections() -> None:
     gate = fleet.gate(audit, src, on_reject=src.observe_rejection)
     dev = fleet.enroll("cams", "cam-1", T)
     raw = encode_signed_request(sign_request(dev.keystore, "GetRound", 1, "cam-1", b"", T), b"")
+    with pytest.raises(Rejected) as first:  # no passing quote yet: attestation is required
+        gate.admit(dev.cert.der, "GetRound", raw, T)
+    assert first.value.stage == "policy"
+    mgr.observe_attestation(DeviceId("cam-1"), True, T)
+    raw = encode_signed_request(sign_request(dev.keystore, "GetRound", 1, "cam-1", b"", T), b"")
     assert gate.admit(dev.cert.der, "GetRound", raw, T).identity == dev.identity
     before = mgr.score(DeviceId("cam-1"), T)
     with pytest.raises(Rejected):  # replay: rejected, and it counts against trust

@@ -5,8 +5,8 @@ Selection is ``FedAvg``'s. Aggregation: the accepted deltas (sorted by device id
 does not depend on arrival order) go to the robust ``Aggregator``; weights are the trust
 manager's (quarantined devices weigh 0 and are never selected), or sample counts, or equal.
 After aggregating, every participant's update is judged against the unweighted robust
-aggregate (distance, direction, near-duplicates, negligible norm) and its trust changes accordingly; each
-change is passed to ``on_trust_change`` for the audit log.
+aggregate (distance, direction, near-duplicates, negligible norm) and its trust changes
+accordingly; each change is passed to ``on_trust_change`` for the audit log.
 """
 
 from __future__ import annotations
