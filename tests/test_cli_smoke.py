@@ -11,8 +11,9 @@ from ztfm.cli.main import COMMANDS
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ztfm.cli.main", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ztfm.cli.main", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_top_level_help_lists_every_group() -> None:

@@ -14,14 +14,32 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "ztfm"
 
 LAYERS: dict[str, int] = {
-    "errors": 0, "types": 0, "__init__": 0,
-    "crypto": 1, "data": 1,
-    "identity": 2, "attestation": 2, "ledger": 2, "detect": 2, "privacy": 2, "audit": 2,
-    "secagg": 3, "robust": 3, "policy": 3, "trust": 3, "bundle": 3, "fl": 3,
+    "errors": 0,
+    "types": 0,
+    "__init__": 0,
+    "crypto": 1,
+    "data": 1,
+    "identity": 2,
+    "attestation": 2,
+    "ledger": 2,
+    "detect": 2,
+    "privacy": 2,
+    "audit": 2,
+    "secagg": 3,
+    "robust": 3,
+    "policy": 3,
+    "trust": 3,
+    "bundle": 3,
+    "fl": 3,
     "wire": 4,
     "transport": 5,
-    "device": 6, "gateway": 6, "coordinator": 6,
-    "sim": 7, "report": 7, "dashboard": 7, "lab": 7,
+    "device": 6,
+    "gateway": 6,
+    "coordinator": 6,
+    "sim": 7,
+    "report": 7,
+    "dashboard": 7,
+    "lab": 7,
     "cli": 8,
 }
 
@@ -37,10 +55,7 @@ def _top(path: Path) -> str:
 def _imports(path: Path) -> list[tuple[str, int]]:
     tree = ast.parse(path.read_text(), filename=str(path))
     pkg_parts = list(path.relative_to(SRC).with_suffix("").parts)
-    if pkg_parts[-1] == "__init__":
-        pkg_parts = pkg_parts[:-1]
-    else:
-        pkg_parts = pkg_parts[:-1]
+    pkg_parts = pkg_parts[:-1]  # the package a module (or an __init__) belongs to
     out: list[tuple[str, int]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

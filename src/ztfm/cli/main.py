@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> Any:
     """Run the CLI; turn ``ZtfmError`` into one clear line and exit code 1."""
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
     try:
-        return cli.main(args=argv, prog_name="ztfm", auto_envvar_prefix="ZTFM",
-                        standalone_mode=False)
+        return cli.main(
+            args=argv, prog_name="ztfm", auto_envvar_prefix="ZTFM", standalone_mode=False
+        )
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

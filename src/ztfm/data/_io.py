@@ -42,8 +42,9 @@ def read_bytes(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes
     return raw
 
 
-def read_text(path: str | Path, *, encoding: str = "utf-8-sig",
-              max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+def read_text(
+    path: str | Path, *, encoding: str = "utf-8-sig", max_bytes: int = DEFAULT_MAX_BYTES
+) -> str:
     """Read a (possibly gzipped) text file; BOM stripped; ``DataError`` on undecodable bytes."""
     raw = read_bytes(path, max_bytes=max_bytes)
     try:

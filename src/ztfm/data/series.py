@@ -30,8 +30,9 @@ class LabelledSeries:
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2 or self.x.dtype != np.float32:
-            raise DataError(f"{self.name}: features must be a float32 matrix, got "
-                            f"{self.x.dtype} {self.x.shape}")
+            raise DataError(
+                f"{self.name}: features must be a float32 matrix, got {self.x.dtype} {self.x.shape}"
+            )
         n, d = self.x.shape
         if d != len(self.columns):
             raise DataError(f"{self.name}: {d} feature columns but {len(self.columns)} names")
