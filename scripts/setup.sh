@@ -8,7 +8,7 @@ APT_PACKAGES=(
   # attestation: a real software TPM and the TSS to talk to it
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
   # traffic lab: broker, capture and real attack tools
-  mosquitto mosquitto-clients iproute2 tcpdump nmap hping3 hydra libpcap-dev
+  mosquitto mosquitto-clients iproute2 tcpdump nmap hping3 hydra libpcap-dev openssl util-linux
 )
 
 if [ "${ZTFM_SKIP_APT:-0}" != "1" ]; then
