@@ -256,6 +256,12 @@ def test_server_and_runners_in_process_enrol_renew_train_and_stop(tmp_path: Path
                 token=runners[0].token,
             ).enrol()
         assert ei.value.status.name == "PERMISSION_DENIED"
+        # a revoked device is refused at once (the server republishes its revocation list)
+        fleet.revoke_identity(runners[1].identity, time.time())
+        assert runners[1].cert is not None
+        with pytest.raises(RpcFailed) as ei:
+            runners[1]._client(None).call("GetRound", b"")
+        assert ei.value.status.name == "UNAUTHENTICATED"
     finally:
         server.stop()
     assert [r.stats.finished for r in runners] == [True] * 3
