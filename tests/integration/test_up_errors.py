@@ -271,3 +271,40 @@ def test_server_and_runners_in_process_enrol_renew_train_and_stop(tmp_path: Path
     events = [e for e, _f, _t in audit.events]
     assert events.count("enroll.issued") == 3 and events.count("round.closed") == 2
     assert events[0] == "coordinator.started" and events[-1] == "coordinator.stopped"
+
+
+def test_enrol_timeout_starts_with_the_devices_that_came() -> None:
+    now = time.time()
+    fleet = LocalFleet.create("fleet.local", now)
+    coord = Coordinator(
+        [np.zeros(2, np.float32)],
+        FedAvg(min_devices=1),
+        RoundSettings(deadline_s=60),
+        rng=np.random.default_rng(0),
+    )
+    service = CoordinatorService(coord, rounds=1, expected_devices=3)
+    audit = MemoryAuditSink()
+    with pytest.raises(ZtfmError):
+        CoordinatorServer(fleet, service, audit, UnsafeAssumeAttested(), enrol_timeout_s=0)
+    server = CoordinatorServer(
+        fleet, service, audit, UnsafeAssumeAttested(), tick_s=0.02, enrol_timeout_s=0.3
+    )
+    ends = server.start()
+    try:
+        creds = fleet.enroll("cams", "cam-0", now)
+        runner = DeviceRunner(
+            creds.identity,
+            creds.keystore,
+            fleet.ca.cert,
+            _Echo("cam-0"),
+            ends.fleet,
+            np.random.default_rng(0),
+            cert=creds.cert,
+            backoff=PollBackoff(0.01, 2.0, 0.05),
+        )
+        stats = runner.run()
+    finally:
+        server.stop()
+    assert stats.finished and stats.tasks == 2
+    assert service.expected_devices == 1
+    assert any(e == "enrol.timeout" for e, _f, _t in audit.events)

@@ -175,6 +175,12 @@ def coordinator() -> None:
     help="Write {fleet, enroll} endpoints here (atomically) once listening.",
 )
 @click.option(
+    "--enrol-timeout-s",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Start with the devices registered by then if fewer than --devices came (default: wait).",
+)
+@click.option(
     "--linger-s",
     type=click.FloatRange(min=0),
     default=10.0,
@@ -195,6 +201,7 @@ def serve(
     deadline_s: float | None,
     eval_deadline_s: float,
     ready_file: Path | None,
+    enrol_timeout_s: float | None,
     linger_s: float,
     out: Path,
 ) -> None:
@@ -242,6 +249,7 @@ def serve(
         listen=listen,
         enroll_listen=enroll_listen,
         snapshots=SnapshotStore(out / "snapshots"),
+        enrol_timeout_s=enrol_timeout_s,
     )
     stop = threading.Event()
     signalled: list[int] = []

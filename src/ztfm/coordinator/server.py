@@ -91,9 +91,15 @@ class CoordinatorServer:
         tick_s: float = 0.1,
         snapshots: SnapshotStore | None = None,
         max_workers: int = 16,
+        enrol_timeout_s: float | None = None,
     ) -> None:
+        """``enrol_timeout_s``: if fewer than the expected devices registered by then, start
+        with those that did (at least one), recorded as ``enrol.timeout``; None waits forever."""
         if tick_s <= 0:
             raise ZtfmError("tick_s must be positive")
+        if enrol_timeout_s is not None and enrol_timeout_s <= 0:
+            raise ZtfmError("enrol_timeout_s must be positive")
+        self.enrol_timeout_s = enrol_timeout_s
         self.fleet = fleet
         self.service = service
         self.audit = audit
@@ -143,10 +149,31 @@ class CoordinatorServer:
         self._driver.start()
         return ends
 
+    def _check_enrolment(self, started: float, now: float) -> None:
+        svc = self.service
+        if (
+            self.enrol_timeout_s is None
+            or svc.phase != "enrol"
+            or now - started <= self.enrol_timeout_s
+        ):
+            return
+        registered = len(svc.coordinator.devices)
+        if registered == 0 or registered >= svc.expected_devices:
+            return
+        self.audit.record(
+            "enrol.timeout",
+            {"expected": svc.expected_devices, "registered": registered},
+            now,
+        )
+        log.warning("only %d of %d devices enrolled; starting", registered, svc.expected_devices)
+        svc.expected_devices = registered
+
     def _drive(self) -> None:
         seen = 0
+        started = self.clock.now()
         try:
             while not self._stop.is_set():
+                self._check_enrolment(started, self.clock.now())
                 self.service.step(self.clock.now())
                 log_ = self.service.log
                 while seen < len(log_.summaries):
