@@ -158,10 +158,24 @@ def test_adapter_refuses_other_roles_and_methods() -> None:
 
 def test_adapter_attributes_to_certificate_identity() -> None:
     tasks = _Tasks()
-    handler = RoundRpcHandler(tasks, model=lambda ident: ident.segment.encode())
+    handler = RoundRpcHandler(tasks, model=lambda ident, payload: ident.segment.encode() + payload)
     assert handler(CAM, "GetRound", b"") == WAIT
     assert handler(CAM, "SubmitUpdate", b"reply") == b""
-    assert handler(CAM, "GetModel", b"") == b"cams"
+    assert handler(CAM, "GetModel", b"!") == b"cams!"
     assert tasks.registered == [("cam-1", "cams")]
     assert tasks.submitted == [("cam-1", b"reply")]
     assert DONE == b"done"
+
+
+def test_model_update_framing_rejects_malformed() -> None:
+    from ztfm.errors import RoundError
+    from ztfm.transport.grpc_roles import decode_model_update, encode_model_update
+
+    good = encode_model_update(b"bundle", b"head", b"")
+    assert decode_model_update(good) == (b"bundle", b"head", b"")
+    for bad in (b"", b"ZTFMMU0" + good[7:], good[:-1], good + b"x", good[:9], b"ZTFMMU1"):
+        with pytest.raises(RoundError):
+            decode_model_update(bad)
+    huge = b"ZTFMMU1" + (2**32 - 1).to_bytes(4, "big") + b"x"
+    with pytest.raises(RoundError, match="truncated"):
+        decode_model_update(huge)

@@ -6,22 +6,31 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from ztfm.audit import MemoryAuditSink
+from ztfm.bundle import BundleRejected
 from ztfm.cli.main import main
 from ztfm.coordinator.core import Coordinator, RoundSettings
-from ztfm.coordinator.server import CoordinatorServer, Endpoints, UnsafeAssumeAttested
+from ztfm.coordinator.server import (
+    CoordinatorServer,
+    Endpoints,
+    ModelReleaser,
+    UnsafeAssumeAttested,
+)
 from ztfm.coordinator.service import CoordinatorService
-from ztfm.device.runner import DeviceRunner, PollBackoff
-from ztfm.errors import TransportError, ZtfmError
+from ztfm.crypto.signing import SigningKey
+from ztfm.device.runner import DeviceRunner, ModelInstaller, PollBackoff
+from ztfm.errors import LedgerError, TransportError, ZtfmError
 from ztfm.fl import codec
 from ztfm.fl.messages import EvalReply, EvalTask, RoundTask, UpdateReply
 from ztfm.fl.strategy import FedAvg
 from ztfm.identity import Identity, MemoryKeyStore
 from ztfm.identity.store import init_ca
+from ztfm.ledger import Ledger, MemoryLedgerStore
 from ztfm.transport.grpc_client import RetryPolicy, RpcFailed
 from ztfm.transport.grpc_fleet import LocalFleet
 
@@ -214,8 +223,23 @@ def test_server_and_runners_in_process_enrol_renew_train_and_stop(tmp_path: Path
     )
     service = CoordinatorService(coord, rounds=2, expected_devices=3)
     audit = MemoryAuditSink()
-    server = CoordinatorServer(fleet, service, audit, UnsafeAssumeAttested(), tick_s=0.02)
+    log_key, release_key = SigningKey.generate(), SigningKey.generate()
+    releaser = ModelReleaser(
+        Ledger(MemoryLedgerStore(), log_key), release_key, model_id="m", architecture="step"
+    )
+    server = CoordinatorServer(
+        fleet, service, audit, UnsafeAssumeAttested(), tick_s=0.02, releaser=releaser
+    )
     ends = server.start()
+
+    def installer(name: str, release: SigningKey = release_key, log: SigningKey = log_key) -> Any:
+        return ModelInstaller(
+            tmp_path / name,
+            model_id="m",
+            release_key=release.verify_key,
+            log_key=log.verify_key,
+        )
+
     try:
         runners = []
         for i in range(3):
@@ -234,6 +258,7 @@ def test_server_and_runners_in_process_enrol_renew_train_and_stop(tmp_path: Path
                     token=token,
                     backoff=PollBackoff(0.01, 2.0, 0.05),
                     renew_margin_s=3600 - 0.2 if i == 0 else None,  # cam-0 renews often
+                    installer=installer(f"model-{i}"),
                 )
             )
         threads = [threading.Thread(target=r.run) for r in runners]
@@ -256,6 +281,14 @@ def test_server_and_runners_in_process_enrol_renew_train_and_stop(tmp_path: Path
                 token=runners[0].token,
             ).enrol()
         assert ei.value.status.name == "PERMISSION_DENIED"
+        # the final model is refused under a release key or a log the device does not trust
+        client = runners[2]._client(None)
+        with pytest.raises(BundleRejected) as be:
+            installer("wrong-release", release=SigningKey.generate()).fetch(client)
+        assert be.value.reason == "unknown_signer"
+        with pytest.raises(LedgerError):
+            installer("wrong-log", log=SigningKey.generate()).fetch(client)
+        assert installer("model-2").fetch(client) is None  # already installed, nothing to do
         # a revoked device is refused at once (the server republishes its revocation list)
         fleet.revoke_identity(runners[1].identity, time.time())
         assert runners[1].cert is not None
@@ -267,6 +300,10 @@ def test_server_and_runners_in_process_enrol_renew_train_and_stop(tmp_path: Path
     assert [r.stats.finished for r in runners] == [True] * 3
     assert all(r.stats.enrolled and r.stats.tasks == 4 for r in runners)
     assert runners[0].stats.renewals >= 1
+    assert [r.stats.model_version for r in runners] == [2, 2, 2]
+    installed = installer("model-0").model.current
+    assert installed is not None
+    np.testing.assert_array_equal(installed.weights["param.0"], coord.params[0])
     assert np.allclose(coord.params[0], 2.0)
     events = [e for e, _f, _t in audit.events]
     assert events.count("enroll.issued") == 3 and events.count("round.closed") == 2

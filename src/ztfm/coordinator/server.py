@@ -19,15 +19,22 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from ztfm.audit import AuditSink, SnapshotStore
+from ztfm.bundle import Bundle, publish_bundle, receipt_for
 from ztfm.coordinator.service import CoordinatorService
-from ztfm.errors import ZtfmError
+from ztfm.crypto.signing import SigningKey
+from ztfm.errors import RoundError, ZtfmError
 from ztfm.identity import Identity
+from ztfm.ledger import Ledger
 from ztfm.policy import TrustContext, TrustSource
 from ztfm.transport.grpc_fleet import LocalFleet
-from ztfm.transport.grpc_roles import RoundRpcHandler
+from ztfm.transport.grpc_roles import RoundRpcHandler, encode_model_update
 from ztfm.transport.grpc_server import EnrollmentServer, FleetServer
 from ztfm.types import Clock, SystemClock
 
@@ -54,6 +61,65 @@ class UnsafeAssumeAttested:
                 self._warned.add(identity.uri)
                 log.warning("UnsafeAssumeAttested: %s treated as attested", identity.uri)
         return TrustContext(self.trust_score, True, 0.0, False)
+
+
+class ModelReleaser:
+    """Publishes each new global model as a signed bundle in the ledger and serves it.
+
+    ``release`` appends a ``model_release`` entry, signs the manifest with the release key and a
+    new tree head with the log key (``publish_bundle``). As a ``ModelProvider`` it answers
+    ``GetModel(payload = the caller's trusted tree size, 8 bytes big-endian, 0 = none)`` with
+    the newest bundle, a receipt for the newest head, that head, and a consistency proof from
+    the caller's size, so a device can verify signature, ledger inclusion and version.
+    """
+
+    def __init__(
+        self, ledger: Ledger, release_key: SigningKey, *, model_id: str, architecture: str
+    ) -> None:
+        self.ledger = ledger
+        self.release_key = release_key
+        self.model_id = model_id
+        self.architecture = architecture
+        self.latest: Bundle | None = None
+        self._lock = threading.Lock()
+
+    def release(
+        self, params: Sequence[np.ndarray[Any, Any]], version: int, round_id: int, now: float
+    ) -> Bundle:
+        with self._lock:
+            parent = self.latest.version if self.latest is not None else None
+            bundle = publish_bundle(
+                self.ledger,
+                self.release_key,
+                model_id=self.model_id,
+                version=version,
+                parent_version=parent,
+                architecture=self.architecture,
+                quantisation="none",
+                training_round=round_id,
+                weights={f"param.{i}": np.asarray(p) for i, p in enumerate(params)},
+                now=now,
+            )
+            self.latest = bundle
+            return bundle
+
+    def __call__(self, identity: Identity, payload: bytes) -> bytes:
+        if len(payload) != 8:
+            raise RoundError("GetModel takes the caller's trusted tree size (8 bytes)")
+        old = int.from_bytes(payload, "big")
+        with self._lock:
+            bundle = self.latest
+            head = self.ledger.latest_tree_head()
+            if bundle is None or head is None:
+                raise RoundError("no model has been released yet")
+            if old > head.tree_size:
+                raise RoundError("caller's tree head is ahead of this log")
+            receipt = receipt_for(self.ledger, bundle, head.tree_size)
+            proof = b""
+            if 0 < old < head.tree_size:
+                cp = self.ledger.consistency_proof(old, head.tree_size)
+                proof = json.dumps(cp.to_json()).encode()
+        return encode_model_update(bundle.with_receipt(receipt).to_bytes(), head.to_bytes(), proof)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +158,7 @@ class CoordinatorServer:
         snapshots: SnapshotStore | None = None,
         max_workers: int = 16,
         enrol_timeout_s: float | None = None,
+        releaser: ModelReleaser | None = None,
     ) -> None:
         """``enrol_timeout_s``: if fewer than the expected devices registered by then, start
         with those that did (at least one), recorded as ``enrol.timeout``; None waits forever."""
@@ -111,7 +178,8 @@ class CoordinatorServer:
         self.snapshots = snapshots
         self.max_workers = max_workers
         self.error: BaseException | None = None
-        self.handler = RoundRpcHandler(service, clock=self.clock)
+        self.releaser = releaser
+        self.handler = RoundRpcHandler(service, clock=self.clock, model=releaser)
         self._fleet_server: FleetServer | None = None
         self._enroll_server: EnrollmentServer | None = None
         self._driver: threading.Thread | None = None
@@ -188,6 +256,22 @@ class CoordinatorServer:
                         },
                         self.clock.now(),
                     )
+                    if self.releaser is not None:
+                        b = self.releaser.release(
+                            self.service.coordinator.params,
+                            s.model_version,
+                            s.round_id,
+                            self.clock.now(),
+                        )
+                        self.audit.record(
+                            "model.released",
+                            {
+                                "version": b.version,
+                                "ledger_index": b.manifest.ledger_index,
+                                "measurement": b.measurement().hex(),
+                            },
+                            self.clock.now(),
+                        )
                     seen += 1
                 if self.service.finished.is_set():
                     return

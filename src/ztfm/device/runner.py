@@ -16,20 +16,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
 
+from ztfm.bundle import Bundle, InstalledModel
 from ztfm.crypto.pki import Certificate
-from ztfm.errors import TransportError, ZtfmError
+from ztfm.crypto.signing import VerifyKey
+from ztfm.errors import LedgerError, RoundError, TransportError, ZtfmError
 from ztfm.identity import CertValidator, Identity, MemoryKeyStore, needs_renewal
+from ztfm.ledger import ConsistencyProof, SignedTreeHead
 from ztfm.transport.grpc_client import FleetClient, RetryPolicy, RpcFailed, enroll
-from ztfm.transport.grpc_roles import DeviceLoop, PollResult
+from ztfm.transport.grpc_roles import DeviceLoop, PollResult, decode_model_update
 from ztfm.transport.inproc import Endpoint
 from ztfm.types import Clock, SystemClock
 
@@ -55,6 +60,42 @@ class PollBackoff:
         return float(rng.uniform(cap / 2, cap))
 
 
+class ModelInstaller:
+    """Fetches the coordinator's newest signed model bundle and installs it only if it verifies.
+
+    The device pins the release key and the ledger's log key. Each fetch moves the device's
+    trusted tree head forward with a consistency proof (a forked or rolled-back log is refused),
+    then ``InstalledModel.install`` checks the release signature, the weights hash, ledger
+    inclusion under that head and that the version is newer (rollback protection). The trusted
+    head and the installed bundle persist in ``directory``.
+    """
+
+    def __init__(
+        self, directory: Path, *, model_id: str, release_key: VerifyKey, log_key: VerifyKey
+    ) -> None:
+        self.model = InstalledModel(directory, model_id=model_id, release_key=release_key)
+        self.witness = self.model.load_witness(log_key)
+
+    def fetch(self, client: FleetClient) -> Bundle | None:
+        """Install the newest bundle; None if it is the one already installed."""
+        size = self.witness.head.tree_size if self.witness.has_head else 0
+        bundle_b, head_b, proof_b = decode_model_update(
+            client.call("GetModel", size.to_bytes(8, "big"))
+        )
+        try:
+            head = SignedTreeHead.from_bytes(head_b)
+            proof = ConsistencyProof.from_json(json.loads(proof_b)) if proof_b else None
+        except (ValueError, TypeError, KeyError, LedgerError) as exc:
+            raise RoundError(f"model update carries a malformed tree head or proof: {exc}") from exc
+        if not self.witness.has_head or head.tree_size != self.witness.head.tree_size:
+            self.witness.update(head, proof)
+            self.model.save_witness(self.witness)
+        bundle = Bundle.from_bytes(bundle_b)
+        if bundle.version == self.model.installed_version:
+            return None
+        return self.model.install(bundle_b, ledger=self.witness)
+
+
 @dataclass(slots=True)
 class RunStats:
     """What one device run did."""
@@ -65,6 +106,7 @@ class RunStats:
     renewals: int = 0
     enrolled: bool = False
     finished: bool = False
+    model_version: int | None = None  # the verified, installed model after training
 
 
 class DeviceRunner:
@@ -91,7 +133,9 @@ class DeviceRunner:
         give_up_s: float = 60.0,
         timeout_s: float = 30.0,
         stop: threading.Event | None = None,
+        installer: ModelInstaller | None = None,
     ) -> None:
+        """With ``installer``, the final model is fetched and installed (verified) at ``done``."""
         if cert is None and (enroll_target is None or not token):
             raise ZtfmError("a device without a certificate needs an enrolment endpoint and token")
         self.identity = identity
@@ -113,6 +157,7 @@ class DeviceRunner:
         self.timeout_s = timeout_s
         self.stop = stop or threading.Event()
         self.stats = RunStats()
+        self.installer = installer
         self.client: FleetClient | None = None
         self.validator: CertValidator | None = None
 
@@ -206,6 +251,9 @@ class DeviceRunner:
                 self.stats.refused = loop.refused
                 if result is PollResult.DONE:
                     self.stats.finished = True
+                    if self.installer is not None:
+                        self.installer.fetch(self.client)
+                        self.stats.model_version = self.installer.model.installed_version
                     break
                 if result is PollResult.WAIT:
                     self.stop.wait(self.backoff.delay_s(empty, self.rng))

@@ -12,7 +12,8 @@ coordinator (layer 6).
 * ``SubmitUpdate`` hands the reply to ``RoundTasks.submit`` under the certificate identity; the
   device id inside the message must match it (checked by the coordinator), so a device can
   neither submit for another nor twice.
-* ``GetModel`` is served by an optional ``ModelProvider``.
+* ``GetModel`` is served by an optional ``ModelProvider`` (the coordinator's signed model
+  bundles: ``encode_model_update`` / ``decode_model_update``).
 
 ``DeviceLoop`` is the device side: it polls ``GetRound`` with a ``FleetClient``, runs the task
 through an ``Endpoint`` (``bytes -> bytes``, e.g. the device agent) and submits the reply.
@@ -39,7 +40,37 @@ log = logging.getLogger(__name__)
 WAIT: Final = b""  # nothing for you yet: poll again later
 DONE: Final = b"done"  # training is over: stop polling
 
-ModelProvider = Callable[[Identity], bytes]
+ModelProvider = Callable[[Identity, bytes], bytes]  # (caller, request payload) -> reply
+
+_MAX_MODEL_MEMBERS: Final = 3
+
+
+def encode_model_update(bundle: bytes, head: bytes, proof: bytes) -> bytes:
+    """``GetModel`` reply: a signed bundle (with its ledger receipt), the signed tree head the
+    receipt is for, and a consistency proof from the caller's trusted head (may be empty)."""
+    out = bytearray(b"ZTFMMU1")
+    for part in (bundle, head, proof):
+        out += len(part).to_bytes(4, "big") + part
+    return bytes(out)
+
+
+def decode_model_update(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """Parse ``encode_model_update``; anything else raises ``RoundError``."""
+    if not data.startswith(b"ZTFMMU1"):
+        raise RoundError("model update has a wrong header")
+    pos, parts = 7, []
+    for _ in range(_MAX_MODEL_MEMBERS):
+        if pos + 4 > len(data):
+            raise RoundError("model update is truncated")
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        pos += 4
+        if pos + n > len(data):
+            raise RoundError("model update is truncated")
+        parts.append(data[pos : pos + n])
+        pos += n
+    if pos != len(data):
+        raise RoundError("model update has trailing bytes")
+    return parts[0], parts[1], parts[2]
 
 
 class RoundTasks(Protocol):
@@ -73,7 +104,7 @@ class RoundRpcHandler:
 
     def __call__(self, identity: Identity, method: str, payload: bytes) -> bytes:
         if method == "GetModel" and self.model is not None:
-            return self.model(identity)
+            return self.model(identity, payload)
         if method not in ("GetRound", "SubmitUpdate"):
             raise RoundError(f"{method} is not served by this coordinator")
         if identity.role not in self.roles:
