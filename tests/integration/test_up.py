@@ -138,6 +138,21 @@ def test_up_completes_rounds_over_mtls(up_run: dict[str, Any]) -> None:
         assert (state / "key.pem").stat().st_mode & 0o077 == 0
         cert = Certificate.from_pem((state / "cert.pem").read_bytes())
         assert cert.uris == (f"spiffe://fleet.local/segment/valve1/role/device/id/{dev}",)
+    # ... and installed the final model only after verifying it (signature, ledger, version)
+    from ztfm.bundle import InstalledModel
+    from ztfm.crypto.signing import VerifyKey
+
+    release = VerifyKey(bytes.fromhex((up_run["out"] / "release.pub").read_text()))
+    final = m["rounds"][-1]["model_version"]
+    for dev in ids:
+        model = InstalledModel(
+            up_run["work"] / "devices" / dev / "model", model_id="ztfm-fleet", release_key=release
+        )
+        assert model.installed_version == final
+    assert (
+        f"verified model v{final} installed"
+        in (up_run["work"] / "logs" / f"{ids[0]}.log").read_text()
+    )
 
 
 def test_up_equals_in_process_simulation(up_run: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from ztfm.coordinator.server import (
 from ztfm.coordinator.service import CoordinatorService
 from ztfm.crypto.signing import SigningKey
 from ztfm.device.runner import DeviceRunner, ModelInstaller, PollBackoff
-from ztfm.errors import LedgerError, TransportError, ZtfmError
+from ztfm.errors import LedgerError, RoundError, TransportError, ZtfmError
 from ztfm.fl import codec
 from ztfm.fl.messages import EvalReply, EvalTask, RoundTask, UpdateReply
 from ztfm.fl.strategy import FedAvg
@@ -345,3 +345,19 @@ def test_enrol_timeout_starts_with_the_devices_that_came() -> None:
     assert stats.finished and stats.tasks == 2
     assert service.expected_devices == 1
     assert any(e == "enrol.timeout" for e, _f, _t in audit.events)
+
+
+def test_releaser_continues_versions_after_a_restart() -> None:
+    log_key, release_key = SigningKey.generate(), SigningKey.generate()
+    ledger = Ledger(MemoryLedgerStore(), log_key)
+    first = ModelReleaser(ledger, release_key, model_id="m", architecture="a")
+    with pytest.raises(RoundError, match="no model"):
+        first(Identity("fleet.local", "cams", "device", "cam-0"), bytes(8))
+    for v in (1, 2):
+        first.release([np.zeros(2, np.float32)], v, v, time.time())
+    again = ModelReleaser(ledger, release_key, model_id="m", architecture="a")
+    assert again.release([np.ones(2, np.float32)], 1, 1, time.time()).version == 3
+    cam = Identity("fleet.local", "cams", "device", "cam-0")
+    for bad in (b"", b"\x00" * 7, b"\x00" * 9, (10**6).to_bytes(8, "big")):
+        with pytest.raises(RoundError):
+            again(cam, bad)

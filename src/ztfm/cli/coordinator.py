@@ -127,6 +127,39 @@ def network_metrics(
     }
 
 
+MODEL_ID = "ztfm-fleet"
+
+
+def _signing_key(path: Path) -> Any:
+    """Load the key at ``path`` or create it (0600); its public key goes to ``<path>.pub``."""
+    from ztfm.crypto.signing import SigningKey
+    from ztfm.errors import CryptoError
+    from ztfm.identity._fs import atomic_write
+
+    if path.exists():
+        try:
+            key = SigningKey.from_pem(path.read_bytes())
+        except CryptoError as exc:
+            raise ConfigError(f"{path}: not a signing key: {exc}") from exc
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = SigningKey.generate()
+        atomic_write(path, key.to_pem(), mode=0o600)
+    return key
+
+
+def _releaser(out: Path, architecture: str) -> Any:
+    from ztfm.coordinator.server import ModelReleaser
+    from ztfm.ledger import Ledger, SqliteLedgerStore
+
+    log_key = _signing_key(out / "keys" / "log.key")
+    release_key = _signing_key(out / "keys" / "release.key")
+    write_atomic(out / "log.pub", log_key.verify_key.raw.hex() + "\n")
+    write_atomic(out / "release.pub", release_key.verify_key.raw.hex() + "\n")
+    ledger = Ledger(SqliteLedgerStore(out / "ledger.db"), log_key)
+    return ModelReleaser(ledger, release_key, model_id=MODEL_ID, architecture=architecture)
+
+
 @click.group("coordinator")
 def coordinator() -> None:
     """Run the federated coordinator as a network service."""
@@ -181,6 +214,13 @@ def coordinator() -> None:
     help="Start with the devices registered by then if fewer than --devices came (default: wait).",
 )
 @click.option(
+    "--release/--no-release",
+    default=True,
+    show_default=True,
+    help="Publish each round's model as a signed bundle in OUT/ledger.db, served by GetModel "
+    "(public keys: OUT/release.pub, OUT/log.pub).",
+)
+@click.option(
     "--linger-s",
     type=click.FloatRange(min=0),
     default=10.0,
@@ -202,6 +242,7 @@ def serve(
     eval_deadline_s: float,
     ready_file: Path | None,
     enrol_timeout_s: float | None,
+    release: bool,
     linger_s: float,
     out: Path,
 ) -> None:
@@ -241,6 +282,7 @@ def serve(
         eval_deadline_s=eval_deadline_s,
     )
     assert attestation == "none"
+    releaser = _releaser(out, cfg.detector.name) if release else None
     server = CoordinatorServer(
         fleet,
         service,
@@ -250,6 +292,7 @@ def serve(
         enroll_listen=enroll_listen,
         snapshots=SnapshotStore(out / "snapshots"),
         enrol_timeout_s=enrol_timeout_s,
+        releaser=releaser,
     )
     stop = threading.Event()
     signalled: list[int] = []

@@ -16,6 +16,7 @@ import click
 from ztfm.errors import ConfigError, DataError, IdentityError
 
 if TYPE_CHECKING:
+    from ztfm.crypto.signing import VerifyKey
     from ztfm.device.agent import DeviceAgent
     from ztfm.identity import Identity
 
@@ -80,6 +81,16 @@ def _agent_from_file(
     )
 
 
+def _verify_key(path: Path) -> VerifyKey:
+    from ztfm.crypto.signing import VerifyKey
+    from ztfm.errors import CryptoError
+
+    try:
+        return VerifyKey(bytes.fromhex(path.read_text().strip()))
+    except (ValueError, OSError, CryptoError) as exc:
+        raise ConfigError(f"{path}: not a hex Ed25519 public key: {exc}") from exc
+
+
 @click.group("device")
 def device() -> None:
     """Run a fleet device as a process."""
@@ -114,6 +125,18 @@ def device() -> None:
 @click.option("--devices", type=click.IntRange(min=1), default=None)
 @click.option("--rounds", type=click.IntRange(min=1), default=None)
 @click.option("--seed", type=int, default=None)
+@click.option(
+    "--release-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Pinned model release key (hex file); with --log-key: install the final signed model.",
+)
+@click.option(
+    "--log-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Pinned ledger log key (hex file).",
+)
 @click.option("--give-up-s", type=click.FloatRange(min=1), default=120.0, show_default=True)
 def run(
     target: str,
@@ -129,6 +152,8 @@ def run(
     devices: int | None,
     rounds: int | None,
     seed: int | None,
+    release_key: Path | None,
+    log_key: Path | None,
     give_up_s: float,
 ) -> None:
     """Enrol (if needed), then train with the fleet until the coordinator says done."""
@@ -136,8 +161,9 @@ def run(
     import numpy as np
     import torch
 
+    from ztfm.cli.coordinator import MODEL_ID
     from ztfm.crypto.pki import Certificate
-    from ztfm.device.runner import DeviceRunner
+    from ztfm.device.runner import DeviceRunner, ModelInstaller
     from ztfm.errors import CryptoError
     from ztfm.identity import FileKeyStore, Identity
     from ztfm.identity._fs import atomic_write
@@ -178,6 +204,16 @@ def run(
     token = ""
     if token_file is not None:
         token = token_file.read_text().strip()
+    installer = None
+    if (release_key is None) != (log_key is None):
+        raise ConfigError("give both --release-key and --log-key, or neither")
+    if release_key is not None and log_key is not None:
+        installer = ModelInstaller(
+            state_dir / "model",
+            model_id=MODEL_ID,
+            release_key=_verify_key(release_key),
+            log_key=_verify_key(log_key),
+        )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
 
@@ -198,10 +234,12 @@ def run(
         on_cert=lambda c: atomic_write(cert_path, c.to_pem(), mode=0o600),
         give_up_s=give_up_s,
         stop=stop,
+        installer=installer,
     )
     stats = runner.run()
     click.echo(
         f"{device_id}: {stats.tasks} tasks, {stats.refused} refused, {stats.renewals} renewals"
+        + (f", verified model v{stats.model_version} installed" if stats.model_version else "")
         + (", done" if stats.finished else ", stopped"),
         err=True,
     )

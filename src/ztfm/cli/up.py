@@ -226,6 +226,10 @@ def up(
                     str(token_file),
                     "--fleet-index",
                     str(k),
+                    "--release-key",
+                    str(out.resolve() / "release.pub"),
+                    "--log-key",
+                    str(out.resolve() / "log.pub"),
                     *common,
                 ],
             )

@@ -31,7 +31,7 @@ from ztfm.coordinator.service import CoordinatorService
 from ztfm.crypto.signing import SigningKey
 from ztfm.errors import RoundError, ZtfmError
 from ztfm.identity import Identity
-from ztfm.ledger import Ledger
+from ztfm.ledger import EntryKind, Ledger
 from ztfm.policy import TrustContext, TrustSource
 from ztfm.transport.grpc_fleet import LocalFleet
 from ztfm.transport.grpc_roles import RoundRpcHandler, encode_model_update
@@ -66,8 +66,10 @@ class UnsafeAssumeAttested:
 class ModelReleaser:
     """Publishes each new global model as a signed bundle in the ledger and serves it.
 
-    ``release`` appends a ``model_release`` entry, signs the manifest with the release key and a
-    new tree head with the log key (``publish_bundle``). As a ``ModelProvider`` it answers
+    ``release`` (coordinator model version v -> bundle version base + v, where base is the
+    newest earlier release of ``model_id`` in this ledger) appends a ``model_release`` entry,
+    signs the manifest with the release key and a new tree head with the log key
+    (``publish_bundle``). As a ``ModelProvider`` it answers
     ``GetModel(payload = the caller's trusted tree size, 8 bytes big-endian, 0 = none)`` with
     the newest bundle, a receipt for the newest head, that head, and a consistency proof from
     the caller's size, so a device can verify signature, ledger inclusion and version.
@@ -82,6 +84,19 @@ class ModelReleaser:
         self.architecture = architecture
         self.latest: Bundle | None = None
         self._lock = threading.Lock()
+        # a restarted coordinator on the same ledger continues the version sequence (devices
+        # refuse any version not above what they run)
+        self.base_version = max(
+            (
+                int(ledger.entry(i).body.get("version", 0))
+                for i in ledger.find(
+                    lambda e: (
+                        e.kind == EntryKind.MODEL_RELEASE and e.body.get("model_id") == model_id
+                    )
+                )
+            ),
+            default=0,
+        )
 
     def release(
         self, params: Sequence[np.ndarray[Any, Any]], version: int, round_id: int, now: float
@@ -92,7 +107,7 @@ class ModelReleaser:
                 self.ledger,
                 self.release_key,
                 model_id=self.model_id,
-                version=version,
+                version=self.base_version + version,
                 parent_version=parent,
                 architecture=self.architecture,
                 quantisation="none",
