@@ -143,7 +143,7 @@ def test_up_completes_rounds_over_mtls(up_run: dict[str, Any]) -> None:
     from ztfm.crypto.signing import VerifyKey
 
     release = VerifyKey(bytes.fromhex((up_run["out"] / "release.pub").read_text()))
-    final = m["rounds"][-1]["model_version"]
+    final = m["rounds"][-1]["model_version"] + 1  # bundle versions: model v0 is bundle 1
     for dev in ids:
         model = InstalledModel(
             up_run["work"] / "devices" / dev / "model", model_id="ztfm-fleet", release_key=release

@@ -300,7 +300,7 @@ def test_server_and_runners_in_process_enrol_renew_train_and_stop(tmp_path: Path
     assert [r.stats.finished for r in runners] == [True] * 3
     assert all(r.stats.enrolled and r.stats.tasks == 4 for r in runners)
     assert runners[0].stats.renewals >= 1
-    assert [r.stats.model_version for r in runners] == [2, 2, 2]
+    assert [r.stats.model_version for r in runners] == [3, 3, 3]  # v0 released too
     installed = installer("model-0").model.current
     assert installed is not None
     np.testing.assert_array_equal(installed.weights["param.0"], coord.params[0])
@@ -353,11 +353,62 @@ def test_releaser_continues_versions_after_a_restart() -> None:
     first = ModelReleaser(ledger, release_key, model_id="m", architecture="a")
     with pytest.raises(RoundError, match="no model"):
         first(Identity("fleet.local", "cams", "device", "cam-0"), bytes(8))
-    for v in (1, 2):
+    for v in (0, 1):
         first.release([np.zeros(2, np.float32)], v, v, time.time())
     again = ModelReleaser(ledger, release_key, model_id="m", architecture="a")
-    assert again.release([np.ones(2, np.float32)], 1, 1, time.time()).version == 3
+    assert again.release([np.ones(2, np.float32)], 0, 1, time.time()).version == 3
     cam = Identity("fleet.local", "cams", "device", "cam-0")
     for bad in (b"", b"\x00" * 7, b"\x00" * 9, (10**6).to_bytes(8, "big")):
         with pytest.raises(RoundError):
             again(cam, bad)
+
+
+class _LyingReleaser(ModelReleaser):
+    """Releases (validly signed) weights that differ from what the tasks carry."""
+
+    def release(self, params: Any, version: int, round_id: int, now: float) -> Any:
+        return super().release([p + 1 for p in params], version, round_id, now)
+
+
+def test_device_refuses_task_parameters_that_match_no_verified_bundle(tmp_path: Path) -> None:
+    now = time.time()
+    fleet = LocalFleet.create("fleet.local", now)
+    coord = Coordinator(
+        [np.zeros(2, np.float32)],
+        FedAvg(min_devices=1),
+        RoundSettings(deadline_s=60),
+        rng=np.random.default_rng(0),
+    )
+    service = CoordinatorService(coord, rounds=1, expected_devices=1)
+    log_key, release_key = SigningKey.generate(), SigningKey.generate()
+    releaser = _LyingReleaser(
+        Ledger(MemoryLedgerStore(), log_key), release_key, model_id="m", architecture="a"
+    )
+    server = CoordinatorServer(
+        fleet, service, MemoryAuditSink(), UnsafeAssumeAttested(), tick_s=0.02, releaser=releaser
+    )
+    ends = server.start()
+    try:
+        creds = fleet.enroll("cams", "cam-0", now)
+        runner = DeviceRunner(
+            creds.identity,
+            creds.keystore,
+            fleet.ca.cert,
+            _Echo("cam-0"),
+            ends.fleet,
+            np.random.default_rng(0),
+            cert=creds.cert,
+            backoff=PollBackoff(0.01, 2.0, 0.05),
+            installer=ModelInstaller(
+                tmp_path / "m",
+                model_id="m",
+                release_key=release_key.verify_key,
+                log_key=log_key.verify_key,
+            ),
+            verify_timeout_s=0.3,
+        )
+        with pytest.raises(BundleRejected, match="match no verified model"):
+            runner.run()
+    finally:
+        server.stop()
+    assert runner.stats.tasks == 0 and service.phase == "train"  # nothing was trained or sent

@@ -66,7 +66,7 @@ class UnsafeAssumeAttested:
 class ModelReleaser:
     """Publishes each new global model as a signed bundle in the ledger and serves it.
 
-    ``release`` (coordinator model version v -> bundle version base + v, where base is the
+    ``release`` (coordinator model version v -> bundle version base + v + 1, where base is the
     newest earlier release of ``model_id`` in this ledger) appends a ``model_release`` entry,
     signs the manifest with the release key and a new tree head with the log key
     (``publish_bundle``). As a ``ModelProvider`` it answers
@@ -107,7 +107,7 @@ class ModelReleaser:
                 self.ledger,
                 self.release_key,
                 model_id=self.model_id,
-                version=self.base_version + version,
+                version=self.base_version + version + 1,
                 parent_version=parent,
                 architecture=self.architecture,
                 quantisation="none",
@@ -228,6 +228,9 @@ class CoordinatorServer:
             },
             now,
         )
+        if self.releaser is not None:  # the initial model too: devices train only on bundles
+            coord = self.service.coordinator
+            self.releaser.release(coord.params, coord.model_version, 0, now)
         self._driver = threading.Thread(target=self._drive, name="ztfm-driver", daemon=True)
         self._driver.start()
         return ends

@@ -20,14 +20,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 
-from ztfm.bundle import Bundle, InstalledModel
+from ztfm.bundle import Bundle, BundleRejected, InstalledModel, Reason
 from ztfm.crypto.pki import Certificate
 from ztfm.crypto.signing import VerifyKey
 from ztfm.errors import LedgerError, RoundError, TransportError, ZtfmError
@@ -95,6 +96,24 @@ class ModelInstaller:
             return None
         return self.model.install(bundle_b, ledger=self.witness)
 
+    def matches(self, params: Sequence[np.ndarray[Any, Any]]) -> bool:
+        """Are ``params`` exactly the weights of the installed (verified) bundle?"""
+        cur = self.model.current
+        if cur is None or len(cur.weights) != len(params):
+            return False
+        for i, p in enumerate(params):
+            w = cur.weights.get(f"param.{i}")
+            if w is None or w.shape != p.shape or w.dtype != p.dtype or not np.array_equal(w, p):
+                return False
+        return True
+
+    def check_task(self, client: FleetClient, params: Sequence[np.ndarray[Any, Any]]) -> bool:
+        """True if ``params`` are the newest verified bundle's weights (fetching it if needed)."""
+        if self.matches(params):
+            return True
+        self.fetch(client)
+        return self.matches(params)
+
 
 @dataclass(slots=True)
 class RunStats:
@@ -134,8 +153,12 @@ class DeviceRunner:
         timeout_s: float = 30.0,
         stop: threading.Event | None = None,
         installer: ModelInstaller | None = None,
+        verify_timeout_s: float = 30.0,
     ) -> None:
-        """With ``installer``, the final model is fetched and installed (verified) at ``done``."""
+        """With ``installer``, every task's parameters must be the weights of a verified model
+        bundle (signature, ledger, version), else the task waits and, after
+        ``verify_timeout_s``, the device stops with ``BundleRejected``; the final model is
+        installed at ``done``."""
         if cert is None and (enroll_target is None or not token):
             raise ZtfmError("a device without a certificate needs an enrolment endpoint and token")
         self.identity = identity
@@ -158,6 +181,8 @@ class DeviceRunner:
         self.stop = stop or threading.Event()
         self.stats = RunStats()
         self.installer = installer
+        self.verify_timeout_s = verify_timeout_s
+        self._unverified_since: float | None = None
         self.client: FleetClient | None = None
         self.validator: CertValidator | None = None
 
@@ -212,6 +237,25 @@ class DeviceRunner:
             self._set_cert(cert)
             self.stats.renewals += 1
 
+    def _accept(self, task: object) -> bool:
+        """Train/evaluate only on parameters that are a verified, ledger-recorded bundle."""
+        assert self.installer is not None and self.client is not None
+        params = getattr(task, "params", None)
+        if params is None:
+            return True
+        if self.installer.check_task(self.client, params):
+            self._unverified_since = None
+            return True
+        now = self.clock.now()
+        if self._unverified_since is None:
+            self._unverified_since = now
+        elif now - self._unverified_since > self.verify_timeout_s:
+            raise BundleRejected(
+                Reason.HASH_MISMATCH,
+                "task parameters match no verified model bundle; refusing to train on them",
+            )
+        return False  # the release may not be published yet: poll again
+
     # --- the loop ----------------------------------------------------------------------------
     def run(self, max_polls: int | None = None) -> RunStats:
         """Poll until done, stopped, ``max_polls`` reached, or the coordinator is unreachable."""
@@ -225,7 +269,7 @@ class DeviceRunner:
                     raise
                 self.sleep(self.backoff.delay_s(3, self.rng))
         assert self.client is not None
-        loop = DeviceLoop(self.client, self.endpoint)
+        loop = DeviceLoop(self.client, self.endpoint, self._accept if self.installer else None)
         empty = 0
         last_contact = self.clock.now()
         try:

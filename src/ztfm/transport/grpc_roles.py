@@ -131,9 +131,16 @@ class PollResult(Enum):
 class DeviceLoop:
     """A device's side of pull-based rounds: fetch task, run the endpoint, send the reply."""
 
-    def __init__(self, client: FleetClient, endpoint: Endpoint) -> None:
+    def __init__(
+        self,
+        client: FleetClient,
+        endpoint: Endpoint,
+        accept: Callable[[object], bool] | None = None,
+    ) -> None:
+        """``accept(task)`` runs before a task is handled; False = not now (treated as WAIT)."""
         self.client = client
         self.endpoint = endpoint
+        self.accept = accept
         self.tasks_done = 0
         self.refused = 0
         self.done = False
@@ -154,6 +161,8 @@ class DeviceLoop:
         if task == WAIT or task == self._last_task:
             return PollResult.WAIT  # the second case: our reply is still on its way
         msg = codec.decode(task)
+        if self.accept is not None and not self.accept(msg):
+            return PollResult.WAIT
         reply = self.endpoint.handle(task)
         self._last_task = task
         try:
