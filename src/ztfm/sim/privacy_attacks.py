@@ -150,11 +150,12 @@ def local_train(
     params: Sequence[np.ndarray], xs: np.ndarray, recipe: LocalRecipe, rng: np.random.Generator
 ) -> Params:
     """The device's real local training (``Autoencoder.train_epochs``) from ``params`` on rows
-    already in its scaled space; returns the new parameters. SGD recipes use the unrolled torch
-    simulator (the detector itself always trains with Adam)."""
+    already in its scaled space; returns the new parameters. SGD recipes and batches below the
+    detector's minimum use the unrolled torch simulator (identical to the detector's Adam on one
+    full batch: tested)."""
     p = _params(list(params))
     x = _rows(xs, p[0].shape[0])
-    if recipe.optimizer == "sgd":
+    if recipe.optimizer == "sgd" or x.shape[0] < Autoencoder.min_train_rows:
         if x.shape[0] > recipe.batch_size:
             raise PrivacyError("the SGD recipe is simulated full-batch: rows must fit one batch")
         return [a + d for a, d in zip(p, simulate_update(p, x, recipe), strict=True)]
@@ -209,9 +210,7 @@ def _torch_update(ts: list[Any], x: Any, recipe: LocalRecipe) -> list[Any]:
     return [a - b for a, b in zip(w, ts, strict=True)]
 
 
-def simulate_update(
-    params: Sequence[np.ndarray], xs: np.ndarray, recipe: LocalRecipe
-) -> Params:
+def simulate_update(params: Sequence[np.ndarray], xs: np.ndarray, recipe: LocalRecipe) -> Params:
     """The update (new - old parameters) full-batch local training on ``xs`` would produce."""
     import torch
 
@@ -250,7 +249,9 @@ class Defence:
         if not 0 < self.keep <= 1:
             raise PrivacyError(f"keep must be in (0, 1], got {self.keep!r}")
         if not isinstance(self.secagg_group, int) or not 1 <= self.secagg_group <= 10_000:
-            raise PrivacyError(f"secagg_group must be an int in [1, 10000], got {self.secagg_group!r}")
+            raise PrivacyError(
+                f"secagg_group must be an int in [1, 10000], got {self.secagg_group!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +284,7 @@ def protect(
         mask[idx] = True
         vec = np.where(mask, vec, 0.0)
     if defence.clip_norm > 0:
-        vec = clip_update(vec, defence.clip_norm)
+        vec = np.asarray(clip_update(vec, defence.clip_norm), dtype=np.float64)
     if defence.noise_std > 0:
         vec = vec + np.where(mask, _rng(rng).normal(0.0, defence.noise_std, vec.size), 0.0)
     return vec, mask
@@ -371,7 +372,7 @@ def mi_metrics(
     for f in fprs:
         if not 0 < f < 1:
             raise DataError(f"FPR target must be in (0, 1), got {f!r}")
-        k = int(math.floor(f * neg.size))
+        k = math.floor(f * neg.size)
         thr = neg[k] if k < neg.size else -np.inf
         tpr[f] = float((pos > thr).mean())
         allowed[f] = k
@@ -471,7 +472,7 @@ def invert_update(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ts = [torch.tensor(a, dtype=torch.float64) for a in p]
+        ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in p]
         target = torch.tensor(obs.update[obs.mask], dtype=torch.float64)
         mask = torch.tensor(obs.mask)
         best, best_loss = None, math.inf
@@ -489,7 +490,7 @@ def invert_update(
                 sim = torch.stack(parts).sum(dim=0)[mask]
                 cos = torch.dot(sim, target) / (sim.norm() * target.norm() + 1e-30)
                 loss = 1 - cos + cfg.prior_weight * (dummy**2).mean()
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 opt.step()
                 last = float(loss.detach())
             if last < best_loss:
@@ -583,9 +584,7 @@ def skab_pools(
         if max_rows:
             benign = benign[:max_rows]
         member = np.zeros(len(benign), dtype=bool)
-        member[r.choice(len(benign), size=int(round(member_share * len(benign))), replace=False)] = (
-            True
-        )
+        member[r.choice(len(benign), size=round(member_share * len(benign)), replace=False)] = True
         pools.append(DevicePool(d.device_id, _scale(benign), member))
     return pools, _public_rows(cfg, stride)
 
@@ -594,7 +593,8 @@ def _scale(x: np.ndarray) -> np.ndarray:
     x64 = np.asarray(x, dtype=np.float64)
     mu, sd = x64.mean(axis=0), x64.std(axis=0)
     sd = np.maximum(sd, np.maximum(1e-3 * np.abs(mu), 1e-6))
-    return np.clip((x64 - mu) / sd, -50, 50).astype(np.float32)
+    out: np.ndarray = np.clip((x64 - mu) / sd, -50, 50).astype(np.float32)
+    return out
 
 
 def _public_rows(cfg: Any, stride: int) -> np.ndarray:
@@ -612,9 +612,7 @@ def _public_rows(cfg: Any, stride: int) -> np.ndarray:
     return _scale(feats[::stride])
 
 
-def init_params(
-    n_features: int, hidden: Sequence[int], rng: np.random.Generator
-) -> Params:
+def init_params(n_features: int, hidden: Sequence[int], rng: np.random.Generator) -> Params:
     """Glorot-uniform start of a symmetric autoencoder (the detector's own initialiser)."""
     ae = Autoencoder(n_features, hidden=tuple(hidden), whiten=False)
     ae._reset_params(_rng(rng))
@@ -758,6 +756,4 @@ def inversion_experiment(
         errs.append(q.error)
         bases.append(q.baseline)
         corrs.append(q.correlation)
-    return ReconstructionQuality(
-        float(np.mean(errs)), float(np.mean(bases)), float(np.mean(corrs))
-    )
+    return ReconstructionQuality(float(np.mean(errs)), float(np.mean(bases)), float(np.mean(corrs)))
