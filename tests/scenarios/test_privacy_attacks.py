@@ -66,7 +66,7 @@ def test_gradient_inversion_works_on_one_fedsgd_update_and_fails_under_secagg(
     pools, start = setting
     cfg = pa.InversionConfig(iters=120)
     alone = pa.inversion_experiment(
-        pools, start, FEDSGD, pa.Defence(), 8, np.random.default_rng(5), config=cfg
+        pools, start, FEDSGD, pa.Defence(), 8, np.random.default_rng(5), config=cfg, targets=3
     )
     summed = pa.inversion_experiment(
         pools,
@@ -76,9 +76,12 @@ def test_gradient_inversion_works_on_one_fedsgd_update_and_fails_under_secagg(
         8,
         np.random.default_rng(5),
         config=cfg,
+        targets=3,
     )
+    # averaged over 3 target devices: a single target's ratio varies (0.3-1.0 alone)
     assert alone.ratio < 0.85  # one update leaks: closer than random benign rows
     assert summed.ratio > 0.95  # the sum of 10: no better than the population baseline
+    assert len(summed.per_target) == 3
     assert summed.ratio > alone.ratio + 0.1
 
 
@@ -103,7 +106,7 @@ def test_sparsification_sends_only_k_coordinates() -> None:
     rng = np.random.default_rng(0)
     u = rng.normal(size=200)
     for kind in ("topk", "shared"):
-        vec, mask = pa.protect(u, pa.Defence(sparsify=kind, keep=0.1), rng)  # type: ignore[arg-type]
+        vec, mask = pa.protect(u, pa.Defence(sparsify=kind, keep=0.1), rng)
         assert mask.sum() == 20
         assert np.all(vec[~mask] == 0)
     vec, mask = pa.protect(u, pa.Defence(sparsify="topk", keep=0.1), rng)

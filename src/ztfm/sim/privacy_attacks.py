@@ -506,6 +506,7 @@ class ReconstructionQuality:
     error: float  # mean over true rows of the MSE to the nearest reconstructed row
     baseline: float  # the same with random benign rows of the population as "reconstruction"
     correlation: float  # mean Pearson correlation of each true row with its nearest match
+    per_target: tuple[float, ...] = ()  # error / baseline of each attacked device
 
     @property
     def ratio(self) -> float:
@@ -756,4 +757,7 @@ def inversion_experiment(
         errs.append(q.error)
         bases.append(q.baseline)
         corrs.append(q.correlation)
-    return ReconstructionQuality(float(np.mean(errs)), float(np.mean(bases)), float(np.mean(corrs)))
+    ratios = tuple(e / b if b > 0 else math.inf for e, b in zip(errs, bases, strict=True))
+    return ReconstructionQuality(
+        float(np.mean(errs)), float(np.mean(bases)), float(np.mean(corrs)), ratios
+    )
