@@ -80,6 +80,26 @@ def test_cli_writes_report(tmp_path: Path) -> None:
     assert len(m["rounds"]) == 1
     html = (out / "report.html").read_text()
     assert html.count("<img") == 4 and "Federated vs local-only vs centralised" in html
+    # every coordinator decision is in a hash-chained audit log that verifies...
+    audit = out / "audit.log"
+    ok = subprocess.run(
+        [sys.executable, "-m", "ztfm.cli.main", "audit", "verify", str(audit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    lines = audit.read_text().splitlines()
+    assert any('"simulate.round_closed"' in ln for ln in lines)
+    # ...and a rewritten record is caught
+    audit.write_text("\n".join([lines[0].replace("valve1", "valve2"), *lines[1:]]) + "\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "ztfm.cli.main", "audit", "verify", str(audit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0
 
 
 def test_cli_bad_config_is_one_line(tmp_path: Path) -> None:

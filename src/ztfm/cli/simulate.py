@@ -86,7 +86,11 @@ def simulate(
     parameter deltas. After every round the global model is evaluated on every device's own
     held-out data with a locally calibrated threshold. Writes OUT/metrics.json (per round:
     global and per-device F1, FAR, MAR, ROC-AUC; bytes up/down per device; wall time per
-    phase) and OUT/report.html, and prints a summary table.
+    phase), OUT/report.html and OUT/audit.log (every selection, exclusion, rejection and trust
+    change, hash-chained: `ztfm audit verify OUT/audit.log`), and prints a summary table.
+
+    Attacks, robust aggregation, trust and differential privacy are sections of the config
+    file ([attacks], [robust], [trust], [privacy]); see src/ztfm/sim/default.toml.
     """
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import torch
@@ -128,6 +132,7 @@ def simulate(
     bar.close()
     m = result.metrics
     _write(out_dir / "metrics.json", json.dumps(m, indent=1, sort_keys=True))
+    _write_audit(out_dir / "audit.log", result.events)
     _write(out_dir / "report.html", render_report(m))
     if as_json:
         click.echo(json.dumps(m, sort_keys=True))
@@ -139,7 +144,26 @@ def simulate(
         f"{m['wall_s']['total']:.1f} s"
     )
     click.echo(_table(m))
-    click.echo(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.html'}")
+    click.echo(
+        f"wrote {out_dir / 'metrics.json'}, {out_dir / 'report.html'} and {out_dir / 'audit.log'}"
+    )
+
+
+def _write_audit(path: Path, events: list[dict[str, Any]]) -> None:
+    """Every coordinator decision of the run (selections, exclusions with their reasons,
+    accepted and rejected updates, trust changes) as a hash-chained audit log, checkable with
+    ``ztfm audit verify``. A new run replaces the previous run's log in this folder."""
+    import time
+
+    from ztfm.audit.log import AuditLog, head_path_for
+
+    for old in (path, head_path_for(path)):
+        old.unlink(missing_ok=True)
+    log = AuditLog(path)
+    now = time.time()
+    for e in events:
+        fields = {k: v for k, v in e.items() if k != "event"}
+        log.append(f"simulate.{e['event']}", fields, now)
 
 
 def _write(path: Path, text: str) -> None:

@@ -162,6 +162,7 @@ class Simulation:
         )
         self.attackers = set(self.scenario.attackers)
         self.events: list[dict[str, Any]] = []
+        self._trust_seen = 0
         nf = self.fleet.n_features
         self.agents = {
             d.device_id: build_agent(cfg, d, i, nf, self.scenario.transforms)
@@ -213,6 +214,9 @@ class Simulation:
             "model_version": self.coordinator.model_version,
             **summarise(evals, self.segments),
         }
+        sc_log = self.scenario.trust_log
+        self.events.extend({"event": "trust_change", **c} for c in sc_log[self._trust_seen :])
+        self._trust_seen = len(sc_log)
         excluded = {
             e["device"]: e["reason"]
             for e in self.events[n_events:]
