@@ -67,7 +67,7 @@ def main() -> None:
     shadows = 4 if args.quick else 8
     rounds = 3 if args.quick else ROUNDS
     iters = 100 if args.quick else 250
-    targets = 1 if args.quick else 2
+    targets = 1 if args.quick else 3
     z = noise_multiplier_for(TARGET_EPS, DELTA, ROUNDS, 1.0)
     eps = epsilon_for(z, ROUNDS, 1.0, DELTA)
     pools, public = pa.skab_pools(rng, stride=4)
@@ -100,6 +100,23 @@ def main() -> None:
         for attack, m in res.items():
             add(
                 f"mi-update/{attack}",
+                name,
+                auc=m.auc,
+                tpr_at_0_1pct=m.tpr[0.001],
+                tpr_at_1pct=m.tpr[0.01],
+                n_neg=m.n_neg,
+                fp_allowed_0_1pct=m.false_positives_allowed[0.001],
+                seconds=time.perf_counter() - t0,
+            )
+    # 1b. the same against a device that overfits (30 local epochs instead of 3): the attack's
+    # strength when a round memorises more, and what DP does to it
+    overfit = pa.LocalRecipe(epochs=30)
+    for name in ("none", "dp (share, no secagg)", f"secagg {GROUP} + dp"):
+        t0 = time.perf_counter()
+        res = pa.mi_update_experiment(pools, start, overfit, defs[name], rng, shadows=shadows)
+        for attack, m in res.items():
+            add(
+                f"mi-update-30ep/{attack}",
                 name,
                 auc=m.auc,
                 tpr_at_0_1pct=m.tpr[0.001],
@@ -156,6 +173,31 @@ def main() -> None:
                 baseline_mse=q.baseline,
                 ratio=q.ratio,
                 corr=q.correlation,
+                worst_target_ratio=min(q.per_target),
+                seconds=time.perf_counter() - t0,
+            )
+    # 3b. FedSGD inversion against SecAgg groups of several sizes and round sizes
+    for group in (2, 5, GROUP):
+        for n_rows in (2, 8):
+            t0 = time.perf_counter()
+            q = pa.inversion_experiment(
+                pools,
+                start,
+                recipes["fedsgd"],
+                pa.Defence("secagg", secagg_group=group),
+                n_rows,
+                rng,
+                targets=targets,
+                config=cfg,
+            )
+            add(
+                f"inversion/fedsgd/{n_rows} rows",
+                f"secagg {group}",
+                recon_mse=q.error,
+                baseline_mse=q.baseline,
+                ratio=q.ratio,
+                corr=q.correlation,
+                worst_target_ratio=min(q.per_target),
                 seconds=time.perf_counter() - t0,
             )
     report = {
