@@ -265,3 +265,39 @@ def test_reconstruction_quality_refuses_mismatched_widths() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(DataError):
         pa.reconstruction_quality(np.zeros((2, 6)), np.zeros((2, 5)), np.zeros((9, 6)), rng)
+
+
+def test_experiments_are_reproducible_from_the_seed(setting: Any) -> None:
+    pools, start = setting
+    runs = [
+        pa.mi_update_experiment(
+            pools[:3], start, pa.LocalRecipe(), pa.Defence(), np.random.default_rng(9), shadows=4
+        )
+        for _ in range(2)
+    ]
+    assert runs[0]["lira"].auc == runs[1]["lira"].auc
+    assert runs[0]["loss"].tpr == runs[1]["loss"].tpr
+
+
+def test_auc_agrees_with_scikit_learn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        y = rng.random(300) < 0.3
+        s = np.round(rng.normal(size=300) + y, 1)  # with ties
+        assert pa.roc_auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+@pytest.mark.parametrize("shadows", [-2, 1, 2, 3])
+def test_bad_shadow_count_refused(setting: Any, shadows: int) -> None:
+    pools, start = setting
+    with pytest.raises(PrivacyError):
+        pa.mi_update_experiment(
+            pools[:2],
+            start,
+            pa.LocalRecipe(),
+            pa.Defence(),
+            np.random.default_rng(0),
+            shadows=shadows,
+        )

@@ -643,6 +643,8 @@ def mi_update_experiment(
     shadow devices trained on random halves of the candidates (``lira``). Scores pooled over
     devices."""
     r = _rng(rng)
+    if not isinstance(shadows, int) or shadows < 0 or shadows % 2 or shadows == 2:
+        raise PrivacyError(f"shadows must be 0 or an even int >= 4, got {shadows!r}")
     g = _params(list(global_params))
     updates = [flatten(local_train(g, pl.rows[pl.member], recipe, r)) - flatten(g) for pl in pools]
     scores: dict[str, list[np.ndarray]] = {"loss": [], "lira": []}
