@@ -46,6 +46,10 @@ def defences(z: float, n_devices: int) -> dict[str, pa.Defence]:
         "none": pa.Defence("none"),
         "clip": pa.Defence("clip", clip_norm=CLIP),
         "dp (share, no secagg)": pa.Defence("dp-share", clip_norm=CLIP, noise_std=share),
+        # what `ztfm simulate` does today: each of the round's n devices adds z*C/sqrt(n)
+        f"dp (share /sqrt({n_devices}))": pa.Defence(
+            "dp-sim-share", clip_norm=CLIP, noise_std=z * CLIP / math.sqrt(n_devices)
+        ),
         "dp (local, z*C)": pa.Defence("dp-local", clip_norm=CLIP, noise_std=z * CLIP),
         "topk 10%": pa.Defence("topk", sparsify="topk", keep=0.1),
         "shared 10%": pa.Defence("shared", sparsify="shared", keep=0.1),
@@ -111,7 +115,12 @@ def main() -> None:
     # 1b. the same against a device that overfits (30 local epochs instead of 3): the attack's
     # strength when a round memorises more, and what DP does to it
     overfit = pa.LocalRecipe(epochs=30)
-    for name in ("none", "dp (share, no secagg)", f"secagg {GROUP} + dp"):
+    for name in (
+        "none",
+        "dp (share, no secagg)",
+        f"dp (share /sqrt({len(pools)}))",
+        f"secagg {GROUP} + dp",
+    ):
         t0 = time.perf_counter()
         res = pa.mi_update_experiment(pools, start, overfit, defs[name], rng, shadows=shadows)
         for attack, m in res.items():
@@ -155,6 +164,7 @@ def main() -> None:
     inv_defs = [
         "none",
         "dp (share, no secagg)",
+        f"dp (share /sqrt({len(pools)}))",
         "topk 10%",
         "shared 10%",
         f"secagg {GROUP}",
