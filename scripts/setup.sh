@@ -26,6 +26,6 @@ fi
 
 PY=${PYTHON:-python3}
 # torch is pinned: plain 'torch' would pull a multi-GB CUDA build.
-"$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
-"$PY" -m pip install -q --disable-pip-version-check -e ".[dev,tpm]"
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore "torch==2.13.0"
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[dev,tpm]"
 echo "setup: done ($("$PY" -c 'import ztfm; print("ztfm", ztfm.__version__)'))"
