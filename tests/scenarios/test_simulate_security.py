@@ -123,3 +123,31 @@ def test_clipping_bounds_every_update() -> None:
 def test_bad_security_config(sections: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         Simulation(replace(_cfg(**sections)))
+
+
+def test_soft_attestation_excludes_tampered_firmware_every_round() -> None:
+    cfg = _cfg(
+        attestation={"backend": "soft", "tampered": 2},
+        trust={"enabled": True},
+        fleet={"devices": 8},
+        rounds={"rounds": 2, "local_epochs": 1},
+    )
+    sim = Simulation(cfg)
+    recs = [sim.run_round(r) for r in range(2)]
+    assert sim.attestation is not None
+    bad = {v["device"] for v in sim.attestation.verdicts if not v["ok"]}
+    assert len(bad) == 2
+    for rec in recs:
+        assert set(rec["excluded"]) == bad
+        assert all(reason == "attestation failed: firmware" for reason in rec["excluded"].values())
+        assert not bad & set(rec["accepted"])
+        assert len(rec["accepted"]) == 6
+    # a failing quote quarantines at once
+    assert set(recs[-1]["quarantined"]) == bad
+    # every device answered a fresh nonce each round
+    assert len(sim.attestation.verdicts) == 8 * 2
+
+
+def test_tampered_devices_need_an_attestation_backend() -> None:
+    with pytest.raises(ConfigError, match="attestation backend"):
+        _cfg(attestation={"tampered": 1})

@@ -90,6 +90,12 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AttestationConfig:
+    backend: str = "none"
+    tampered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class SimConfig:
     seed: int = 0
     fleet: FleetConfig = field(default_factory=FleetConfig)
@@ -101,6 +107,7 @@ class SimConfig:
     attacks: AttackConfig = field(default_factory=AttackConfig)
     trust: TrustSimConfig = field(default_factory=TrustSimConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    attestation: AttestationConfig = field(default_factory=AttestationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seed": self.seed}
@@ -244,6 +251,12 @@ def validate(cfg: SimConfig) -> None:
         ),
         (cfg.privacy.epsilon_budget >= 0, "[privacy] epsilon_budget must be >= 0"),
         (0 < cfg.privacy.delta < 1, "[privacy] delta must be in (0, 1)"),
+        (cfg.attestation.backend in {"none", "soft"}, "[attestation] backend must be none or soft"),
+        (cfg.attestation.tampered >= 0, "[attestation] tampered must be >= 0"),
+        (
+            cfg.attestation.tampered == 0 or cfg.attestation.backend != "none",
+            "[attestation] tampered devices need an attestation backend",
+        ),
     ]
     for ok, msg in checks:
         if not ok:

@@ -19,6 +19,7 @@ from ztfm.errors import RoundError
 from ztfm.fl.messages import EvalReply, EvalTask
 from ztfm.fl.params import Params
 from ztfm.fl.strategy import FedAvg, Strategy
+from ztfm.sim.attest import build_soft_attestation, model_digest_of
 from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import DeviceSpec, Fleet, build_fleet
 from ztfm.sim.scenario import build_scenario
@@ -170,12 +171,29 @@ class Simulation:
         }
         self.segments = {d.device_id: d.segment for d in self.fleet.devices}
         sc = self.scenario
+        gates = sc.eligibility()
+        self.attestation = None
+        if cfg.attestation.backend == "soft":
+            probe = make_local_model(cfg, nf)
+            digest = model_digest_of(probe.get_params(), lambda: repr(probe.hparams()))
+            ids = [d.device_id for d in self.fleet.devices]
+            pick = np.random.default_rng([seed, 12]).permutation(len(ids))
+            tampered = {ids[i] for i in pick[: cfg.attestation.tampered]}
+            self.attestation = build_soft_attestation(
+                [(d.device_id, d.segment) for d in self.fleet.devices],
+                digest,
+                tampered,
+                seed,
+                -1.0,
+                sc.trust,
+            )
+            gates = [self.attestation.gate, *gates]
         self.coordinator = build_coordinator(
             cfg,
             nf,
             self.events.append,
             strategy=sc.strategy,
-            eligibility=sc.eligibility(),
+            eligibility=gates,
             reply_hooks=[sc.adversary] if sc.adversary is not None else [],
         )
         self.initial_params: Params = self.coordinator.params

@@ -186,7 +186,7 @@ def build_scenario(
     trust = None
     if cfg.trust.enabled:
         trust = TrustManager(MemoryTrustStore(), TrustConfig(gate=cfg.trust.gate))
-        for d in fleet.devices:
+        for d in fleet.devices if cfg.attestation.backend == "none" else ():
             trust.observe_attestation(
                 DeviceId(d.device_id), True, 0.0, detail="attestation not simulated in this run"
             )
