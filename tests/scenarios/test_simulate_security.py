@@ -151,3 +151,26 @@ def test_soft_attestation_excludes_tampered_firmware_every_round() -> None:
 def test_tampered_devices_need_an_attestation_backend() -> None:
     with pytest.raises(ConfigError, match="attestation backend"):
         _cfg(attestation={"tampered": 1})
+
+
+def test_central_noise_is_scaled_to_the_replies_actually_aggregated() -> None:
+    """Regression: the noise on the mean must be sigma / m for the m replies aggregated, not
+    sigma / (planned participants): a round with dropouts must not get less noise on its sum."""
+    from ztfm.sim.scenario import central_noise
+
+    d = 20_000
+    for m in (2, 10):
+        combine = central_noise(3.0, seed=1)
+        out = combine(np.zeros((m, d)), np.full(m, 1 / m))
+        noise_on_sum = out * m
+        assert abs(noise_on_sum.std() - 3.0) < 0.1
+
+
+def test_central_noise_with_a_robust_rule_is_refused() -> None:
+    with pytest.raises(ConfigError, match="central noise"):
+        Simulation(
+            _cfg(
+                privacy={"clip_norm": 1.0, "noise_multiplier": 1.0, "noise": "central"},
+                robust={"aggregator": "median"},
+            )
+        )

@@ -35,7 +35,7 @@ from ztfm.robust import make_aggregator
 from ztfm.sim.attacks import DataAttack, UpdateAttack, make_attack
 from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import Fleet
-from ztfm.trust import MemoryTrustStore, TrustChange, TrustConfig, TrustManager
+from ztfm.trust import MemoryTrustStore, TrustConfig, TrustManager
 from ztfm.types import DeviceId
 
 UNLIMITED_EPSILON = 1e9  # accounting without a budget: report epsilon, never refuse
@@ -162,6 +162,20 @@ class Scenario:
             )
 
 
+def central_noise(sigma_sum: float, seed: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """FedAvg combine step for central DP: the plain mean of the (clipped) updates plus Gaussian
+    noise of std ``sigma_sum`` on their SUM, i.e. ``sigma_sum / m`` on the mean of the ``m``
+    replies actually aggregated (fewer replies than planned get more noise, never less)."""
+    rng = np.random.default_rng([seed, 9])
+
+    def combine(deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        m = deltas.shape[0]
+        out: np.ndarray = deltas.mean(axis=0) + rng.normal(0.0, sigma_sum / m, deltas.shape[1])
+        return out
+
+    return combine
+
+
 def build_scenario(
     cfg: SimConfig, fleet: Fleet, now: Callable[[], float]
 ) -> tuple[Scenario, Fleet]:
@@ -191,44 +205,35 @@ def build_scenario(
                 DeviceId(d.device_id), True, 0.0, detail="attestation not simulated in this run"
             )
     central = p.noise == "central" and dp
-    combine = None
-    if central:
-        noise_rng = np.random.default_rng([cfg.seed, 9])
-        sigma_mean = p.noise_multiplier * p.clip_norm / participants
-
-        def combine(deltas: np.ndarray, weights: np.ndarray) -> np.ndarray:
-            out: np.ndarray = deltas.mean(axis=0) + noise_rng.normal(0, sigma_mean, deltas.shape[1])
-            return out
-
     defended = cfg.robust.aggregator not in ("mean", "fedavg") or trust is not None
+    if central and defended:
+        raise ConfigError(
+            "[privacy] central noise is added to the plain mean; it is not "
+            "supported with a robust aggregator or trust (use distributed noise)"
+        )
+    log: list[dict[str, Any]] = []
+    weight_by_samples = not (cfg.robust.equal_weights or dp)
     strategy: Strategy
     if defended:
         name = cfg.robust.aggregator
         params = {"f": cfg.robust.f} if name not in ("mean", "fedavg") else {}
-        log: list[dict[str, Any]] = []
-        scenario_log = log
-
-        def on_change(change: TrustChange) -> None:
-            scenario_log.append(_change_record(change))
-
         strategy = DefendedFedAvg(
             make_aggregator(name, **params),
             fraction=r.fraction,
             min_devices=r.min_devices,
             server_lr=r.server_lr,
-            weight_by_samples=not (cfg.robust.equal_weights or dp),
+            weight_by_samples=weight_by_samples,
             trust=trust,
             now=now,
-            on_trust_change=on_change,
+            on_trust_change=lambda change: log.append(change.to_dict()),
         )
     else:
-        log = []
         strategy = FedAvg(
             fraction=r.fraction,
             min_devices=r.min_devices,
             server_lr=r.server_lr,
-            combine=combine,
-            weight_by_samples=not (cfg.robust.equal_weights or dp),
+            combine=central_noise(p.noise_multiplier * p.clip_norm, cfg.seed) if central else None,
+            weight_by_samples=weight_by_samples,
         )
     accountant = None
     if dp:
@@ -246,19 +251,3 @@ def build_scenario(
         trust_log=log,
     )
     return scenario, fleet
-
-
-def _change_record(change: TrustChange) -> dict[str, Any]:
-    rec: dict[str, Any] = {}
-    for name in (
-        "device",
-        "reason",
-        "old_score",
-        "new_score",
-        "old_state",
-        "new_state",
-        "round_id",
-    ):
-        v = getattr(change, name, None)
-        rec[name] = getattr(v, "value", v)
-    return rec
