@@ -168,9 +168,6 @@ def _write_audit(path: Path, events: list[dict[str, Any]]) -> None:
 
 def _write(path: Path, text: str) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    from ztfm.identity._fs import atomic_write
+
+    atomic_write(path, text.encode(), mode=0o644)

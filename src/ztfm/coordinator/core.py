@@ -80,6 +80,7 @@ class Coordinator:
         self._reply_hooks = list(reply_hooks)
         self.devices: dict[str, str] = {}  # device id -> segment
         self.round: RoundState | None = None
+        self._eval_state: RoundState | None = None
         self.next_round_id = 1
 
     # --- membership -------------------------------------------------------------------------
@@ -151,7 +152,8 @@ class Coordinator:
     def close_round(self, now: float) -> RoundSummary:
         """Aggregate the accepted replies into a new model version."""
         state = self._require_round()
-        for dev in state.timed_out():
+        timed_out = tuple(state.timed_out())
+        for dev in timed_out:
             state.reject(dev, "no reply before the deadline")
             self._emit(
                 "update_rejected",
@@ -178,12 +180,7 @@ class Coordinator:
             tuple(state.selected),
             tuple(r.device_id for r in replies),
             dict(state.rejected),
-            tuple(
-                d
-                for d in state.selected
-                if d not in state.accepted
-                and state.rejected.get(d) == "no reply before the deadline"
-            ),
+            timed_out,
         )
         self._emit(
             "round_closed",
@@ -192,7 +189,6 @@ class Coordinator:
             accepted=list(summary.accepted),
             rejected=summary.rejected,
         )
-        self._last_round = state
         self.round = None
         self.next_round_id += 1
         return summary
@@ -212,13 +208,18 @@ class Coordinator:
 
     def submit_eval(self, sender: str, reply: EvalReply) -> None:
         try:
-            self._eval_state.accept_eval(sender, reply)
+            self._require_eval().accept_eval(sender, reply)
         except UpdateRejected as exc:
             self._emit("eval_rejected", device=sender, reason=str(exc))
             raise
 
     def eval_results(self) -> dict[str, EvalReply]:
-        return dict(self._eval_state.evals)
+        return dict(self._require_eval().evals)
+
+    def _require_eval(self) -> RoundState:
+        if self._eval_state is None:
+            raise RoundError("no evaluation is open")
+        return self._eval_state
 
     # --- helpers ---------------------------------------------------------------------------------
     def _require_round(self) -> RoundState:

@@ -19,7 +19,7 @@ import numpy as np
 from ztfm.errors import AggregationError, RoundError, TrustError
 from ztfm.fl.messages import UpdateReply
 from ztfm.fl.params import Params, ParamSpec
-from ztfm.fl.strategy import FedAvg
+from ztfm.fl.strategy import FedAvg, apply_update, stack_replies
 from ztfm.robust import Aggregator
 from ztfm.trust import TrustChange, TrustManager, observe_updates
 from ztfm.types import DeviceId
@@ -72,11 +72,8 @@ class DefendedFedAvg:
         replies: Sequence[UpdateReply],
         rng: np.random.Generator,
     ) -> Params:
-        if len(replies) < self.min_devices:
-            raise RoundError(f"{len(replies)} accepted replies, need at least {self.min_devices}")
-        ordered = sorted(replies, key=lambda r: r.device_id)
+        ordered, x = stack_replies(replies, spec, self.min_devices)
         ids = [DeviceId(r.device_id) for r in ordered]
-        x = np.stack([spec.flatten(r.delta) for r in ordered]).astype(np.float64)
         now = self.now()
         if self.trust is not None:
             weights: np.ndarray | None = self.trust.weights(ids, now)
@@ -109,5 +106,4 @@ class DefendedFedAvg:
                 for change in diag.trust_changes:
                     self.on_trust_change(change)
         self.last = diag
-        new = spec.flatten(global_params).astype(np.float64) + self.server_lr * agg.vector
-        return spec.unflatten(new.astype(np.float32))
+        return apply_update(global_params, spec, agg.vector, self.server_lr)

@@ -109,7 +109,6 @@ class DeviceAgent:
         self.transforms = list(transforms or [])
         self.model.fit_scaler(data.train)
         self._scaled: dict[str, np.ndarray] = {}
-        self.installed_version = -1
 
     # --- transport entry point -------------------------------------------------------------
     def handle(self, data: bytes) -> bytes:

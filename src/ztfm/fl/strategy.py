@@ -86,18 +86,33 @@ class FedAvg:
         replies: Sequence[UpdateReply],
         rng: np.random.Generator,
     ) -> Params:
-        if len(replies) < self.min_devices:
-            raise RoundError(f"{len(replies)} accepted replies, need at least {self.min_devices}")
-        ordered = sorted(replies, key=lambda r: r.device_id)  # order-independent result
-        deltas = np.stack([spec.flatten(r.delta) for r in ordered]).astype(np.float64)
+        ordered, deltas = stack_replies(replies, spec, self.min_devices)
         if self.weight_by_samples:
             counts = np.array([r.n_samples for r in ordered], dtype=np.float64)
         else:
             counts = np.ones(len(ordered))
         weights = counts / counts.sum()
         combine = self.combine or weighted_mean
-        combined = np.asarray(combine(deltas, weights), dtype=np.float64)
-        if combined.shape != (spec.size,) or not np.isfinite(combined).all():
-            raise RoundError("aggregation produced a malformed or non-finite update")
-        new = spec.flatten(global_params).astype(np.float64) + self.server_lr * combined
-        return spec.unflatten(new.astype(np.float32))
+        return apply_update(global_params, spec, combine(deltas, weights), self.server_lr)
+
+
+def stack_replies(
+    replies: Sequence[UpdateReply], spec: ParamSpec, min_devices: int
+) -> tuple[list[UpdateReply], np.ndarray]:
+    """The replies sorted by device id (so the result does not depend on arrival order) and
+    their deltas as one float64 (n, d) matrix; ``RoundError`` below ``min_devices``."""
+    if len(replies) < min_devices:
+        raise RoundError(f"{len(replies)} accepted replies, need at least {min_devices}")
+    ordered = sorted(replies, key=lambda r: r.device_id)
+    return ordered, np.stack([spec.flatten(r.delta) for r in ordered]).astype(np.float64)
+
+
+def apply_update(
+    global_params: Params, spec: ParamSpec, combined: np.ndarray, server_lr: float
+) -> Params:
+    """``global + server_lr * combined``; ``RoundError`` if ``combined`` is malformed."""
+    step = np.asarray(combined, dtype=np.float64)
+    if step.shape != (spec.size,) or not np.isfinite(step).all():
+        raise RoundError("aggregation produced a malformed or non-finite update")
+    new = spec.flatten(global_params).astype(np.float64) + server_lr * step
+    return spec.unflatten(new.astype(np.float32))

@@ -14,6 +14,7 @@ import numpy as np
 from ztfm.coordinator.core import Coordinator, Eligibility, ReplyHook, RoundSettings
 from ztfm.detect import make_detector
 from ztfm.detect.base import BaseDetector
+from ztfm.detect.stream import ScoreSmoother
 from ztfm.device.agent import DeviceAgent, UpdateTransform
 from ztfm.errors import RoundError
 from ztfm.fl.messages import EvalReply, EvalTask
@@ -48,15 +49,7 @@ def causal_smoother(window: int) -> Callable[[np.ndarray], np.ndarray] | None:
     """Moving average of the last ``window`` scores (only past rows), or None when off."""
     if window <= 1:
         return None
-
-    def smooth(s: np.ndarray) -> np.ndarray:
-        c = np.cumsum(np.asarray(s, np.float64))
-        out = c.copy()
-        out[window:] = c[window:] - c[:-window]
-        counts = np.minimum(np.arange(1, len(s) + 1), window)
-        return (out / counts).astype(np.float32)
-
-    return smooth
+    return ScoreSmoother(window).transform
 
 
 def rates(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:

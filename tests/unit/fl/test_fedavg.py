@@ -288,3 +288,42 @@ def test_codec_round_trip_and_rejections() -> None:
         codec.decode(data + b"\x00")
     with pytest.raises(UpdateRejected, match="limit"):
         codec.decode(data, max_bytes=10)
+
+
+def test_evaluation_replies_are_checked_like_updates() -> None:
+    from ztfm.fl.messages import EvalReply
+
+    c = _coord()
+    with pytest.raises(RoundError, match="no evaluation is open"):
+        c.submit_eval("a", EvalReply(0, "a", 0, 1, 1, 1, 1, 0.5, b"x" * 16))
+    tasks = c.eval_tasks(["a", "b"])
+
+    def reply(dev: str, **kw: object) -> EvalReply:
+        t = tasks.get(dev, tasks["a"])
+        base = {
+            "round_id": t.round_id,
+            "device_id": dev,
+            "model_version": t.model_version,
+            "tp": 1,
+            "fp": 2,
+            "fn": 3,
+            "tn": 4,
+            "roc_auc": 0.7,
+            "nonce": t.nonce,
+        }
+        base.update(kw)
+        return EvalReply(**base)  # type: ignore[arg-type]
+
+    for sender, bad, match in [
+        ("c", reply("c"), "not selected"),  # not asked to evaluate
+        ("a", reply("b"), "claiming"),  # speaks for another device
+        ("a", reply("a", tp=-1), "out of range"),  # negative counts
+        ("a", reply("a", roc_auc=1.5), "ROC-AUC"),
+        ("a", reply("a", nonce=b"y" * 16), "nonce"),  # replayed from another task
+    ]:
+        with pytest.raises(UpdateRejected, match=match):
+            c.submit_eval(sender, bad)
+    c.submit_eval("a", reply("a"))
+    with pytest.raises(UpdateRejected, match="already"):
+        c.submit_eval("a", reply("a"))
+    assert set(c.eval_results()) == {"a"}
