@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from ztfm.errors import BundleError, ConfigError, CryptoError
+from ztfm.cli._common import load_signing_key, open_ledger, parse_pubkey
+from ztfm.errors import BundleError
 
 
 @click.group("bundle")
@@ -23,22 +24,13 @@ def bundle() -> None:
     """
 
 
-def _signing_key(path: Path) -> Any:
-    from ztfm.crypto.signing import SigningKey
-
-    try:
-        return SigningKey.from_pem(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read key {path}: {exc}") from exc
-
-
-def _pubkey(hex_key: str, name: str) -> Any:
-    from ztfm.crypto.signing import VerifyKey
-
-    try:
-        return VerifyKey(bytes.fromhex(hex_key))
-    except (ValueError, CryptoError) as exc:
-        raise click.BadParameter("expected 64 hex digits", param_hint=name) from exc
+_SYNC_DB_OPTION = click.option(
+    "--db",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="ZTFM_LEDGER_DB",
+    required=True,
+    help="Ledger to fetch the signed head and proofs from.",
+)
 
 
 def _sync(client: Any, led: Any) -> Any:
@@ -120,7 +112,6 @@ def publish(
     import numpy as np
 
     from ztfm.bundle import decode_tensors, publish_bundle
-    from ztfm.ledger import Ledger, SqliteLedgerStore
     from ztfm.types import SystemClock
 
     if weights_path.suffix == ".safetensors":
@@ -131,10 +122,10 @@ def publish(
                 weights = {k: npz[k] for k in npz.files}
         except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as exc:
             raise BundleError(f"cannot read weights {weights_path}: {exc}") from exc
-    led = Ledger(SqliteLedgerStore(db, create=False), _signing_key(log_key_path))
+    led = open_ledger(db, log_key_path)
     b = publish_bundle(
         led,
-        _signing_key(release_key_path),
+        load_signing_key(release_key_path),
         model_id=model_id,
         version=version,
         parent_version=parent_version,
@@ -175,13 +166,7 @@ def show(path: Path, as_json: bool) -> None:
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--release-key", required=True, help="Trusted release public key (hex).")
 @click.option("--log-key", required=True, help="Trusted log public key (hex).")
-@click.option(
-    "--db",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="ZTFM_LEDGER_DB",
-    required=True,
-    help="Ledger to fetch the signed head and proofs from.",
-)
+@_SYNC_DB_OPTION
 @click.option(
     "--state",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -201,16 +186,16 @@ def verify(
 ) -> None:
     """Check a bundle as a device would; exit 1 with the reason if it must be refused."""
     from ztfm.bundle import receipt_for, verify_bundle
-    from ztfm.ledger import Ledger, LedgerClient, SqliteLedgerStore
+    from ztfm.ledger import LedgerClient
 
     b = _read(path)
-    lkey = _pubkey(log_key, "--log-key")
+    lkey = parse_pubkey(log_key, "--log-key")
     client = (
         LedgerClient.from_state(lkey, state.read_bytes())
         if state and state.exists()
-        else (LedgerClient(lkey))
+        else LedgerClient(lkey)
     )
-    led = Ledger(SqliteLedgerStore(db, create=False))
+    led = open_ledger(db)
     head = _sync(client, led)
     if state is not None:
         tmp = state.with_name(state.name + ".tmp")
@@ -219,7 +204,7 @@ def verify(
     receipt = receipt_for(led, b, head.tree_size)
     verify_bundle(
         b,
-        release_key=_pubkey(release_key, "--release-key"),
+        release_key=parse_pubkey(release_key, "--release-key"),
         ledger=client,
         installed_version=installed_version,
         model_id=model_id,
@@ -243,26 +228,19 @@ def verify(
 @click.option("--model-id", required=True)
 @click.option("--release-key", required=True, help="Trusted release public key (hex).")
 @click.option("--log-key", required=True, help="Trusted log public key (hex).")
-@click.option(
-    "--db",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="ZTFM_LEDGER_DB",
-    required=True,
-    help="Ledger to fetch the signed head and proofs from.",
-)
+@_SYNC_DB_OPTION
 def install(
     path: Path, model_dir: Path, model_id: str, release_key: str, log_key: str, db: Path
 ) -> None:
     """Install a bundle as a device does: sync the witness, verify, swap atomically."""
     from ztfm.bundle import InstalledModel, receipt_for
-    from ztfm.ledger import Ledger, SqliteLedgerStore
 
     b = _read(path)
     model = InstalledModel(
-        model_dir, model_id=model_id, release_key=_pubkey(release_key, "--release-key")
+        model_dir, model_id=model_id, release_key=parse_pubkey(release_key, "--release-key")
     )
-    client = model.load_witness(_pubkey(log_key, "--log-key"))
-    led = Ledger(SqliteLedgerStore(db, create=False))
+    client = model.load_witness(parse_pubkey(log_key, "--log-key"))
+    led = open_ledger(db)
     head = _sync(client, led)
     model.save_witness(client)
     before = model.installed_version

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ztfm.errors import ConfigError, CryptoError
+from ztfm.cli._common import open_ledger, parse_pubkey
+
+if TYPE_CHECKING:
+    from ztfm.ledger import Entry
 
 DB_OPTION = click.option(
     "--db",
@@ -40,29 +43,15 @@ def ledger() -> None:
     """
 
 
-def _load_key(path: Path) -> Any:
-    from ztfm.crypto.signing import SigningKey
-
-    try:
-        return SigningKey.from_pem(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read the log key {path}: {exc}") from exc
+def _entry_rows(rows: list[tuple[int, Entry]]) -> list[dict[str, Any]]:
+    return [
+        {"index": i, "kind": e.kind.value, "time_ms": e.time_ms, "body": e.body} for i, e in rows
+    ]
 
 
-def _open(db: Path, key_path: Path | None = None, *, create: bool = False) -> Any:
-    from ztfm.ledger import Ledger, SqliteLedgerStore
-
-    key = _load_key(key_path) if key_path is not None else None
-    return Ledger(SqliteLedgerStore(db, create=create), key)
-
-
-def _pubkey(hex_key: str) -> Any:
-    from ztfm.crypto.signing import VerifyKey
-
-    try:
-        return VerifyKey(bytes.fromhex(hex_key))
-    except (ValueError, CryptoError) as exc:
-        raise click.BadParameter("expected 64 hex digits (raw Ed25519 public key)") from exc
+def _echo_entry_rows(out: list[dict[str, Any]]) -> None:
+    for r in out:
+        click.echo(f"{r['index']:>8} {r['time_ms']:>14} {r['kind']:<20} {json.dumps(r['body'])}")
 
 
 @ledger.command("init")
@@ -78,7 +67,7 @@ def init(db: Path, key_path: Path, now: float | None) -> None:
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(SigningKey.generate().to_pem())
-    led = _open(db, key_path, create=True)
+    led = open_ledger(db, key_path, create=True)
     if led.latest_tree_head() is None:
         led.sign_tree_head(now=SystemClock().now() if now is None else now)
     click.echo(f"ledger {db}: {led.size} entries")
@@ -103,7 +92,7 @@ def append(db: Path, key_path: Path, kind: str, body: str, sign: bool) -> None:
     if not isinstance(obj, dict):
         raise click.BadParameter("BODY must be a JSON object")
     now = SystemClock().now()
-    led = _open(db, key_path)
+    led = open_ledger(db, key_path)
     index = led.append(Entry.create(kind, obj, now=now))
     if sign:
         led.sign_tree_head(now=now)
@@ -117,7 +106,7 @@ def sign_head(db: Path, key_path: Path) -> None:
     """Sign a tree head over the current ledger."""
     from ztfm.types import SystemClock
 
-    sth = _open(db, key_path).sign_tree_head(now=SystemClock().now())
+    sth = open_ledger(db, key_path).sign_tree_head(now=SystemClock().now())
     click.echo(json.dumps(sth.to_json()))
 
 
@@ -129,8 +118,8 @@ def verify(db: Path, log_key: str | None, as_json: bool) -> None:
     """Recompute every leaf, node and root; check every signed tree head."""
     from tqdm import tqdm
 
-    led = _open(db)
-    expected = _pubkey(log_key) if log_key else None
+    led = open_ledger(db)
+    expected = parse_pubkey(log_key) if log_key else None
     with tqdm(total=led.size, unit="entry", disable=as_json or led.size < 50_000) as bar:
         report = led.verify_all(expected, progress=bar.update)
     out = {
@@ -165,7 +154,7 @@ def prove(db: Path, entry: int, tree_size: int | None, as_json: bool) -> None:
     from ztfm.errors import LedgerError
     from ztfm.ledger import leaf_hash
 
-    led = _open(db)
+    led = open_ledger(db)
     if entry >= led.size:
         raise LedgerError(f"no entry {entry} (the ledger has {led.size})")
     head = led.latest_tree_head()
@@ -202,7 +191,7 @@ def prove(db: Path, entry: int, tree_size: int | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def show(db: Path, tail: int, as_json: bool) -> None:
     """Size, root, latest signed head and the last entries."""
-    led = _open(db)
+    led = open_ledger(db)
     head = led.latest_tree_head()
     rows = led.tail(tail)
     key = led.log_key
@@ -212,10 +201,7 @@ def show(db: Path, tail: int, as_json: bool) -> None:
         "root_hash": led.root().hex(),
         "log_key": None if key is None else key.raw.hex(),
         "latest_tree_head": None if head is None else head.to_json(),
-        "entries": [
-            {"index": i, "kind": e.kind.value, "time_ms": e.time_ms, "body": e.body}
-            for i, e in rows
-        ],
+        "entries": _entry_rows(rows),
     }
     if as_json:
         click.echo(json.dumps(out))
@@ -225,8 +211,7 @@ def show(db: Path, tail: int, as_json: bool) -> None:
         click.echo("no signed tree head")
     else:
         click.echo(f"signed head: size {head.tree_size} at {head.head.timestamp_ms} ms")
-    for i, e in rows:
-        click.echo(f"{i:>8} {e.time_ms:>14} {e.kind.value:<20} {json.dumps(e.body)}")
+    _echo_entry_rows(out["entries"])
 
 
 @ledger.command("history")
@@ -235,14 +220,11 @@ def show(db: Path, tail: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def history(db: Path, subject: str, as_json: bool) -> None:
     """Every entry about SUBJECT (a device id, model id or round contributor), oldest first."""
-    rows = _open(db).history(subject)
-    out = [
-        {"index": i, "kind": e.kind.value, "time_ms": e.time_ms, "body": e.body} for i, e in rows
-    ]
+    rows = open_ledger(db).history(subject)
+    out = _entry_rows(rows)
     if as_json:
         click.echo(json.dumps(out))
         return
     if not out:
         click.echo(f"no entries about {subject!r}")
-    for r in out:
-        click.echo(f"{r['index']:>8} {r['time_ms']:>14} {r['kind']:<20} {json.dumps(r['body'])}")
+    _echo_entry_rows(out)
