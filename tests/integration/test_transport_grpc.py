@@ -15,7 +15,7 @@ import pytest
 
 from ztfm.audit import AuditLog, MemoryAuditSink, SnapshotStore, verify_log
 from ztfm.errors import IdentityError, ZtfmError
-from ztfm.identity import FleetCA, Identity, MemoryKeyStore, sign_request
+from ztfm.identity import FleetCA, Identity, KeyStore, MemoryKeyStore, sign_request
 from ztfm.policy import TrustContext
 from ztfm.transport.gate import StaticTrustSource
 from ztfm.transport.grpc_client import RetryPolicy, RpcFailed, enroll
@@ -62,7 +62,7 @@ class Env:
             np.random.default_rng(1),
             max_payload_bytes=MAX_PAYLOAD,
             **kw,
-        )  # type: ignore[arg-type]
+        )
 
     def raw_stub(self, creds: Credentials, method: str) -> grpc.UnaryUnaryMultiCallable:
         ch = grpc.secure_channel(
@@ -106,6 +106,35 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 def _unchanged(env: Env, before: int) -> None:
     assert len(env.handler.calls) == before, "a rejected request reached the handler"
+
+
+def _refused_signed(
+    env: Env,
+    keystore: KeyStore,
+    *,
+    round_id: int = 2,
+    device_id: str = "cam-1",
+    method: str = "SubmitUpdate",
+    signed: bytes = b"x",
+    sent: bytes | None = None,
+    age_s: float = 0.0,
+    code: grpc.StatusCode | None = grpc.StatusCode.PERMISSION_DENIED,
+) -> dict[str, object]:
+    """Send a signed envelope raw on cam-1's SubmitUpdate; it must be refused before the handler.
+
+    Returns the one ``rpc.rejected`` audit record it produced.
+    """
+    before, mark = len(env.handler.calls), len(env.audit.events)
+    e = sign_request(keystore, method, round_id, device_id, signed, time.time() - age_s)  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as ei:
+        env.raw_stub(env.cam1, "SubmitUpdate")(
+            encode_signed_request(e, signed if sent is None else sent), timeout=5
+        )
+    if code is not None:
+        assert ei.value.code() == code
+    (rej,) = env.rejected_since(mark)
+    _unchanged(env, before)
+    return rej
 
 
 # --- positive paths -----------------------------------------------------------------------------
@@ -228,26 +257,14 @@ def test_other_segment_forbidden_rpc(env: Env) -> None:
 
 
 def test_signed_by_another_key(env: Env) -> None:
-    before, mark = len(env.handler.calls), len(env.audit.events)
-    stranger = MemoryKeyStore()
-    env_ = sign_request(stranger, "SubmitUpdate", 1, "cam-1", b"x", time.time())
-    with pytest.raises(grpc.RpcError) as ei:
-        env.raw_stub(env.cam1, "SubmitUpdate")(encode_signed_request(env_, b"x"), timeout=5)
-    assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    (rej,) = env.rejected_since(mark)
+    rej = _refused_signed(env, MemoryKeyStore(), round_id=1)
     assert rej["code"] == "unknown_key"
-    _unchanged(env, before)
 
 
 def test_signed_by_another_enrolled_device(env: Env) -> None:
-    before, mark = len(env.handler.calls), len(env.audit.events)
-    e = sign_request(env.cam2.keystore, "SubmitUpdate", 1, "cam-2", b"x", time.time())
-    with pytest.raises(grpc.RpcError) as ei:  # cam2's signature on cam1's TLS session
-        env.raw_stub(env.cam1, "SubmitUpdate")(encode_signed_request(e, b"x"), timeout=5)
-    assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    (rej,) = env.rejected_since(mark)
+    # cam2's signature on cam1's TLS session
+    rej = _refused_signed(env, env.cam2.keystore, round_id=1, device_id="cam-2")
     assert "signer" in str(rej["detail"])
-    _unchanged(env, before)
 
 
 def test_replayed_message(env: Env) -> None:
@@ -265,14 +282,8 @@ def test_replayed_message(env: Env) -> None:
 
 
 def test_tampered_payload(env: Env) -> None:
-    before, mark = len(env.handler.calls), len(env.audit.events)
-    e = sign_request(env.cam1.keystore, "SubmitUpdate", 2, "cam-1", b"honest", time.time())
-    with pytest.raises(grpc.RpcError) as ei:
-        env.raw_stub(env.cam1, "SubmitUpdate")(encode_signed_request(e, b"evil!!"), timeout=5)
-    assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    (rej,) = env.rejected_since(mark)
+    rej = _refused_signed(env, env.cam1.keystore, signed=b"honest", sent=b"evil!!")
     assert "payload" in str(rej["detail"])
-    _unchanged(env, before)
 
 
 def test_oversized_payload(env: Env) -> None:
@@ -305,34 +316,18 @@ def test_malformed_protobuf(env: Env, raw: bytes) -> None:
 
 
 def test_device_claims_another_device_id(env: Env) -> None:
-    before, mark = len(env.handler.calls), len(env.audit.events)
-    e = sign_request(env.cam1.keystore, "SubmitUpdate", 2, "cam-2", b"x", time.time())
-    with pytest.raises(grpc.RpcError) as ei:
-        env.raw_stub(env.cam1, "SubmitUpdate")(encode_signed_request(e, b"x"), timeout=5)
-    assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    (rej,) = env.rejected_since(mark)
+    rej = _refused_signed(env, env.cam1.keystore, device_id="cam-2")
     assert "claimed device id" in str(rej["detail"])
-    _unchanged(env, before)
 
 
 def test_signature_for_another_method(env: Env) -> None:
-    before, mark = len(env.handler.calls), len(env.audit.events)
-    e = sign_request(env.cam1.keystore, "GetModel", 2, "cam-1", b"x", time.time())
-    with pytest.raises(grpc.RpcError):
-        env.raw_stub(env.cam1, "SubmitUpdate")(encode_signed_request(e, b"x"), timeout=5)
-    (rej,) = env.rejected_since(mark)
+    rej = _refused_signed(env, env.cam1.keystore, method="GetModel", code=None)
     assert "signed for" in str(rej["detail"])
-    _unchanged(env, before)
 
 
 def test_stale_message(env: Env) -> None:
-    before, mark = len(env.handler.calls), len(env.audit.events)
-    e = sign_request(env.cam1.keystore, "SubmitUpdate", 2, "cam-1", b"x", time.time() - 600)
-    with pytest.raises(grpc.RpcError):
-        env.raw_stub(env.cam1, "SubmitUpdate")(encode_signed_request(e, b"x"), timeout=5)
-    (rej,) = env.rejected_since(mark)
+    rej = _refused_signed(env, env.cam1.keystore, age_s=600, code=None)
     assert rej["code"] == "stale"
-    _unchanged(env, before)
 
 
 def test_unknown_method(env: Env) -> None:
