@@ -212,15 +212,35 @@ class _Echo:
         )
 
 
-def test_server_and_runners_in_process_enrol_renew_train_and_stop(tmp_path: Path) -> None:
-    now = time.time()
-    fleet = LocalFleet.create("fleet.local", now, cert_ttl_s=3600)
-    coord = Coordinator(
-        [np.zeros(3, np.float32)],
-        FedAvg(),
+def _coordinator(size: int, strategy: FedAvg) -> Coordinator:
+    return Coordinator(
+        [np.zeros(size, np.float32)],
+        strategy,
         RoundSettings(deadline_s=60),
         rng=np.random.default_rng(0),
     )
+
+
+def _enrolled_cam0(fleet: LocalFleet, target: str, now: float, **kw: Any) -> DeviceRunner:
+    """A runner for cam-0, enrolled directly with the fleet CA, polling ``target`` quickly."""
+    creds = fleet.enroll("cams", "cam-0", now)
+    return DeviceRunner(
+        creds.identity,
+        creds.keystore,
+        fleet.ca.cert,
+        _Echo("cam-0"),
+        target,
+        np.random.default_rng(0),
+        cert=creds.cert,
+        backoff=PollBackoff(0.01, 2.0, 0.05),
+        **kw,
+    )
+
+
+def test_server_and_runners_in_process_enrol_renew_train_and_stop(tmp_path: Path) -> None:
+    now = time.time()
+    fleet = LocalFleet.create("fleet.local", now, cert_ttl_s=3600)
+    coord = _coordinator(3, FedAvg())
     service = CoordinatorService(coord, rounds=2, expected_devices=3)
     audit = MemoryAuditSink()
     log_key, release_key = SigningKey.generate(), SigningKey.generate()
@@ -313,12 +333,7 @@ def test_server_and_runners_in_process_enrol_renew_train_and_stop(tmp_path: Path
 def test_enrol_timeout_starts_with_the_devices_that_came() -> None:
     now = time.time()
     fleet = LocalFleet.create("fleet.local", now)
-    coord = Coordinator(
-        [np.zeros(2, np.float32)],
-        FedAvg(min_devices=1),
-        RoundSettings(deadline_s=60),
-        rng=np.random.default_rng(0),
-    )
+    coord = _coordinator(2, FedAvg(min_devices=1))
     service = CoordinatorService(coord, rounds=1, expected_devices=3)
     audit = MemoryAuditSink()
     with pytest.raises(ZtfmError):
@@ -328,17 +343,7 @@ def test_enrol_timeout_starts_with_the_devices_that_came() -> None:
     )
     ends = server.start()
     try:
-        creds = fleet.enroll("cams", "cam-0", now)
-        runner = DeviceRunner(
-            creds.identity,
-            creds.keystore,
-            fleet.ca.cert,
-            _Echo("cam-0"),
-            ends.fleet,
-            np.random.default_rng(0),
-            cert=creds.cert,
-            backoff=PollBackoff(0.01, 2.0, 0.05),
-        )
+        runner = _enrolled_cam0(fleet, ends.fleet, now)
         stats = runner.run()
     finally:
         server.stop()
@@ -373,12 +378,7 @@ class _LyingReleaser(ModelReleaser):
 def test_device_refuses_task_parameters_that_match_no_verified_bundle(tmp_path: Path) -> None:
     now = time.time()
     fleet = LocalFleet.create("fleet.local", now)
-    coord = Coordinator(
-        [np.zeros(2, np.float32)],
-        FedAvg(min_devices=1),
-        RoundSettings(deadline_s=60),
-        rng=np.random.default_rng(0),
-    )
+    coord = _coordinator(2, FedAvg(min_devices=1))
     service = CoordinatorService(coord, rounds=1, expected_devices=1)
     log_key, release_key = SigningKey.generate(), SigningKey.generate()
     releaser = _LyingReleaser(
@@ -389,16 +389,10 @@ def test_device_refuses_task_parameters_that_match_no_verified_bundle(tmp_path: 
     )
     ends = server.start()
     try:
-        creds = fleet.enroll("cams", "cam-0", now)
-        runner = DeviceRunner(
-            creds.identity,
-            creds.keystore,
-            fleet.ca.cert,
-            _Echo("cam-0"),
+        runner = _enrolled_cam0(
+            fleet,
             ends.fleet,
-            np.random.default_rng(0),
-            cert=creds.cert,
-            backoff=PollBackoff(0.01, 2.0, 0.05),
+            now,
             installer=ModelInstaller(
                 tmp_path / "m",
                 model_id="m",
