@@ -53,6 +53,21 @@ def weighted_coordinate_median(x: Matrix, w: Vector) -> Vector:
     return np.asarray(np.where(at_half, 0.5 * (lower + upper), lower), dtype=np.float64)
 
 
+def _kept_mean(name: str, x: Matrix, w: Vector, keep: np.ndarray) -> tuple[Vector, Vector]:
+    """Per coordinate, the weighted mean of the rows ``keep[:, j]`` (row indices into ``x``).
+    Returns the mean and each row's average weight share over the coordinates."""
+    n, d = x.shape
+    xs = np.take_along_axis(x, keep, axis=0)
+    ws = w[keep]
+    tot = ws.sum(axis=0)
+    if (tot <= _EPS).any():
+        raise AggregationError(f"{name}: all kept values of a coordinate have weight 0")
+    v = (ws * xs).sum(axis=0) / tot
+    share = np.zeros(n)
+    np.add.at(share, keep.ravel(), (ws / tot[None, :]).ravel())
+    return v, share / d
+
+
 @dataclass(frozen=True, slots=True)
 class Mean:
     """Weighted mean (FedAvg). NOT robust: one row can move it arbitrarily far. Kept as the
@@ -110,19 +125,12 @@ class TrimmedMean:
 
     def aggregate(self, updates: Matrix, weights: Vector | None = None) -> Aggregate:
         x, w = check_updates(updates, weights)
-        n, d = x.shape
+        n = x.shape[0]
         _need(self.name, n, 2 * self.f + 1, self.f, "2f+1")
         order = np.argsort(x, axis=0, kind="stable")
         keep = order[self.f : n - self.f]  # (n - 2f, d) row indices per coordinate
-        xs = np.take_along_axis(x, keep, axis=0)
-        ws = w[keep]
-        tot = ws.sum(axis=0)
-        if (tot <= _EPS).any():
-            raise AggregationError(f"{self.name}: all kept values of a coordinate have weight 0")
-        v = (ws * xs).sum(axis=0) / tot
-        share = np.zeros(n)
-        np.add.at(share, keep.ravel(), (ws / tot[None, :]).ravel())
-        return make_result(self.name, x, v, range(n), share / d)
+        v, share = _kept_mean(self.name, x, w, keep)
+        return make_result(self.name, x, v, range(n), share)
 
 
 def _krum_scores_from(dist: Matrix, f: int) -> Vector:
@@ -191,7 +199,7 @@ class Bulyan:
 
     def aggregate(self, updates: Matrix, weights: Vector | None = None) -> Aggregate:
         x, w = check_updates(updates, weights)
-        n, d = x.shape
+        n = x.shape[0]
         f = self.f
         _need(self.name, n, 4 * f + 3, f, "4f+3")
         theta = n - 2 * f
@@ -210,15 +218,8 @@ class Bulyan:
         beta = theta - 2 * f
         med = np.median(xs, axis=0)
         order = np.argsort(np.abs(xs - med[None, :]), axis=0, kind="stable")[:beta]
-        vals = np.take_along_axis(xs, order, axis=0)
-        ws = w[sel][order]
-        tot = ws.sum(axis=0)
-        if (tot <= _EPS).any():
-            raise AggregationError(f"{self.name}: all kept values of a coordinate have weight 0")
-        v = (ws * vals).sum(axis=0) / tot
-        share = np.zeros(n)
-        np.add.at(share, sel[order].ravel(), (ws / tot[None, :]).ravel())
-        return make_result(self.name, x, v, sel, share / d, first_scores)
+        v, share = _kept_mean(self.name, x, w, sel[order])
+        return make_result(self.name, x, v, sel, share, first_scores)
 
 
 @dataclass(frozen=True, slots=True)
