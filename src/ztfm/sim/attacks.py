@@ -301,6 +301,29 @@ def _check_rows(train: object, attack_rows: object) -> tuple[np.ndarray, np.ndar
     return t, a
 
 
+def _check_fraction(fraction: float) -> None:
+    if not 0 < fraction < 1:
+        raise ConfigError(f"fraction must be in (0, 1), got {fraction!r}")
+
+
+def _mix_in(
+    train: np.ndarray,
+    t: np.ndarray,
+    a: np.ndarray,
+    fraction: float,
+    rng: np.random.Generator,
+    prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Sample attack rows so they are ``fraction`` of the result, optionally ``prepare`` them,
+    and shuffle them into the training rows (in ``train``'s dtype)."""
+    k = max(1, round(fraction / (1 - fraction) * t.shape[0]))
+    picked = a[rng.integers(0, a.shape[0], size=k)]
+    if prepare is not None:
+        picked = prepare(picked)
+    out = np.vstack([t, picked])
+    return out[rng.permutation(out.shape[0])].astype(train.dtype)
+
+
 @dataclass(frozen=True, slots=True)
 class LabelFlip:
     """Label flipping for a benign-only autoencoder: the attacker adds its own attack traffic to
@@ -311,8 +334,7 @@ class LabelFlip:
     name: str = field(default="label_flip", init=False)
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction < 1:
-            raise ConfigError(f"fraction must be in (0, 1), got {self.fraction!r}")
+        _check_fraction(self.fraction)
 
     def poison(
         self,
@@ -322,10 +344,7 @@ class LabelFlip:
         attack_kinds: np.ndarray | None = None,
     ) -> np.ndarray:
         t, a = _check_rows(train, attack_rows)
-        k = max(1, round(self.fraction / (1 - self.fraction) * t.shape[0]))
-        picked = a[rng.integers(0, a.shape[0], size=k)]
-        out = np.vstack([t, picked])
-        return out[rng.permutation(out.shape[0])].astype(train.dtype)
+        return _mix_in(train, t, a, self.fraction, rng)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,8 +359,7 @@ class Backdoor:
     name: str = field(default="backdoor", init=False)
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction < 1:
-            raise ConfigError(f"fraction must be in (0, 1), got {self.fraction!r}")
+        _check_fraction(self.fraction)
         for idx, val in self.trigger:
             if not isinstance(idx, int) or idx < 0 or not math.isfinite(val):
                 raise ConfigError(f"bad trigger entry ({idx!r}, {val!r})")
@@ -369,10 +387,7 @@ class Backdoor:
             a = a[attack_kinds == self.target_kind]
             if a.shape[0] == 0:
                 raise DataError(f"no attack rows of kind {self.target_kind!r}")
-        k = max(1, round(self.fraction / (1 - self.fraction) * t.shape[0]))
-        picked = self.stamp(a[rng.integers(0, a.shape[0], size=k)])
-        out = np.vstack([t, picked])
-        return out[rng.permutation(out.shape[0])].astype(train.dtype)
+        return _mix_in(train, t, a, self.fraction, rng, self.stamp)
 
 
 # --- registry -----------------------------------------------------------------------------------
