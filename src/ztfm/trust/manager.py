@@ -254,17 +254,8 @@ class TrustManager:
                 apply_evidence(r, cfg, cfg.canary_pass, 0.0), good_replays=r.good_replays + 1
             )
             if new.good_replays >= cfg.readmit_after and new.attested_ok:
-                a = cfg.prior_alpha
-                b = a * (1.0 - cfg.readmit_score) / cfg.readmit_score
                 new = replace(
-                    new,
-                    alpha=a,
-                    beta=b,
-                    state=TrustState.SUSPICIOUS,
-                    good_replays=0,
-                    quarantined_round=None,
-                    bucket_tokens=cfg.bucket_capacity,
-                    bucket_at=now,
+                    self._probation(new), bucket_tokens=cfg.bucket_capacity, bucket_at=now
                 )
                 reason = "readmitted"
             else:
@@ -282,19 +273,9 @@ class TrustManager:
         r = self.record(device, now)
         if r.state is not TrustState.QUARANTINED:
             raise TrustError(f"{device} is not quarantined")
-        cfg = self.config
-        a = cfg.prior_alpha
-        new = replace(
-            r,
-            alpha=a,
-            beta=a * (1 - cfg.readmit_score) / cfg.readmit_score,
-            state=TrustState.SUSPICIOUS,
-            good_replays=0,
-            quarantined_round=None,
-        )
         return self._commit(
             r,
-            new,
+            self._probation(r),
             "manual_release",
             now,
             None,
@@ -303,6 +284,19 @@ class TrustManager:
         )
 
     # --- internals ---------------------------------------------------------------------------
+    def _probation(self, r: TrustRecord) -> TrustRecord:
+        """Re-admitted on probation: SUSPICIOUS with score ``readmit_score`` (prior-sized alpha)."""
+        cfg = self.config
+        a = cfg.prior_alpha
+        return replace(
+            r,
+            alpha=a,
+            beta=a * (1.0 - cfg.readmit_score) / cfg.readmit_score,
+            state=TrustState.SUSPICIOUS,
+            good_replays=0,
+            quarantined_round=None,
+        )
+
     def _quarantine(self, r: TrustRecord, round_id: int | None) -> TrustRecord:
         if r.state is TrustState.QUARANTINED:
             return r
