@@ -68,6 +68,11 @@ class MemoryTrustStore:
         return list(self._history.get(device, [])[-limit:]) if limit > 0 else []
 
 
+def _check_mac_key(mac_key: object) -> None:
+    if mac_key is not None and (not isinstance(mac_key, bytes) or len(mac_key) < 32):
+        raise TrustError("trust store mac_key must be at least 32 bytes")
+
+
 def _canonical(doc: dict[str, object]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
@@ -89,8 +94,7 @@ class JsonFileTrustStore(MemoryTrustStore):
         mac_key: bytes | None = None,
     ) -> None:
         super().__init__(history_limit)
-        if mac_key is not None and (not isinstance(mac_key, bytes) or len(mac_key) < 32):
-            raise TrustError("trust store mac_key must be at least 32 bytes")
+        _check_mac_key(mac_key)
         self.path = Path(path)
         self._mac_key = mac_key
         self.generation = 0
@@ -205,8 +209,7 @@ class SqliteTrustStore:
         *,
         mac_key: bytes | None = None,
     ) -> None:
-        if mac_key is not None and (not isinstance(mac_key, bytes) or len(mac_key) < 32):
-            raise TrustError("trust store mac_key must be at least 32 bytes")
+        _check_mac_key(mac_key)
         self.path = Path(path)
         self._limit = history_limit
         self._mac_key = mac_key

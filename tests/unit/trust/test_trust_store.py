@@ -240,6 +240,8 @@ def test_mac_key_must_be_long(tmp_path: Path) -> None:
     for bad in (b"short", "x" * 40):
         with pytest.raises(TrustError):
             JsonFileTrustStore(tmp_path / "t.json", mac_key=bad)  # type: ignore[arg-type]
+        with pytest.raises(TrustError):
+            SqliteTrustStore(tmp_path / "t.db", mac_key=bad)  # type: ignore[arg-type]
 
 
 def test_unauthenticated_read_of_macd_store_still_parses(tmp_path: Path) -> None:
