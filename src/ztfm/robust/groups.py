@@ -72,10 +72,14 @@ def group_sums(updates: Matrix, plan: GroupPlan) -> Matrix:
     return np.stack([x[list(g)].sum(axis=0) for g in plan.groups])
 
 
+def _check_bound(what: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise AggregationError(f"{what} must be > 0, got {value}")
+
+
 def clip_to_norm(update: Vector, clip_norm: float) -> Vector:
     """What an honest device does before masking: scale its update to L2 norm <= ``clip_norm``."""
-    if not (math.isfinite(clip_norm) and clip_norm > 0):
-        raise AggregationError(f"clip_norm must be > 0, got {clip_norm}")
+    _check_bound("clip_norm", clip_norm)
     v = np.asarray(update, dtype=np.float64)
     norm = float(np.linalg.norm(v))
     return v if norm <= clip_norm else v * (clip_norm / norm)
@@ -86,6 +90,7 @@ def check_group_sum_bound(group_sum: Vector, size: int, clip_norm: float) -> Non
     ``size * clip_norm`` (triangle inequality). A larger sum proves a member broke the declared
     bound; raise. (A member that stays under the bound but points the wrong way is not caught
     here: that is the robust rule's job.)"""
+    _check_bound("clip_norm", clip_norm)
     norm = float(np.linalg.norm(group_sum))
     limit = size * clip_norm * (1.0 + 1e-9)
     if not math.isfinite(norm) or norm > limit:
@@ -99,8 +104,7 @@ def check_group_sum_range(group_sum: Vector, size: int, clip_value: float) -> No
     """The per-coordinate (L-infinity) version, matching ``ztfm.secagg``'s fixed-point clip:
     members clip each coordinate to [-clip_value, clip_value] before masking, so every
     coordinate of an honest group's sum lies within ``size * clip_value``; raise otherwise."""
-    if not (math.isfinite(clip_value) and clip_value > 0):
-        raise AggregationError(f"clip_value must be > 0, got {clip_value}")
+    _check_bound("clip_value", clip_value)
     top = float(np.max(np.abs(group_sum))) if group_sum.size else 0.0
     if not math.isfinite(top) or top > size * clip_value * (1.0 + 1e-9):
         raise AggregationError(

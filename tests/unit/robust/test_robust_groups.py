@@ -83,6 +83,9 @@ def test_check_group_sum_bound() -> None:
     for s in (np.array([3.0, 4.1]), np.array([np.nan, 0.0]), np.array([np.inf, 0.0])):
         with pytest.raises(AggregationError, match="clip"):
             check_group_sum_bound(s, 5, 1.0)
+    for c in (float("nan"), 0.0, -1.0):  # a NaN bound must not accept every sum
+        with pytest.raises(AggregationError, match="clip_norm"):
+            check_group_sum_bound(np.array([1e9, 1e9]), 5, c)
 
 
 def test_clip_to_norm() -> None:
@@ -100,6 +103,8 @@ def test_aggregate_group_sums_rejects_bad_sizes_and_all_bad_groups() -> None:
             aggregate_group_sums(sums, sizes, Mean())  # type: ignore[arg-type]
     with pytest.raises(AggregationError, match="every group"):
         aggregate_group_sums(sums * 10, np.ones(3), Mean(), clip_norm=1.0)
+    with pytest.raises(AggregationError):
+        aggregate_group_sums(sums * 1e9, np.ones(3), Mean(), clip_norm=float("nan"))
 
 
 def test_expected_spoiled_groups() -> None:
