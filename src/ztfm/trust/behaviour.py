@@ -9,7 +9,7 @@ weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -66,21 +66,11 @@ def observe_groups(
         raise TrustError("groups must be non-empty and disjoint")
     labels = [DeviceId(f"group:{i}") for i in range(len(groups))]
     per_group = observe_updates(labels, group_means, reference)
-    out: list[UpdateObservation] = []
-    for g, obs in zip(groups, per_group, strict=True):
-        for device in g:
-            out.append(
-                UpdateObservation(
-                    device=device,
-                    distance=obs.distance,
-                    distance_z=obs.distance_z,
-                    cosine=obs.cosine,
-                    nn_ratio=obs.nn_ratio,
-                    norm_ratio=obs.norm_ratio,
-                    evidence_scale=1.0 / len(g),
-                )
-            )
-    return out
+    return [
+        replace(obs, device=device, evidence_scale=1.0 / len(g))
+        for g, obs in zip(groups, per_group, strict=True)
+        for device in g
+    ]
 
 
 def observe_updates(
