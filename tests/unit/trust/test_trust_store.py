@@ -101,6 +101,10 @@ def _tamper(doc: dict, case: str) -> object:  # type: ignore[type-arg]
         rec["beta"] = -1.0
     elif case == "nan_alpha":
         rec["alpha"] = "NaN"
+    elif case == "nan_literal_beta":  # json.dumps writes a bare NaN, which json.loads accepts
+        rec["beta"] = float("nan")
+    elif case == "inf_tokens":
+        rec["bucket_tokens"] = float("inf")
     elif case == "bad_state":
         rec["state"] = "trusted_forever"
     elif case == "extra_field":
@@ -128,6 +132,8 @@ TAMPER = [
     "key_mismatch",
     "negative_beta",
     "nan_alpha",
+    "nan_literal_beta",
+    "inf_tokens",
     "bad_state",
     "extra_field",
     "missing_field",
