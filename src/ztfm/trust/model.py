@@ -224,7 +224,7 @@ class TrustChange:
             inputs = raw.get("inputs", {})
             if not isinstance(inputs, dict):
                 raise TrustError("trust change inputs must be an object")
-            return cls(
+            change = cls(
                 device=DeviceId(str(raw["device"])),
                 reason=str(raw["reason"]),
                 at=float(raw["at"]),
@@ -237,6 +237,12 @@ class TrustChange:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise TrustError(f"malformed trust change: {exc}") from exc
+        # NaN/Inf would load here but make every later JSON save fail (allow_nan=False).
+        if not math.isfinite(change.at) or not all(
+            0.0 <= s <= 1.0 for s in (change.old_score, change.new_score)
+        ):
+            raise TrustError("malformed trust change: time must be finite, scores in [0, 1]")
+        return change
 
 
 def apply_evidence(

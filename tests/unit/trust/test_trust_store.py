@@ -119,6 +119,10 @@ def _tamper(doc: dict, case: str) -> object:  # type: ignore[type-arg]
         doc["history"]["dev-1"][0]["device"] = "dev-2"
     elif case == "history_not_list":
         doc["history"]["dev-1"] = {}
+    elif case == "history_nan_at":
+        doc["history"]["dev-1"][0]["at"] = float("nan")
+    elif case == "history_score_range":
+        doc["history"]["dev-1"][0]["new_score"] = 7.0
     elif case == "history_bad_state":
         doc["history"]["dev-1"][0]["new_state"] = "x"
     elif case == "not_object":
@@ -141,6 +145,8 @@ TAMPER = [
     "attested_str",
     "history_other_device",
     "history_not_list",
+    "history_nan_at",
+    "history_score_range",
     "history_bad_state",
     "not_object",
 ]
