@@ -8,6 +8,7 @@ from ztfm.audit.log import (
     MemoryAuditSink,
     VerifyResult,
     repair_torn_tail,
+    tail_log,
     verify_log,
 )
 from ztfm.audit.snapshots import Snapshot, SnapshotStore
@@ -22,5 +23,6 @@ __all__ = [
     "SnapshotStore",
     "VerifyResult",
     "repair_torn_tail",
+    "tail_log",
     "verify_log",
 ]

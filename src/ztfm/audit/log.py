@@ -17,11 +17,13 @@ import hashlib
 import json
 import math
 import os
+import stat
 import threading
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, BinaryIO, Final, Protocol
 
 from ztfm.errors import AuditError
 
@@ -118,11 +120,58 @@ def verify_log(
     chain; if the log ends before it, the log was truncated. Streams the file: memory use does
     not grow with the log.
     """
-    path = Path(path)
+    return _scan(Path(path), expected_head, use_anchor, None, None)
+
+
+def tail_log(
+    path: Path,
+    count: int,
+    *,
+    event: str | None = None,
+    expected_head: AuditHead | None = None,
+    use_anchor: bool = True,
+) -> tuple[VerifyResult, list[AuditRecord]]:
+    """Verify the chain as ``verify_log`` does and return its last ``count`` records (only those
+    of ``event``, if given) from the same single read, so what is returned is what was verified.
+
+    Records appended while the log is read are left out: the answer is the log as it was when it
+    was opened. Memory use is bounded by ``count``.
+    """
+    if count < 1:
+        raise AuditError("count must be at least 1")
+    kept: deque[AuditRecord] = deque(maxlen=count)
+    res = _scan(Path(path), expected_head, use_anchor, kept, event)
+    return res, list(kept)
+
+
+def _snapshot_lines(fh: BinaryIO) -> Iterator[bytes]:
+    """The lines of an open log as it was when opened: a line that ends past the size the file
+    had then was (still) being appended by a writer and is left out, not reported as torn."""
+    st = os.fstat(fh.fileno())
+    if not stat.S_ISREG(st.st_mode):
+        yield from fh
+        return
+    pos = 0
+    for raw in fh:
+        pos += len(raw)
+        if pos > st.st_size:
+            return
+        yield raw
+
+
+def _scan(
+    path: Path,
+    expected_head: AuditHead | None,
+    use_anchor: bool,
+    kept: deque[AuditRecord] | None,
+    event: str | None,
+) -> VerifyResult:
     anchors: list[AuditHead] = []
     if expected_head is not None:
         anchors.append(expected_head)
     hp = head_path_for(path)
+    # The anchor is read before the log is opened: a writer updates it only after the records it
+    # names are durable, so it never points past the log as opened below.
     if use_anchor and hp.exists():
         anchors.append(_read_head(hp))
     wanted = {a.seq for a in anchors}
@@ -134,7 +183,7 @@ def verify_log(
     except OSError as exc:
         raise AuditError(f"cannot read audit log {path}: {exc.strerror}") from exc
     with fh:
-        for raw in fh:
+        for raw in _snapshot_lines(fh):
             n += 1
             if not raw.endswith(b"\n"):
                 raise AuditError(f"line {n}: torn last record (no newline; crash during write?)")
@@ -156,6 +205,8 @@ def verify_log(
             prev = rec.hash
             if n in wanted:
                 seen[n] = rec.hash
+            if kept is not None and (event is None or rec.event == event):
+                kept.append(rec)
     head = AuditHead(n, prev) if n else None
     for anchor in anchors:
         if anchor.seq > n:

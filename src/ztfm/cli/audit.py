@@ -56,16 +56,12 @@ def repair(path: Path) -> None:
 @click.option("-n", "count", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--event", help="Only records of this event type.")
 def show(path: Path, count: int, event: str | None) -> None:
-    """Print the last N records (after verifying the chain)."""
-    from ztfm.audit import verify_log
+    """Print the last N records (after verifying the chain, in the same read of the log)."""
+    from ztfm.audit import tail_log
 
-    verify_log(path)
-    lines = path.read_bytes().splitlines()
-    recs = [json.loads(x) for x in lines]
-    if event:
-        recs = [r for r in recs if r["event"] == event]
-    for r in recs[-count:]:
-        click.echo(f"{r['seq']:>6} {r['ts']:.3f} {r['event']} {json.dumps(r['fields'])}")
+    _, recs = tail_log(path, count, event=event or None)
+    for r in recs:
+        click.echo(f"{r.seq:>6} {r.ts:.3f} {r.event} {json.dumps(r.fields)}")
 
 
 @audit.command("snapshots")

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from ztfm.audit import AuditHead, AuditLog, SnapshotStore, repair_torn_tail, verify_log
+from ztfm.audit import (
+    AuditHead,
+    AuditLog,
+    AuditRecord,
+    SnapshotStore,
+    repair_torn_tail,
+    tail_log,
+    verify_log,
+)
 from ztfm.errors import AuditError
 
 T0 = 1_800_000_000.0
@@ -214,3 +222,50 @@ def test_concurrent_appends_keep_one_valid_chain(tmp_path: Path) -> None:
         assert log.head.seq == 200
     res = verify_log(p)
     assert res.records == 200 and res.head == AuditHead(200, res.head.hash if res.head else "")
+
+
+def test_tail_log_returns_the_verified_last_records(log_path: Path) -> None:
+    res, recs = tail_log(log_path, 2)
+    assert res.records == 5 and [r.seq for r in recs] == [4, 5]
+    assert res.head is not None and recs[-1].hash == res.head.hash
+    _, evs = tail_log(log_path, 10, event="policy.decision")
+    assert [r.fields["i"] for r in evs] == [0, 1, 2, 3, 4]
+    _, none = tail_log(log_path, 3, event="other")
+    assert none == []
+    with pytest.raises(AuditError, match="at least 1"):
+        tail_log(log_path, 0)
+
+
+def test_tail_log_refuses_a_tampered_log_and_returns_nothing(log_path: Path) -> None:
+    lines = _lines(log_path)
+    lines[4] = lines[4].replace(b'"i":4', b'"i":9')
+    log_path.write_bytes(b"".join(lines))
+    with pytest.raises(AuditError, match="line 5: record hash mismatch"):
+        tail_log(log_path, 5)
+
+
+def test_tail_log_leaves_out_records_appended_while_it_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ztfm.audit.log as mod
+
+    p = tmp_path / "big.jsonl"
+    # Larger than one read buffer, so the reader is still reading when the writer appends.
+    with AuditLog(p) as writer:
+        for i in range(300):
+            writer.append("e", {"i": i, "pad": "x" * 64}, T0 + i)
+        real = mod._parse_line
+        calls = {"n": 0}
+
+        def parse_and_append(raw: bytes, lineno: int) -> AuditRecord:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                writer.append("late", {}, T0 + 999)
+            return real(raw, lineno)
+
+        monkeypatch.setattr(mod, "_parse_line", parse_and_append)
+        res, recs = tail_log(p, 3)
+        monkeypatch.setattr(mod, "_parse_line", real)
+    assert res.records == 300 and [r.seq for r in recs] == [298, 299, 300]
+    assert all(r.event == "e" for r in recs)
+    assert verify_log(p).records == 301  # the late record is there, just not in that answer
