@@ -2,8 +2,9 @@
 
 A new bundle is verified completely first (``verify_bundle``), then written to a temporary file
 in the same directory, fsynced, renamed over ``current.ztb`` (atomic on POSIX) and the directory
-is fsynced. A crash at any point leaves either the old or the new bundle, never a mix; stray
-temporary files are removed on the next open. A refused bundle leaves the current one untouched.
+is fsynced (``identity._fs.atomic_write``). A crash at any point leaves either the old or the new
+bundle, never a mix; stray temporary files are removed on the next open. A refused bundle leaves
+the current one untouched.
 
 It also keeps the device's ledger witness state (the last trusted tree head) in the same way.
 This is a file-backed storage adapter behind a small interface (``current``/``install``).
@@ -23,11 +24,12 @@ from ztfm.bundle.tensors import DEFAULT_LIMITS, TensorLimits
 from ztfm.bundle.verify import trusted_key, verify_bundle
 from ztfm.crypto.signing import VerifyKey
 from ztfm.errors import BundleError, CryptoError, LedgerError
+from ztfm.identity._fs import atomic_write
 from ztfm.ledger import LedgerClient
 
 CURRENT = "current.ztb"
 WITNESS = "ledger-head.json"
-_TMP_PREFIX = ".ztfm.tmp-"
+_LEGACY_TMP_PREFIX = ".ztfm.tmp-"
 
 
 class InstalledModel:
@@ -47,7 +49,7 @@ class InstalledModel:
         self._limits = limits
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
-            for stray in self._dir.glob(_TMP_PREFIX + "*"):
+            for stray in _temp_files(self._dir):
                 stray.unlink()
         except OSError as exc:
             raise BundleError(f"cannot use model directory {self._dir}: {exc}") from exc
@@ -130,24 +132,26 @@ class InstalledModel:
         self._write_atomic(client.state_bytes(), WITNESS)
 
     def _write_atomic(self, data: bytes, name: str = CURRENT) -> None:
-        tmp = self._dir / f"{_TMP_PREFIX}{name}-{os.getpid()}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self._dir / name)
-            dfd = os.open(self._dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise BundleError(f"could not install the bundle: {exc}") from exc
+        write_state(self._dir / name, data)
+
+
+def _temp_files(directory: Path) -> list[Path]:
+    """Temporary files a crashed or failed write left: ``atomic_write``'s ``.<name>.tmp.<pid>``
+    and the ``.ztfm.tmp-*`` ones of earlier versions."""
+    found = list(directory.glob(_LEGACY_TMP_PREFIX + "*"))
+    for name in (CURRENT, WITNESS):
+        found.extend(directory.glob(f".{name}.tmp.*"))
+    return found
+
+
+def write_state(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` durably (``identity._fs.atomic_write``: temp file, fsync,
+    rename, fsync of the directory), so a crash leaves the old or the new file. A failed write
+    raises ``BundleError`` and leaves no temporary file."""
+    path = Path(path)
+    try:
+        atomic_write(path, data, mode=0o600)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.with_name(f".{path.name}.tmp.{os.getpid()}").unlink()
+        raise BundleError(f"cannot write {path}: {exc.strerror or exc}") from exc

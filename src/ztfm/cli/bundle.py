@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -198,9 +197,9 @@ def verify(
     led = open_ledger(db)
     head = _sync(client, led)
     if state is not None:
-        tmp = state.with_name(state.name + ".tmp")
-        tmp.write_bytes(client.state_bytes())
-        os.replace(tmp, state)
+        from ztfm.bundle.installed import write_state
+
+        write_state(state, client.state_bytes())
     receipt = receipt_for(led, b, head.tree_size)
     verify_bundle(
         b,

@@ -1,0 +1,105 @@
+"""Witness state and installed bundles reach the disk durably: file and directory fsync'd, a failed
+write is one clear ``BundleError`` that keeps the old file and leaves no temporary file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from bundle_fix import LOG_KEY, MODEL, RELEASE_KEY, World
+from click.testing import CliRunner
+
+from ztfm.bundle import InstalledModel
+from ztfm.cli.main import cli
+from ztfm.errors import BundleError
+from ztfm.ledger import Ledger, LedgerClient, SqliteLedgerStore
+
+
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Path of every fd passed to ``os.fsync`` (the real fsync still runs)."""
+    real, synced = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def _published(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """A SQLite ledger holding one release, the bundle file, and `bundle verify` key options."""
+    db = tmp_path / "l.db"
+    w = World(Ledger(SqliteLedgerStore(db, create=True), LOG_KEY), LedgerClient(LOG_KEY.verify_key))
+    out = tmp_path / "m.ztb"
+    out.write_bytes(w.publish(1).to_bytes())
+    keys = ["--release-key", RELEASE_KEY.verify_key.raw.hex()]
+    return db, out, [*keys, "--log-key", LOG_KEY.verify_key.raw.hex(), "--db", str(db)]
+
+
+def test_verify_state_is_fsynced_with_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, out, opts = _published(tmp_path)
+    state_dir = tmp_path / "dev"
+    state_dir.mkdir()
+    state = state_dir / "state.json"
+    synced = _record_fsyncs(monkeypatch)
+    res = CliRunner().invoke(cli, ["bundle", "verify", str(out), *opts, "--state", str(state)])
+    assert res.exit_code == 0, res.output
+    files = [p for p in synced if Path(p).parent == state_dir and "state.json" in Path(p).name]
+    assert files, synced  # the data was fsync'd before the rename...
+    assert str(state_dir) in synced[synced.index(files[-1]) :]  # ...and the rename after it
+    assert LedgerClient.from_state(LOG_KEY.verify_key, state.read_bytes()).head.tree_size == 1
+    assert sorted(p.name for p in state_dir.iterdir()) == ["state.json"]
+
+
+def test_verify_state_write_failure_keeps_old_state_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, out, opts = _published(tmp_path)
+    state_dir = tmp_path / "dev"
+    state_dir.mkdir()
+    state = state_dir / "state.json"
+    args = ["bundle", "verify", str(out), *opts, "--state", str(state)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    old = state.read_bytes()
+    assert old
+
+    def full_disk(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and isinstance(res.exception, BundleError)
+    assert "No space left on device" in str(res.exception) and str(state) in str(res.exception)
+    assert state.read_bytes() == old
+    assert sorted(p.name for p in state_dir.iterdir()) == ["state.json"]
+
+
+def test_installed_model_fsyncs_bundle_witness_and_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, _, _ = _published(tmp_path)
+    w = World(Ledger(SqliteLedgerStore(db), LOG_KEY), LedgerClient(LOG_KEY.verify_key))
+    b = w.publish(2)
+    w.sync()
+    dev = InstalledModel(tmp_path / "m", model_id=MODEL, release_key=RELEASE_KEY.verify_key)
+    synced = _record_fsyncs(monkeypatch)
+    dev.install(b.to_bytes(), ledger=w.client)
+    dev.save_witness(w.client)
+    names = [Path(p).name for p in synced]
+    assert any("current.ztb" in n for n in names) and any("ledger-head.json" in n for n in names)
+    assert synced.count(str(tmp_path / "m")) == 2
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["current.ztb", "ledger-head.json"]
+
+
+def test_stray_temp_files_of_both_namings_are_removed_on_open(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    for name in (".current.ztb.tmp.4242", ".ledger-head.json.tmp.7", ".ztfm.tmp-current.ztb-1"):
+        (d / name).write_bytes(b"half a file")
+    (d / "keep.txt").write_bytes(b"not ours")
+    InstalledModel(d, model_id=MODEL, release_key=RELEASE_KEY.verify_key)
+    assert sorted(p.name for p in d.iterdir()) == ["keep.txt"]
