@@ -90,6 +90,24 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecAggSimConfig:
+    enabled: bool = False
+    group_size: int = 0
+    neighbours: int = 0
+    threshold: float = 0.0
+    min_survivors: float = 0.0
+    bits: int = 32
+    dropout_prob: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    keep_ratio: float = 1.0
+    error_feedback: bool = True
+    rounding: str = "stochastic"
+
+
+@dataclass(frozen=True, slots=True)
 class AttestationConfig:
     backend: str = "none"
     tampered: int = 0
@@ -108,6 +126,8 @@ class SimConfig:
     trust: TrustSimConfig = field(default_factory=TrustSimConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
+    secagg: SecAggSimConfig = field(default_factory=SecAggSimConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seed": self.seed}
@@ -257,7 +277,50 @@ def validate(cfg: SimConfig) -> None:
             cfg.attestation.tampered == 0 or cfg.attestation.backend != "none",
             "[attestation] tampered devices need an attestation backend",
         ),
+        *_secagg_checks(cfg),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+
+
+def _secagg_checks(cfg: SimConfig) -> list[tuple[bool, str]]:
+    s, c = cfg.secagg, cfg.compression
+    return [
+        (s.group_size == 0 or s.group_size >= 2, "[secagg] group_size must be 0 or >= 2"),
+        (
+            s.neighbours == 0 or (s.neighbours >= 2 and s.neighbours % 2 == 0),
+            "[secagg] neighbours must be 0 (auto) or an even number >= 2",
+        ),
+        (
+            s.threshold >= 0 and (s.threshold < 1 or float(s.threshold).is_integer()),
+            "[secagg] threshold must be 0 (auto), a fraction in (0, 1) or a whole count",
+        ),
+        (
+            s.min_survivors >= 0 and (s.min_survivors < 1 or float(s.min_survivors).is_integer()),
+            "[secagg] min_survivors must be 0 (= threshold), a fraction in (0, 1) or a count",
+        ),
+        (s.bits in {16, 32, 64}, "[secagg] bits must be 16, 32 or 64"),
+        (0.0 <= s.dropout_prob < 1.0, "[secagg] dropout_prob must be in [0, 1)"),
+        (
+            not s.enabled or cfg.privacy.clip_norm > 0,
+            "[secagg] needs [privacy] clip_norm > 0 (it sets the fixed-point range)",
+        ),
+        (
+            not s.enabled or s.group_size > 0 or cfg.robust.aggregator in ("mean", "fedavg"),
+            "[secagg] a robust aggregator needs group_size > 0 (it runs over group sums)",
+        ),
+        (
+            not s.enabled or not cfg.trust.enabled,
+            "[secagg] per-device trust needs visible updates; turn [trust] off with [secagg]",
+        ),
+        (0.0 < c.keep_ratio <= 1.0, "[compression] keep_ratio must be in (0, 1]"),
+        (
+            c.keep_ratio == 1.0 or s.enabled,
+            "[compression] keep_ratio < 1 runs inside secure aggregation: enable [secagg]",
+        ),
+        (
+            c.rounding in {"stochastic", "nearest"},
+            "[compression] rounding must be stochastic or nearest",
+        ),
+    ]

@@ -24,6 +24,7 @@ from ztfm.sim.attest import build_soft_attestation, model_digest_of
 from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import DeviceSpec, Fleet, build_fleet
 from ztfm.sim.scenario import build_scenario
+from ztfm.sim.secure import SecureRounds
 from ztfm.transport.inproc import InProcessTransport, LatencyModel
 from ztfm.trust import TrustState
 from ztfm.types import DeviceId
@@ -205,6 +206,11 @@ class Simulation:
                 downlink_bps=n.downlink_bps,
             ),
         )
+        self.secure: SecureRounds | None = None
+        if cfg.secagg.enabled:
+            self.secure = SecureRounds(
+                cfg, self.agents, self.coordinator, sc, self.transport.latency, self.events.append
+            )
 
     # --- federated ---------------------------------------------------------------------------
     def run_round(self, r: int) -> dict[str, Any]:
@@ -212,7 +218,10 @@ class Simulation:
         self.now = r * ROUND_PERIOD_S
         n_events = len(self.events)
         try:
-            traffic = self.transport.run_round(self.coordinator, now=self.now)
+            if self.secure is not None:
+                traffic = self.secure.run_round(self.now)
+            else:
+                traffic = self.transport.run_round(self.coordinator, now=self.now)
             summary = traffic.summary
             failed = None
         except RoundError as exc:
@@ -236,6 +245,8 @@ class Simulation:
         rec["excluded"] = excluded
         self.scenario.after_round([d for d in self.segments if d not in excluded])
         rec.update(self._security_metrics(evals))
+        if self.secure is not None:
+            rec["secagg"] = self.secure.last
         if traffic is not None and summary is not None:
             rec.update(
                 {

@@ -105,7 +105,7 @@ class Adversary:
 def privacy_transforms(cfg: SimConfig, expected_participants: int) -> list[UpdateTransform]:
     """Device side: clip the whole update to ``clip_norm``; add this device's noise share."""
     p = cfg.privacy
-    if p.clip_norm <= 0:
+    if p.clip_norm <= 0 or cfg.secagg.enabled:  # [secagg]: clip and noise run in sim.secure
         return []
     noise = (
         DistributedGaussian(p.noise_multiplier, p.clip_norm, max(1, expected_participants))
