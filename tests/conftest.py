@@ -24,3 +24,16 @@ def shared_datasets() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/datasets is not beside this checkout")
     return path
+
+
+@pytest.fixture
+def fsync_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records the path of every fd passed to ``os.fsync`` (the real fsync still runs)."""
+    real, synced = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced

@@ -1,24 +1,26 @@
 """Where trust records live: a ``TrustStore`` protocol with memory, JSON-file and SQLite backends.
 
-Both file backends are crash-safe: the JSON store writes a temporary file, fsyncs it and renames it
-over the old one (readers see the old or the new file, never half of one); the SQLite store commits
-each round in one transaction with ``synchronous=FULL``. A corrupt or tampered store raises
+Both file backends are crash-safe: the JSON store writes a temporary file, fsyncs it, renames it
+over the old one and fsyncs the directory (``identity._fs.atomic_write``: readers see the old or
+the new file, never half of one); the SQLite store commits each round in one transaction with
+``synchronous=FULL``. A corrupt or tampered store raises
 ``TrustError`` instead of starting over: resetting trust would release quarantined devices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import sqlite3
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from ztfm.errors import TrustError
+from ztfm.identity._fs import atomic_write
 from ztfm.trust.model import TrustChange, TrustRecord
 from ztfm.types import DeviceId
 
@@ -170,28 +172,18 @@ class JsonFileTrustStore(MemoryTrustStore):
             mac = hmac.new(self._mac_key, _canonical(doc), hashlib.sha256).hexdigest()
             doc["mac"] = mac
         data = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
-        directory = self.path.parent
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            self.generation += 1
-            self.head_mac = mac
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, data, mode=0o600)
         except OSError as exc:
+            with contextlib.suppress(OSError):  # atomic_write's temporary file, if it was left
+                self.path.with_name(f".{self.path.name}.tmp.{os.getpid()}").unlink()
+            with contextlib.suppress(OSError):
+                if self.path.read_bytes() == data:  # renamed, only the directory fsync failed:
+                    self.generation, self.head_mac = self.generation + 1, mac  # never reuse it
             raise TrustError(f"cannot write trust store {self.path}: {exc}") from exc
+        self.generation += 1
+        self.head_mac = mac
 
 
 class SqliteTrustStore:

@@ -16,18 +16,6 @@ from ztfm.errors import BundleError
 from ztfm.ledger import Ledger, LedgerClient, SqliteLedgerStore
 
 
-def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Path of every fd passed to ``os.fsync`` (the real fsync still runs)."""
-    real, synced = os.fsync, []
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return synced
-
-
 def _published(tmp_path: Path) -> tuple[Path, Path, list[str]]:
     """A SQLite ledger holding one release, the bundle file, and `bundle verify` key options."""
     db = tmp_path / "l.db"
@@ -38,19 +26,18 @@ def _published(tmp_path: Path) -> tuple[Path, Path, list[str]]:
     return db, out, [*keys, "--log-key", LOG_KEY.verify_key.raw.hex(), "--db", str(db)]
 
 
-def test_verify_state_is_fsynced_with_its_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_verify_state_is_fsynced_with_its_directory(tmp_path: Path, fsync_paths: list[str]) -> None:
     _, out, opts = _published(tmp_path)
     state_dir = tmp_path / "dev"
     state_dir.mkdir()
     state = state_dir / "state.json"
-    synced = _record_fsyncs(monkeypatch)
     res = CliRunner().invoke(cli, ["bundle", "verify", str(out), *opts, "--state", str(state)])
     assert res.exit_code == 0, res.output
-    files = [p for p in synced if Path(p).parent == state_dir and "state.json" in Path(p).name]
-    assert files, synced  # the data was fsync'd before the rename...
-    assert str(state_dir) in synced[synced.index(files[-1]) :]  # ...and the rename after it
+    files = [p for p in fsync_paths if Path(p).parent == state_dir and "state.json" in Path(p).name]
+    assert files, fsync_paths  # the data was fsync'd before the rename...
+    assert (
+        str(state_dir) in fsync_paths[fsync_paths.index(files[-1]) :]
+    )  # ...and the rename after it
     assert LedgerClient.from_state(LOG_KEY.verify_key, state.read_bytes()).head.tree_size == 1
     assert sorted(p.name for p in state_dir.iterdir()) == ["state.json"]
 
@@ -79,19 +66,18 @@ def test_verify_state_write_failure_keeps_old_state_and_no_temp(
 
 
 def test_installed_model_fsyncs_bundle_witness_and_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fsync_paths: list[str]
 ) -> None:
     db, _, _ = _published(tmp_path)
     w = World(Ledger(SqliteLedgerStore(db), LOG_KEY), LedgerClient(LOG_KEY.verify_key))
     b = w.publish(2)
     w.sync()
     dev = InstalledModel(tmp_path / "m", model_id=MODEL, release_key=RELEASE_KEY.verify_key)
-    synced = _record_fsyncs(monkeypatch)
     dev.install(b.to_bytes(), ledger=w.client)
     dev.save_witness(w.client)
-    names = [Path(p).name for p in synced]
+    names = [Path(p).name for p in fsync_paths]
     assert any("current.ztb" in n for n in names) and any("ledger-head.json" in n for n in names)
-    assert synced.count(str(tmp_path / "m")) == 2
+    assert fsync_paths.count(str(tmp_path / "m")) == 2
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["current.ztb", "ledger-head.json"]
 
 
