@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -38,20 +39,9 @@ def network_config(
         cfg = replace(cfg, rounds=replace(cfg.rounds, rounds=rounds))
     if seed is not None:
         cfg = replace(cfg, seed=seed)
-    unsupported = []
-    if cfg.attacks.name != "none":
-        unsupported.append("[attacks]")
-    if cfg.trust.enabled:
-        unsupported.append("[trust]")
-    if cfg.privacy.clip_norm > 0 or cfg.privacy.noise_multiplier > 0:
-        unsupported.append("[privacy]")
-    if cfg.robust.aggregator not in ("mean", "fedavg") or cfg.robust.equal_weights:
-        unsupported.append("[robust]")
-    if unsupported:
-        raise ConfigError(
-            f"{', '.join(unsupported)} settings are simulation-only for now; "
-            "networked runs use plain FedAvg (use `ztfm simulate` for these)"
-        )
+    from ztfm.sim.network import check_network_config
+
+    check_network_config(cfg)
     return cfg
 
 
@@ -66,9 +56,14 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def network_metrics(
-    cfg: SimConfig, service: CoordinatorService, n_features: int, wall_s: float
+    cfg: SimConfig,
+    service: CoordinatorService,
+    n_features: int,
+    wall_s: float,
+    security: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """``metrics.json`` of a networked run, in the shape ``ztfm simulate`` writes."""
+    """``metrics.json`` of a networked run, in the shape ``ztfm simulate`` writes; ``security``
+    holds each round's ``excluded`` and security metrics (``CoordinatorScenario.rounds``)."""
     import numpy as np
 
     from ztfm.sim.runner import ROUND_PERIOD_S, summarise
@@ -89,6 +84,7 @@ def network_metrics(
                 "bytes_up": log.bytes_up[i] if i < len(log.bytes_up) else {},
                 "bytes_down": log.bytes_down[i] if i < len(log.bytes_down) else {},
                 "wall_s": {},
+                **(security[i] if i < len(security) else {}),
             }
         )
     comparison: dict[str, Any] = {}
@@ -257,15 +253,17 @@ def serve(
     from ztfm.audit import AuditLog, SnapshotStore
     from ztfm.coordinator.server import CoordinatorServer, UnsafeAssumeAttested
     from ztfm.coordinator.service import CoordinatorService
+    from ztfm.sim.network import coordinator_scenario, scenario_configured
     from ztfm.sim.runner import build_coordinator
     from ztfm.transport.grpc_fleet import LocalFleet
 
     cfg = network_config(config_path, devices, rounds, seed)
     if deadline_s is not None:
         cfg = replace(cfg, rounds=replace(cfg.rounds, deadline_s=deadline_s))
-    if n_features is None or devices is None:
-        from ztfm.sim.fleet import build_fleet
+    from ztfm.sim.fleet import build_fleet
 
+    fl = None
+    if n_features is None or devices is None or scenario_configured(cfg):
         fl = build_fleet(cfg.fleet, cfg.detector)
         n_features = n_features or fl.n_features
         devices = devices or len(fl.devices)
@@ -275,11 +273,24 @@ def serve(
         raise ConfigError(f"cannot create output folder {out}: {exc}") from exc
     audit = AuditLog(out / "audit.log")
     fleet = LocalFleet.from_directory(ca_dir, time.time())
+    # attacks, robust aggregation, trust and privacy: the scenario simulate builds (sim/network.py)
+    sc = coordinator_scenario(cfg, fl, audit, time.time) if fl is not None else None
+    coord = build_coordinator(
+        cfg,
+        n_features,
+        sc.on_event if sc is not None else None,
+        strategy=sc.strategy if sc is not None else None,
+        eligibility=sc.eligibility if sc is not None else (),
+        reply_hooks=sc.reply_hooks if sc is not None else (),
+    )
+    if sc is not None:
+        sc.devices = coord.devices
     service = CoordinatorService(
-        build_coordinator(cfg, n_features),
+        coord,
         rounds=cfg.rounds.rounds,
         expected_devices=devices,
         eval_deadline_s=eval_deadline_s,
+        on_round=sc.on_round if sc is not None else None,
     )
     assert attestation == "none"
     releaser = _releaser(out, cfg.detector.name) if release else None
@@ -317,7 +328,9 @@ def serve(
         server.stop(reason)
         for s, h in old.items():
             signal.signal(s, h)
-    m = network_metrics(cfg, service, n_features, time.perf_counter() - t0)
+    m = network_metrics(
+        cfg, service, n_features, time.perf_counter() - t0, sc.rounds if sc is not None else ()
+    )
     m["interrupted"] = bool(signalled)
     write_atomic(out / "metrics.json", json.dumps(m, indent=1, sort_keys=True))
     if signalled:

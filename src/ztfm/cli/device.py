@@ -29,10 +29,11 @@ def _agent_from_fleet(
     rounds: int | None,
     seed: int | None,
 ) -> DeviceAgent:
-    """Exactly fleet member ``index`` of ``build_fleet`` (what ``ztfm simulate`` builds)."""
+    """Exactly fleet member ``index`` of ``build_fleet`` (what ``ztfm simulate`` builds),
+    with its scenario: poisoned rows for a data attacker, clip and noise share."""
     from ztfm.cli.coordinator import network_config
     from ztfm.sim.fleet import build_fleet
-    from ztfm.sim.runner import build_agent
+    from ztfm.sim.network import device_agent
 
     cfg = network_config(config_path, devices, rounds, seed)
     fleet = build_fleet(cfg.fleet, cfg.detector)
@@ -46,11 +47,11 @@ def _agent_from_fleet(
             f"fleet member {index} is {spec.device_id} in {spec.segment}, "
             f"not {identity.device_id} in {identity.segment}"
         )
-    return build_agent(cfg, spec, index, fleet.n_features)
+    return device_agent(cfg, fleet, index)
 
 
 def _agent_from_file(
-    config_path: str | None, path: Path, identity: Identity, seed: int | None
+    config_path: str | None, path: Path, identity: Identity, devices: int | None, seed: int | None
 ) -> DeviceAgent:
     """A device on its own SKAB-style CSV: first 400 rows train (benign), all rows evaluate."""
     import numpy as np
@@ -60,9 +61,10 @@ def _agent_from_file(
     from ztfm.detect.features import FeatureSpec, WindowFeatures
     from ztfm.device.agent import DeviceAgent, DeviceData
     from ztfm.sim.fleet import SKAB_TRAIN_ROWS
+    from ztfm.sim.network import file_device_transforms
     from ztfm.sim.runner import causal_smoother, make_local_model
 
-    cfg = network_config(config_path, None, None, seed)
+    cfg = network_config(config_path, devices, None, seed)
     series = load_skab_file(path)
     if series.y is None or len(series) <= SKAB_TRAIN_ROWS:
         raise DataError(f"{path}: needs labels and more than {SKAB_TRAIN_ROWS} rows")
@@ -78,6 +80,7 @@ def _agent_from_file(
         rng=np.random.default_rng([cfg.seed, 1, zlib.crc32(identity.device_id.encode())]),
         target_far=det.target_far,
         postprocess=causal_smoother(det.smoothing),
+        transforms=file_device_transforms(cfg, cfg.fleet.devices),
     )
 
 
@@ -189,7 +192,7 @@ def run(
                 f"--telemetry {telemetry}: not a file; live capture (IFACE) is not yet "
                 "supported for federated training"
             )
-        agent = _agent_from_file(config_path, path, identity, seed)
+        agent = _agent_from_file(config_path, path, identity, devices, seed)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = FileKeyStore(state_dir / "key.pem")
     cert_path = state_dir / "cert.pem"

@@ -1,0 +1,217 @@
+"""Security scenarios over the network: the glue between ``build_scenario`` (what ``ztfm
+simulate`` runs) and the networked processes (``ztfm coordinator serve``, ``ztfm device run``,
+``ztfm up``).
+
+The scenario is built the same way on both sides of the wire, from the same config, seed and
+fleet, so a networked run reaches the same models as the simulation:
+
+* the coordinator process takes the strategy (``FedAvg`` with optional central noise, or
+  ``DefendedFedAvg``: robust aggregator weighted by trust), the eligibility gates (trust, privacy
+  budget), the reply hooks and the trust manager and accountant (``coordinator_scenario``);
+* each device process takes its (possibly poisoned) training rows and its update transforms:
+  clip and its distributed noise share (``device_agent``).
+
+Model attacks that need the honest updates of the round (ALIE, IPM, min-max, scaling, ...) are
+omniscient: they are played, exactly as in simulate, by the coordinator-side ``Adversary`` hook
+that replaces the attackers' replies before aggregation. The attacker devices themselves train
+honestly; data attacks (label flip, backdoor) poison the attacker's own training rows in its own
+process.
+
+Every exclusion from a round, every trust change and every quarantine decision goes to the audit
+log with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ztfm.audit import AuditSink
+from ztfm.coordinator.core import Eligibility, ReplyHook
+from ztfm.device.agent import DeviceAgent, UpdateTransform
+from ztfm.errors import ConfigError
+from ztfm.fl.messages import EvalReply
+from ztfm.fl.strategy import Strategy
+from ztfm.sim.config import SimConfig
+from ztfm.sim.fleet import Fleet
+from ztfm.sim.runner import build_agent, summarise
+from ztfm.sim.scenario import Scenario, build_scenario, privacy_transforms
+from ztfm.trust import TrustState
+from ztfm.types import DeviceId
+
+UNSAFE_ATTESTATION = "UNSAFE: attestation not checked (--attestation none)"
+
+
+def scenario_configured(cfg: SimConfig) -> bool:
+    """True if the config asks for more than plain sample-weighted FedAvg."""
+    p = cfg.privacy
+    return (
+        cfg.attacks.name != "none"
+        or cfg.trust.enabled
+        or p.clip_norm > 0
+        or p.noise_multiplier > 0
+        or cfg.robust.aggregator not in ("mean", "fedavg")
+        or cfg.robust.equal_weights
+    )
+
+
+def check_network_config(cfg: SimConfig) -> None:
+    """Raise ``ConfigError`` for what a networked run cannot do the way simulate does."""
+    if cfg.attestation.backend != "none":
+        raise ConfigError(
+            f'[attestation] backend = "{cfg.attestation.backend}" is simulation-only (software '
+            "TPMs inside one process); over the network use `ztfm coordinator serve --attestation`"
+        )
+
+
+def device_agent(cfg: SimConfig, fleet: Fleet, index: int) -> DeviceAgent:
+    """Fleet member ``index`` as ``ztfm simulate`` builds it: the same (for a data attacker,
+    poisoned) training rows and the same update transforms (clip, distributed noise share)."""
+    if not 0 <= index < len(fleet.devices):
+        raise ConfigError(f"fleet index {index} is outside the fleet (0..{len(fleet.devices) - 1})")
+    scenario, poisoned = build_scenario(cfg, fleet, lambda: 0.0)
+    spec = poisoned.devices[index]
+    return build_agent(cfg, spec, index, poisoned.n_features, scenario.transforms)
+
+
+def file_device_transforms(cfg: SimConfig, fleet_size: int) -> list[UpdateTransform]:
+    """Update transforms of a device on its own telemetry (``--telemetry``): the configured clip
+    and noise share, sized like simulate's for a fleet of ``fleet_size`` devices. Such a device
+    is real, so it never plays an attacker."""
+    p = cfg.privacy
+    if p.clip_norm <= 0:
+        return []
+    if fleet_size <= 0:
+        raise ConfigError(
+            "[privacy] on a --telemetry device needs the fleet size (--devices N): "
+            "each device's noise share is sized to the expected participants"
+        )
+    r = cfg.rounds
+    return privacy_transforms(cfg, max(r.min_devices, math.ceil(r.fraction * fleet_size)))
+
+
+def security_metrics(
+    scenario: Scenario, evals: Mapping[str, EvalReply], segments: Mapping[str, str], now: float
+) -> dict[str, Any]:
+    """Attackers, honest-only global metrics, trust scores, quarantined set and epsilon, in the
+    shape of simulate's round records."""
+    out: dict[str, Any] = {}
+    attackers = set(scenario.attackers)
+    if attackers:
+        honest = {d: e for d, e in evals.items() if d not in attackers}
+        out["attackers"] = sorted(attackers)
+        out["global_honest"] = summarise(honest, dict(segments))["global"]
+    if scenario.trust is not None:
+        recs = {d: scenario.trust.record(DeviceId(d), now) for d in sorted(segments)}
+        out["trust"] = {d: round(r.score, 4) for d, r in recs.items()}
+        out["quarantined"] = sorted(d for d, r in recs.items() if r.state is TrustState.QUARANTINED)
+    if scenario.accountant is not None:
+        out["epsilon"] = {d: round(e, 4) for d, e in scenario.accountant.epsilon_spent().items()}
+    return out
+
+
+@dataclass(slots=True)
+class CoordinatorScenario:
+    """The coordinator's side of a scenario, plus the bookkeeping a networked run needs.
+
+    Wire it as: ``build_coordinator(..., events=cs.on_event, strategy=cs.strategy,
+    eligibility=cs.eligibility, reply_hooks=cs.reply_hooks)``, then
+    ``CoordinatorService(..., on_round=cs.on_round)`` and ``cs.devices = coordinator.devices``.
+    ``rounds`` then holds, per completed round, what simulate adds to its round record
+    (``excluded`` and the security metrics).
+    """
+
+    scenario: Scenario
+    audit: AuditSink | None
+    clock: Callable[[], float]
+    devices: Mapping[str, str] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    _round_start: int = 0
+    _trust_seen: int = 0
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.scenario.strategy
+
+    @property
+    def eligibility(self) -> list[Eligibility]:
+        return self.scenario.eligibility()
+
+    @property
+    def reply_hooks(self) -> list[ReplyHook]:
+        return [self.scenario.adversary] if self.scenario.adversary is not None else []
+
+    def on_event(self, record: dict[str, Any]) -> None:
+        """The coordinator's event sink (called under the service lock)."""
+        self.events.append(record)
+        event = record.get("event")
+        if event == "device_registered":
+            self._assume_attested(str(record["device"]))
+        elif event == "device_excluded":
+            self._audit(
+                "round.device_excluded",
+                {"device": record["device"], "reason": record["reason"]},
+            )
+        elif event in ("round_closed", "round_failed"):
+            self._flush_trust()
+
+    def on_round(self, done_round: int, info: Mapping[str, Any]) -> None:
+        """After round ``done_round`` is evaluated: book its privacy cost for every device that
+        could have been sampled, then take the round's security metrics (as simulate does)."""
+        self._flush_trust()
+        evals: Mapping[str, EvalReply] = info["evals"]
+        excluded = {
+            str(e["device"]): str(e["reason"])
+            for e in self.events[self._round_start :]
+            if e.get("event") == "device_excluded"
+        }
+        self._round_start = len(self.events)
+        self.scenario.after_round([d for d in sorted(self.devices) if d not in excluded])
+        rec = {
+            "excluded": excluded,
+            **security_metrics(self.scenario, evals, self.devices, self.clock()),
+        }
+        self.rounds.append(rec)
+        if "epsilon" in rec:
+            self._audit("privacy.spent", {"round": done_round, "epsilon": rec["epsilon"]})
+
+    def _assume_attested(self, device: str) -> None:
+        """A device the scenario does not know yet (one on its own telemetry) gets the same
+        attestation-by-fiat as the fleet's devices under ``--attestation none``."""
+        trust = self.scenario.trust
+        if trust is None or trust.store.load(DeviceId(device)) is not None:
+            return
+        change = trust.observe_attestation(
+            DeviceId(device), True, self.clock(), detail=UNSAFE_ATTESTATION
+        )
+        self.scenario.trust_log.append(change.to_dict())
+        self._flush_trust()
+
+    def _flush_trust(self) -> None:
+        log = self.scenario.trust_log
+        for change in log[self._trust_seen :]:
+            quarantined = (
+                change["new_state"] == TrustState.QUARANTINED.value
+                and change["old_state"] != TrustState.QUARANTINED.value
+            )
+            self._audit("trust.quarantined" if quarantined else "trust.changed", change)
+        self._trust_seen = len(log)
+
+    def _audit(self, event: str, fields: Mapping[str, object]) -> None:
+        if self.audit is not None:
+            self.audit.record(event, fields, self.clock())
+
+
+def coordinator_scenario(
+    cfg: SimConfig,
+    fleet: Fleet,
+    audit: AuditSink | None = None,
+    clock: Callable[[], float] = lambda: 0.0,
+) -> CoordinatorScenario:
+    """The coordinator's scenario for ``fleet`` (the one ``ztfm simulate`` would build)."""
+    check_network_config(cfg)
+    scenario, _ = build_scenario(cfg, fleet, clock)
+    return CoordinatorScenario(scenario, audit, clock)
