@@ -136,7 +136,7 @@ def test_serve_refuses_simulation_only_settings(
     ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = tmp_path / "atk.toml"
-    cfg.write_text('[attacks]\nname = "sign_flip"\nfraction = 0.2\n')
+    cfg.write_text('[attestation]\nbackend = "soft"\n')  # attacks etc. run networked now
     args = ["coordinator", "serve", "--ca", str(ca_dir), "--config", str(cfg)]
     _fails([*args, "--n-features", "4", "--devices", "2"], capsys, "simulation-only")
 
