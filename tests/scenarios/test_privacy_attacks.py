@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ztfm.detect.evaluate import roc_auc
 from ztfm.errors import DataError, PrivacyError
 from ztfm.sim import privacy_attacks as pa
 
@@ -120,7 +121,7 @@ def test_metrics_on_known_scores() -> None:
     assert m.auc == 1.0 and m.tpr[0.001] == 1.0 and m.false_positives_allowed[0.001] == 1
     inverted = pa.mi_metrics(-perfect, y)
     assert inverted.auc == 0.0 and inverted.tpr[0.01] == 0.0
-    assert pa.roc_auc(np.zeros(4), np.array([1, 0, 1, 0])) == 0.5
+    assert roc_auc(np.zeros(4), np.array([1, 0, 1, 0])) == 0.5
 
 
 def test_lira_prefers_in_like_statistics() -> None:
@@ -212,12 +213,15 @@ def test_bad_inversion_config_refused(kwargs: dict[str, Any]) -> None:
 
 
 def test_metrics_refuse_bad_scores() -> None:
+    assert roc_auc(np.zeros(3), np.ones(3)) is None  # no non-members: undefined
+    with pytest.raises(DataError, match="both members and non-members"):
+        pa.mi_metrics(np.zeros(3), np.ones(3))
     with pytest.raises(DataError):
-        pa.roc_auc(np.zeros(3), np.ones(3))  # no non-members
+        roc_auc(np.zeros(3), np.array([1, 0]))
     with pytest.raises(DataError):
-        pa.roc_auc(np.zeros(3), np.array([1, 0]))
+        pa.mi_metrics(np.zeros(3), np.array([1, 0]))
     with pytest.raises(DataError):
-        pa.roc_auc(np.array([0.0, np.nan]), np.array([1, 0]))
+        roc_auc(np.array([0.0, np.nan]), np.array([1, 0]))
     with pytest.raises(DataError):
         pa.mi_metrics(np.zeros(2), np.array([1, 0]), fprs=(0.0,))
 

@@ -29,6 +29,25 @@ def _ratio(num: int, den: int) -> float | None:
     return None if den == 0 else num / den
 
 
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Rank ROC-AUC (ties count one half): P(score of a positive > score of a negative).
+
+    ``None`` when ``labels`` hold one class only (the AUC is undefined); ``DataError`` unless
+    ``scores`` is a finite 1-D array of the labels' length. Labels are read as booleans.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    if s.shape != y.shape or s.ndim != 1 or not np.isfinite(s).all():
+        raise DataError("scores and labels must be finite 1-D arrays of one length")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    from scipy.stats import rankdata
+
+    ranks = rankdata(s)  # average ranks over ties
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 @dataclass(frozen=True, slots=True)
 class Confusion:
     tp: int = 0

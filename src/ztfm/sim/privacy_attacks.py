@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ztfm.detect.autoencoder import Autoencoder
+from ztfm.detect.evaluate import roc_auc
 from ztfm.errors import DataError, PrivacyError
 from ztfm.privacy.clip import clip_update
 from ztfm.privacy.compress import k_for_ratio, shared_indices, topk_indices
@@ -342,27 +343,14 @@ class MIMetrics:
         }
 
 
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Rank AUC (ties count one half): P(score of a member > score of a non-member)."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels).astype(bool)
-    if s.shape != y.shape or s.ndim != 1 or not np.isfinite(s).all():
-        raise DataError("scores and labels must be finite 1-D arrays of one length")
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise DataError("need both members and non-members")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def mi_metrics(
     scores: np.ndarray, labels: np.ndarray, fprs: Sequence[float] = (0.001, 0.01)
 ) -> MIMetrics:
     """AUC and TPR at each FPR target. The threshold is the strictest one that lets at most
     floor(fpr * n_neg) non-members through: with fewer than 1/fpr non-members it allows none."""
     auc = roc_auc(scores, labels)
+    if auc is None:
+        raise DataError("need both members and non-members")
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
     neg = np.sort(s[~y])[::-1]
