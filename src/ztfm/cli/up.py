@@ -148,11 +148,13 @@ def up(
     from ztfm.identity import Identity
     from ztfm.identity.store import CERT_FILE, ca_transaction, init_ca
     from ztfm.sim.fleet import build_fleet
+    from ztfm.sim.network import check_network_scenario
 
     cfg = network_config(config_path, devices, rounds, seed)
     fleet = build_fleet(cfg.fleet, cfg.detector)
     if len(fleet.devices) < devices:
         raise ConfigError(f"the configured dataset has only {len(fleet.devices)} devices")
+    check_network_scenario(cfg, fleet)  # a bad scenario fails here, before any process starts
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -66,6 +66,14 @@ def check_network_config(cfg: SimConfig) -> None:
         )
 
 
+def check_network_scenario(cfg: SimConfig, fleet: Fleet) -> None:
+    """Raise ``ConfigError`` before any process starts if ``cfg`` cannot run on ``fleet``: the
+    network limits, then every check simulate makes while building the scenario (attack and
+    aggregator parameters, central noise with a robust rule or trust, ...)."""
+    check_network_config(cfg)
+    build_scenario(cfg, fleet, lambda: 0.0)
+
+
 def device_agent(cfg: SimConfig, fleet: Fleet, index: int) -> DeviceAgent:
     """Fleet member ``index`` as ``ztfm simulate`` builds it: the same (for a data attacker,
     poisoned) training rows and the same update transforms (clip, distributed noise share)."""
