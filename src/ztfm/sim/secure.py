@@ -438,7 +438,10 @@ class SecureRounds:
                 f"round {round_id}: {len(included)} inputs aggregated, need at least "
                 f"{cfg.rounds.min_devices}"
             )
-        step = self._combine(good)
+        try:
+            step = self._combine(good)
+        except RoundError as exc:
+            raise RoundError(f"round {round_id}: {exc}") from exc
         summary = RoundSummary(
             round_id,
             self.coordinator.model_version,
