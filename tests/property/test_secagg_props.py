@@ -3,12 +3,25 @@ aborts below threshold, tamper detection, and Shamir thresholds."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from secagg_harness import build_round
 
 from ztfm.errors import SecAggError
-from ztfm.secagg import Dropouts, shamir, simulate_round
+from ztfm.secagg import (
+    AdvertiseKeys,
+    Dropouts,
+    MaskedInput,
+    ShareInbox,
+    UnmaskRequest,
+    UnmaskResponse,
+    shamir,
+    simulate_round,
+)
+from ztfm.types import DeviceId
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -99,37 +112,17 @@ def test_shamir_threshold_property(t: int, extra: int, seed: int) -> None:
 @given(st.integers(0, 2**32 - 1), st.integers(0, 39))
 def test_tampered_masked_coordinate_never_yields_wrong_sum(seed: int, coord: int) -> None:
     """Flip bits of one coordinate of one masked input: MAC rejects it; the rest still sums."""
-    from ztfm.crypto.kex import KexPrivateKey
-    from ztfm.crypto.signing import SigningKey
-    from ztfm.secagg import FixedPoint, MaskedInput, SecAggClient, SecAggParams, SecAggServer
-    from ztfm.secagg.driver import device_ids
+    h = build_round(n=6, length=40, seed=seed, round_id=1)
+    bit = np.uint32(1 << int(np.random.default_rng(seed).integers(0, 32)))
 
-    rng = np.random.default_rng(seed)
-    n, d = 6, 40
-    ids = device_ids(n)
-    sk = {i: SigningKey.from_seed(rng.bytes(32)) for i in ids}
-    idn = {i: k.verify_key for i, k in sk.items()}
-    skey = KexPrivateKey.generate(rng)
-    p = SecAggParams.create(
-        round_id=1, session=rng.bytes(16), devices=ids, length=d, server_key=skey.public
-    )
-    cl = {i: SecAggClient(p, i, sk[i], idn, rng) for i in ids}
-    srv = SecAggServer(p, idn, skey)
-    fp = FixedPoint(1.0, n)
-    xs = {i: rng.uniform(-1, 1, d) for i in ids}
-    dirs = srv.receive_adverts([c.advertise() for c in cl.values()])
-    box = srv.receive_shares([cl[i].share_keys(k) for i, k in dirs.items()])
-    masked = [cl[i].mask_input(b, fp.encode(xs[i])) for i, b in box.items()]
-    y = masked[0].masked.copy()
-    y[coord] ^= np.uint32(1 << int(rng.integers(0, 32)))
-    masked[0] = MaskedInput(masked[0].device, y, masked[0].tag)
-    req = srv.receive_masked(masked)
-    assert masked[0].device not in req.survivors
-    ureq = srv.receive_confirmations([cl[i].confirm_survivors(req) for i in req.survivors])
-    res = srv.finalize([cl[i].unmask(r) for i, r in ureq.items()])
-    total = fp.decode_sum(res.total, len(res.included))
-    exact = np.sum([xs[i] for i in res.included], axis=0)
-    assert np.abs(total - exact).max() <= fp.max_error(len(res.included))
+    def flip_first(masked: list[MaskedInput]) -> list[MaskedInput]:
+        y = masked[0].masked.copy()
+        y[coord] ^= bit
+        return [MaskedInput(masked[0].device, y, masked[0].tag), *masked[1:]]
+
+    total = h.run(tamper={"masked": flip_first})
+    assert h.log["masked"][0].device not in h.log["survivors"].survivors
+    h.assert_exact(total)
 
 
 TARGETS = ["advert", "share", "masked", "confirm", "unmask"]
@@ -148,91 +141,73 @@ def test_any_tampering_is_detected_or_harmless(target: str, seed: int, mode: str
     so that one case is out of scope there (a small flip then goes unnoticed, by design)."""
     trust = mode == "trust"
     assume(not (trust and target == "masked"))
-    import dataclasses
-
-    from ztfm.crypto.kex import KexPrivateKey
-    from ztfm.crypto.signing import SigningKey
-    from ztfm.secagg import (
-        FixedPoint,
-        MaskedInput,
-        SecAggClient,
-        SecAggParams,
-        SecAggServer,
-        ShareInbox,
-        UnmaskRequest,
+    checks = "lazy" if mode == "lazy" else "eager"
+    h = build_round(
+        n=7,
+        length=24,
+        seed=seed,
+        round_id=2,
+        server={"trust_transport": trust, "advert_checks": checks},
     )
-    from ztfm.secagg.driver import device_ids
-
     rng = np.random.default_rng(seed)
-    n, d = 7, 24
-    ids = device_ids(n)
-    sk = {i: SigningKey.from_seed(rng.bytes(32)) for i in ids}
-    idn = {i: k.verify_key for i, k in sk.items()}
-    skey = KexPrivateKey.generate(rng)
-    p = SecAggParams.create(
-        round_id=2, session=rng.bytes(16), devices=ids, length=d, server_key=skey.public
-    )
-    cl = {i: SecAggClient(p, i, sk[i], idn, rng) for i in ids}
-    srv = SecAggServer(
-        p, idn, skey, trust_transport=trust, advert_checks="lazy" if mode == "lazy" else "eager"
-    )
-    fp = FixedPoint(1.0, n)
-    xs = {i: rng.uniform(-1, 1, d) for i in ids}
-    victim = ids[int(rng.integers(0, n))]
+    victim = h.ids[int(rng.integers(0, len(h.ids)))]
 
     def flip(b: bytes) -> bytes:
         i = int(rng.integers(0, len(b)))
         return b[:i] + bytes([b[i] ^ (1 << int(rng.integers(0, 8)))]) + b[i + 1 :]
 
-    try:
-        ads = [c.advertise() for c in cl.values()]
-        if target == "advert":
-            field = str(rng.choice(["channel_key", "mask_key", "seed_commitment", "signature"]))
-            ads = [
-                dataclasses.replace(a, **{field: flip(getattr(a, field))})
-                if a.device == victim
-                else a
-                for a in ads
-            ]
-        dirs = srv.receive_adverts(ads)
-        shares = [cl[i].share_keys(k) for i, k in dirs.items()]
-        box = srv.receive_shares(shares)
-        if target == "share" and victim in box:
+    def advert(ads: list[AdvertiseKeys]) -> list[AdvertiseKeys]:
+        field = str(rng.choice(["channel_key", "mask_key", "seed_commitment", "signature"]))
+        return [
+            dataclasses.replace(a, **{field: flip(getattr(a, field))}) if a.device == victim else a
+            for a in ads
+        ]
+
+    def share(box: dict[DeviceId, ShareInbox]) -> dict[DeviceId, ShareInbox]:
+        if victim in box:
             sealed = dict(box[victim].sealed)
             s0 = next(iter(sealed))
             sealed[s0] = flip(sealed[s0])
             box[victim] = ShareInbox(victim, sealed)
-        masked = [cl[i].mask_input(b, fp.encode(xs[i])) for i, b in box.items()]
-        if target == "masked":
-            masked = [
-                MaskedInput(
-                    m.device,
-                    np.frombuffer(flip(m.masked.tobytes()), dtype=m.masked.dtype).copy(),
-                    m.tag,
-                )
-                if m.device == victim
-                else m
-                for m in masked
-            ]
-        req = srv.receive_masked(masked)
-        confs = [cl[i].confirm_survivors(req) for i in req.survivors]
-        ureqs = srv.receive_confirmations(confs)
-        if target == "confirm" and victim in ureqs:
+        return box
+
+    def masked(msgs: list[MaskedInput]) -> list[MaskedInput]:
+        return [
+            MaskedInput(
+                m.device,
+                np.frombuffer(flip(m.masked.tobytes()), dtype=m.masked.dtype).copy(),
+                m.tag,
+            )
+            if m.device == victim
+            else m
+            for m in msgs
+        ]
+
+    def confirm(ureqs: dict[DeviceId, UnmaskRequest]) -> dict[DeviceId, UnmaskRequest]:
+        if victim in ureqs:
             r = ureqs[victim]
             tags = {k: flip(v) for k, v in r.confirmations.items()}
             ureqs[victim] = UnmaskRequest(victim, r.survivors, tags)
-        resps = [cl[i].unmask(r) for i, r in ureqs.items()]
-        if target == "unmask":
-            out = []
-            for m in resps:
-                if m.device == victim and m.seed_shares:
-                    seeds = {k: flip(v) for k, v in m.seed_shares.items()}
-                    m = dataclasses.replace(m, seed_shares=seeds)
-                out.append(m)
-            resps = out
-        res = srv.finalize(resps)
-        total = fp.decode_sum(res.total, len(res.included))
+        return ureqs
+
+    def unmask(resps: list[UnmaskResponse]) -> list[UnmaskResponse]:
+        out = []
+        for m in resps:
+            if m.device == victim and m.seed_shares:
+                seeds = {k: flip(v) for k, v in m.seed_shares.items()}
+                m = dataclasses.replace(m, seed_shares=seeds)
+            out.append(m)
+        return out
+
+    phase, tamper = {
+        "advert": ("adverts", advert),
+        "share": ("inbox", share),
+        "masked": ("masked", masked),
+        "confirm": ("unmask_req", confirm),
+        "unmask": ("unmask", unmask),
+    }[target]
+    try:
+        total = h.run(tamper={phase: tamper})
     except SecAggError:
         return
-    exact = np.sum([xs[i] for i in res.included], axis=0)
-    assert np.abs(total - exact).max() <= fp.max_error(len(res.included))
+    h.assert_exact(total)
