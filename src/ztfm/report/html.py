@@ -165,6 +165,38 @@ def security_section(m: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def device_traffic(m: dict[str, Any]) -> dict[str, tuple[float, float, float, float]]:
+    """Device -> (bytes up, bytes down per round it took part in; kB up, down per week)."""
+    per_week = 7 * 24 * 3600 / m["bandwidth"]["round_period_s"]
+    out: dict[str, tuple[float, float, float, float]] = {}
+    for d in sorted({d for r in m["rounds"] for d in r["bytes_down"]}):
+        ups = [r["bytes_up"].get(d, 0) for r in m["rounds"] if d in r["bytes_down"]]
+        downs = [r["bytes_down"][d] for r in m["rounds"] if d in r["bytes_down"]]
+        up, down = sum(ups) / len(ups), sum(downs) / len(downs)
+        out[d] = (up, down, up * per_week / 1e3, down * per_week / 1e3)
+    return out
+
+
+def secagg_section(m: dict[str, Any]) -> str:
+    """How secure aggregation and compression ran, when configured."""
+    s = m["config"].get("secagg", {})
+    if not s.get("enabled"):
+        return ""
+    c = m["config"].get("compression", {})
+    groups = [len(r.get("secagg", {}).get("groups", [])) for r in m["rounds"]]
+    failed = sum(r.get("secagg", {}).get("failed_groups", 0) for r in m["rounds"])
+    size = s["group_size"] or "whole round"
+    return (
+        f"<h2>Secure aggregation</h2><p>SecAgg+ (field 2^{s['bits']}, group size {size}, "
+        f"{max(groups, default=0)} group(s) a round, dropout injection {s['dropout_prob']}): "
+        "the coordinator saw only group sums. "
+        f"Groups that aborted over the run: {failed}. Compression: keep ratio "
+        f"{c.get('keep_ratio', 1.0)} of the coordinates (shared per round"
+        + (", error feedback" if c.get("error_feedback") else "")
+        + ").</p>"
+    )
+
+
 def render_report(m: dict[str, Any]) -> str:
     """The whole report as one self-contained HTML page."""
     cmp_rows = "".join(
@@ -179,10 +211,14 @@ def render_report(m: dict[str, Any]) -> str:
     )
     last = m["rounds"][-1]
     segment = {x["id"]: x["segment"] for x in m["devices"]}
+    traffic = device_traffic(m)
+    eps = last.get("epsilon") or {}
     dev_rows = "".join(
         f"<tr><td>{html.escape(d)}</td><td>{html.escape(segment[d])}</td>"
         + "".join(f"<td>{_fmt(v.get(k))}</td>" for k in ("f1", "far", "mar", "roc_auc"))
-        + f"<td>{_fmt(last['bytes_up'].get(d))}</td></tr>"
+        + f"<td>{_fmt(eps.get(d))}</td>"
+        + "".join(f"<td>{x:.0f}</td>" for x in traffic.get(d, (0.0, 0.0, 0.0, 0.0)))
+        + "</tr>"
         for d, v in last["per_device"].items()
     )
     warn = (
@@ -218,10 +254,14 @@ parameters over {m["n_features"]} streaming features; each device calibrates its
 devices. "flag everything" is the reference every result must beat.</p>
 {imgs}
 {security_section(m)}
+{secagg_section(m)}
 <h2>Bandwidth</h2><p>Mean per device per round: {bw["mean_bytes_up_per_device_per_round"]:.0f} B up,
 {bw["mean_bytes_down_per_device_per_round"]:.0f} B down; at one round per
 {bw["round_period_s"] / 3600:g} h that is {bw["bytes_up_per_device_per_week"] / 1e6:.2f} MB up and
 {bw["bytes_down_per_device_per_week"] / 1e6:.2f} MB down per device per week.</p>
-<h2>Per device, last round</h2><table><tr><th>device</th><th>segment</th><th>F1</th><th>FAR</th>
-<th>MAR</th><th>ROC-AUC</th><th>bytes up</th></tr>{dev_rows}</table>
+<h2>Per device</h2><p>Detection in the last round; epsilon spent so far; bytes as the mean
+over the rounds the device took part in, and per week at that rate.</p>
+<table><tr><th>device</th><th>segment</th><th>F1</th><th>FAR</th><th>MAR</th><th>ROC-AUC</th>
+<th>epsilon</th><th>B up / round</th><th>B down / round</th><th>KB up / week</th>
+<th>KB down / week</th></tr>{dev_rows}</table>
 <h2>Configuration</h2><p><code>{cfg}</code></p></body></html>"""

@@ -217,3 +217,24 @@ def test_config_errors_are_one_line(sections: dict[str, Any], match: str) -> Non
     with pytest.raises(ConfigError, match=match) as info:
         _cfg(**sections)
     assert "\n" not in str(info.value)
+
+
+def test_report_shows_epsilon_and_bytes_per_device(fleet: Fleet) -> None:
+    from ztfm.report.html import device_traffic, render_report
+    from ztfm.sim.runner import run_simulation
+
+    cfg = _cfg(
+        privacy={"noise_multiplier": 1.0},
+        secagg={"enabled": True, "bits": 16},
+        compression={"keep_ratio": 0.1},
+        rounds={"rounds": 2},
+    )
+    m = run_simulation(cfg, fleet=fleet).metrics
+    traffic = device_traffic(m)
+    assert set(traffic) == {d.device_id for d in fleet.devices}
+    up, down, up_week, _ = traffic[fleet.devices[0].device_id]
+    assert 0 < up < down and up_week == pytest.approx(up * 168 / 1e3)
+    page = render_report(m)
+    assert "Secure aggregation" in page and "KB up / week" in page
+    eps = m["rounds"][-1]["epsilon"][fleet.devices[0].device_id]
+    assert f"<td>{eps:.3f}</td>" in page and f"<td>{up:.0f}</td>" in page
