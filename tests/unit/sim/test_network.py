@@ -1,0 +1,70 @@
+"""``ztfm.sim.network``: the scenario glue of networked runs, without a network."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from ztfm.audit import MemoryAuditSink
+from ztfm.errors import ConfigError
+from ztfm.fl.messages import RoundTask
+from ztfm.sim.config import SimConfig, TrustSimConfig
+from ztfm.sim.fleet import build_fleet
+from ztfm.sim.network import (
+    UNSAFE_ATTESTATION,
+    check_network_config,
+    coordinator_scenario,
+    device_agent,
+    file_device_transforms,
+)
+
+
+def _cfg(**sections: object) -> SimConfig:
+    cfg = SimConfig()
+    cfg = replace(cfg, fleet=replace(cfg.fleet, devices=2))
+    return replace(cfg, **sections)  # type: ignore[arg-type]
+
+
+def test_soft_attestation_is_refused_over_the_network() -> None:
+    cfg = _cfg(attestation=replace(SimConfig().attestation, backend="soft"))
+    with pytest.raises(ConfigError, match="simulation-only"):
+        check_network_config(cfg)
+    check_network_config(_cfg())  # the default config is fine
+
+
+def test_file_device_clips_and_needs_the_fleet_size_for_its_noise_share() -> None:
+    assert file_device_transforms(_cfg(), 0) == []  # no [privacy]: nothing to do
+    cfg = _cfg(privacy=replace(SimConfig().privacy, clip_norm=0.5))
+    with pytest.raises(ConfigError, match="--devices"):
+        file_device_transforms(cfg, 0)
+    (clip,) = file_device_transforms(cfg, 4)
+    task = RoundTask(1, 0, [np.zeros(3, np.float32)], 1, 0.0, 10.0, b"n" * 16, {})
+    out = clip([np.full(3, 10.0, np.float32)], task, np.random.default_rng(0))
+    assert float(np.linalg.norm(out[0])) == pytest.approx(0.5, rel=1e-6)
+
+
+def test_device_agent_outside_the_fleet_is_a_config_error() -> None:
+    cfg = _cfg()
+    fleet = build_fleet(cfg.fleet, cfg.detector)
+    with pytest.raises(ConfigError, match="outside the fleet"):
+        device_agent(cfg, fleet, 2)
+
+
+def test_registration_exclusion_and_trust_changes_are_audited() -> None:
+    cfg = _cfg(trust=TrustSimConfig(enabled=True))
+    fleet = build_fleet(cfg.fleet, cfg.detector)
+    audit = MemoryAuditSink()
+    sc = coordinator_scenario(cfg, fleet, audit, lambda: 5.0)
+    known = fleet.devices[0].device_id
+    # a fleet device was attested by the scenario already: registering it changes nothing
+    sc.on_event({"event": "device_registered", "device": known, "segment": "valve1"})
+    assert audit.of("trust.changed") == []
+    # a device the scenario does not know gets the same (unsafe) attestation, audited
+    sc.on_event({"event": "device_registered", "device": "cam-9", "segment": "cams"})
+    (change,) = audit.of("trust.changed")
+    assert change["device"] == "cam-9" and change["reason"] == "attestation_ok"
+    assert change["inputs"] == {"detail": UNSAFE_ATTESTATION}
+    sc.on_event({"event": "device_excluded", "device": known, "reason": "trust 0.2 < gate"})
+    assert audit.of("round.device_excluded") == [{"device": known, "reason": "trust 0.2 < gate"}]
