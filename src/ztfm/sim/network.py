@@ -64,6 +64,11 @@ def check_network_config(cfg: SimConfig) -> None:
             f'[attestation] backend = "{cfg.attestation.backend}" is simulation-only (software '
             "TPMs inside one process); over the network use `ztfm coordinator serve --attestation`"
         )
+    if cfg.secagg.enabled:
+        raise ConfigError(
+            "[secagg] enabled = true is simulation-only for now: the SecAgg+ rounds (and the clip, "
+            "noise and compression they carry) run in `ztfm simulate`, not over gRPC"
+        )
 
 
 def check_network_scenario(cfg: SimConfig, fleet: Fleet) -> None:

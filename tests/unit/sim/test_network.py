@@ -34,6 +34,14 @@ def test_soft_attestation_is_refused_over_the_network() -> None:
     check_network_config(_cfg())  # the default config is fine
 
 
+def test_secagg_is_refused_over_the_network() -> None:
+    # a networked run would otherwise send unclipped, un-noised updates: with [secagg] the clip
+    # and noise live in the secure path, not in the device transforms
+    cfg = _cfg(secagg=replace(SimConfig().secagg, enabled=True))
+    with pytest.raises(ConfigError, match=r"\[secagg\].*simulation-only"):
+        check_network_config(cfg)
+
+
 def test_file_device_clips_and_needs_the_fleet_size_for_its_noise_share() -> None:
     assert file_device_transforms(_cfg(), 0) == []  # no [privacy]: nothing to do
     cfg = _cfg(privacy=replace(SimConfig().privacy, clip_norm=0.5))
