@@ -27,6 +27,7 @@ import numpy as np
 
 from ztfm.audit import AuditSink, SnapshotStore
 from ztfm.bundle import Bundle, publish_bundle, receipt_for
+from ztfm.coordinator.attest import FleetAttestation
 from ztfm.coordinator.service import CoordinatorService
 from ztfm.crypto.signing import SigningKey
 from ztfm.errors import RoundError, ZtfmError
@@ -174,9 +175,13 @@ class CoordinatorServer:
         max_workers: int = 16,
         enrol_timeout_s: float | None = None,
         releaser: ModelReleaser | None = None,
+        attestation: FleetAttestation | None = None,
     ) -> None:
         """``enrol_timeout_s``: if fewer than the expected devices registered by then, start
-        with those that did (at least one), recorded as ``enrol.timeout``; None waits forever."""
+        with those that did (at least one), recorded as ``enrol.timeout``; None waits forever.
+        ``attestation`` serves the ``Attest`` RPC and learns every released bundle's measurement
+        (the service's per-round attestation phase and the coordinator's gate use the same
+        object)."""
         if tick_s <= 0:
             raise ZtfmError("tick_s must be positive")
         if enrol_timeout_s is not None and enrol_timeout_s <= 0:
@@ -194,7 +199,10 @@ class CoordinatorServer:
         self.max_workers = max_workers
         self.error: BaseException | None = None
         self.releaser = releaser
-        self.handler = RoundRpcHandler(service, clock=self.clock, model=releaser)
+        self.attestation = attestation
+        self.handler = RoundRpcHandler(
+            service, clock=self.clock, model=releaser, attest=attestation
+        )
         self._fleet_server: FleetServer | None = None
         self._enroll_server: EnrollmentServer | None = None
         self._driver: threading.Thread | None = None
@@ -205,6 +213,9 @@ class CoordinatorServer:
     def start(self) -> Endpoints:
         """Start both servers and the driver; return where they listen."""
         now = self.clock.now()
+        if self.releaser is not None:  # the initial model too, before any device can ask for it
+            coord = self.service.coordinator
+            self._released(self.releaser.release(coord.params, coord.model_version, 0, now))
         gate = self.fleet.gate(self.audit, self.trust, snapshots=self.snapshots)
         self._fleet_server = self.fleet.serve(
             self.handler, gate, self.listen, clock=self.clock, max_workers=self.max_workers
@@ -228,12 +239,13 @@ class CoordinatorServer:
             },
             now,
         )
-        if self.releaser is not None:  # the initial model too: devices train only on bundles
-            coord = self.service.coordinator
-            self.releaser.release(coord.params, coord.model_version, 0, now)
         self._driver = threading.Thread(target=self._drive, name="ztfm-driver", daemon=True)
         self._driver.start()
         return ends
+
+    def _released(self, bundle: Bundle) -> None:
+        if self.attestation is not None:  # devices that load it must still attest
+            self.attestation.allow_model(bundle.measurement())
 
     def _check_enrolment(self, started: float, now: float) -> None:
         svc = self.service
@@ -281,6 +293,7 @@ class CoordinatorServer:
                             s.round_id,
                             self.clock.now(),
                         )
+                        self._released(b)
                         self.audit.record(
                             "model.released",
                             {

@@ -4,6 +4,7 @@ A networked transport (gRPC over mTLS) authenticates the caller and then calls `
 ``submit`` with the caller's device id, taken from its certificate. A driver thread calls
 ``step`` with the current time to move the fleet through its phases:
 
+    attest (round r)      -> with ``attestation``: every enrolled device quotes a fresh nonce
     train (round r open)  -> all selected replied or deadline -> aggregate
     eval  (model v)       -> every registered device evaluated or deadline -> next round
     done                  -> after the last round
@@ -16,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ztfm.coordinator.core import Coordinator, RoundSummary
 from ztfm.errors import RoundError, UpdateRejected
@@ -41,6 +42,15 @@ class RoundLog:
     bytes_down: list[dict[str, int]] = field(default_factory=list)
 
 
+class RoundAttestation(Protocol):
+    """A per-round attestation challenge (``coordinator.attest.FleetAttestation``)."""
+
+    def round_tasks(
+        self, devices: Iterable[str], round_id: int, now: float
+    ) -> dict[str, bytes]: ...
+    def submit(self, device_id: str, data: bytes, now: float) -> None: ...
+
+
 class CoordinatorService:
     """Thread-safe pull/push façade over a ``Coordinator`` for networked devices."""
 
@@ -52,8 +62,14 @@ class CoordinatorService:
         expected_devices: int,
         eval_deadline_s: float = 60.0,
         on_round: Callable[[int, dict[str, Any]], None] | None = None,
+        attestation: RoundAttestation | None = None,
+        attest_deadline_s: float = 30.0,
     ) -> None:
+        """With ``attestation``, each round starts with an ``attest`` phase (at most
+        ``attest_deadline_s``): its gate then admits only devices that passed."""
         self.coordinator = coordinator
+        self.attestation = attestation
+        self.attest_deadline_s = attest_deadline_s
         self.rounds = rounds
         self.expected_devices = expected_devices
         self.eval_deadline_s = eval_deadline_s
@@ -92,6 +108,9 @@ class CoordinatorService:
             self._up[device_id] = self._up.get(device_id, 0) + len(data)
             if self.phase == "train":
                 self.coordinator.submit_bytes(device_id, data, now)
+            elif self.phase == "attest":
+                assert self.attestation is not None
+                self.attestation.submit(device_id, data, now)
             elif self.phase == "eval":
                 msg = codec.decode(data)
                 if not isinstance(msg, EvalReply):
@@ -106,6 +125,9 @@ class CoordinatorService:
         with self._lock:
             if self.phase == "enrol":
                 if len(self.coordinator.devices) >= self.expected_devices:
+                    self._open_round(now)
+            elif self.phase == "attest":
+                if not self._tasks or now - self._phase_started > self.attest_deadline_s:
                     self._open_train(now)
             elif self.phase == "train":
                 deadline = self.coordinator.settings.deadline_s
@@ -115,6 +137,15 @@ class CoordinatorService:
                 not self._tasks or now - self._phase_started > self.eval_deadline_s
             ):
                 self._close_eval(now)
+
+    def _open_round(self, now: float) -> None:
+        if self.attestation is None:
+            self._open_train(now)
+            return
+        self._tasks = self.attestation.round_tasks(
+            sorted(self.coordinator.devices), self.coordinator.next_round_id, now
+        )
+        self.phase, self._phase_started = "attest", now
 
     def _open_train(self, now: float) -> None:
         try:
@@ -148,7 +179,7 @@ class CoordinatorService:
         if self._done_round >= self.rounds:
             self._finish()
         else:
-            self._open_train(now)
+            self._open_round(now)
 
     def _finish(self) -> None:
         self.phase = "done"

@@ -28,9 +28,11 @@ from typing import Any
 import grpc
 import numpy as np
 
+from ztfm.attestation import AttestingDevice
 from ztfm.bundle import Bundle, BundleRejected, InstalledModel, Reason
 from ztfm.crypto.pki import Certificate
 from ztfm.crypto.signing import VerifyKey
+from ztfm.device.attest import AttestingEndpoint, enrol_tpm
 from ztfm.errors import LedgerError, RoundError, TransportError, ZtfmError
 from ztfm.identity import CertValidator, Identity, MemoryKeyStore, needs_renewal
 from ztfm.ledger import ConsistencyProof, SignedTreeHead
@@ -72,10 +74,19 @@ class ModelInstaller:
     """
 
     def __init__(
-        self, directory: Path, *, model_id: str, release_key: VerifyKey, log_key: VerifyKey
+        self,
+        directory: Path,
+        *,
+        model_id: str,
+        release_key: VerifyKey,
+        log_key: VerifyKey,
+        on_install: Callable[[Bundle], None] | None = None,
     ) -> None:
+        """``on_install(bundle)`` runs after each successful install (e.g. to measure the
+        bundle into the TPM's model PCR)."""
         self.model = InstalledModel(directory, model_id=model_id, release_key=release_key)
         self.witness = self.model.load_witness(log_key)
+        self.on_install = on_install
 
     def fetch(self, client: FleetClient) -> Bundle | None:
         """Install the newest bundle; None if it is the one already installed."""
@@ -94,7 +105,10 @@ class ModelInstaller:
         bundle = Bundle.from_bytes(bundle_b)
         if bundle.version == self.model.installed_version:
             return None
-        return self.model.install(bundle_b, ledger=self.witness)
+        installed = self.model.install(bundle_b, ledger=self.witness)
+        if self.on_install is not None:
+            self.on_install(installed)
+        return installed
 
     def matches(self, params: Sequence[np.ndarray[Any, Any]]) -> bool:
         """Are ``params`` exactly the weights of the installed (verified) bundle?"""
@@ -126,6 +140,9 @@ class RunStats:
     enrolled: bool = False
     finished: bool = False
     model_version: int | None = None  # the verified, installed model after training
+    tpm_enrolled: bool = False
+    hardware_backed: bool = False
+    quotes: int = 0  # per-round attestation quotes answered
 
 
 class DeviceRunner:
@@ -154,11 +171,14 @@ class DeviceRunner:
         stop: threading.Event | None = None,
         installer: ModelInstaller | None = None,
         verify_timeout_s: float = 30.0,
+        attestation: AttestingDevice | None = None,
     ) -> None:
         """With ``installer``, every task's parameters must be the weights of a verified model
         bundle (signature, ledger, version), else the task waits and, after
         ``verify_timeout_s``, the device stops with ``BundleRejected``; the final model is
-        installed at ``done``."""
+        installed at ``done``. With ``attestation`` (a TPM that has measured the firmware),
+        the device installs the current bundle, enrols its TPM (``Attest``) and answers each
+        round's attestation challenge with a quote."""
         if cert is None and (enroll_target is None or not token):
             raise ZtfmError("a device without a certificate needs an enrolment endpoint and token")
         self.identity = identity
@@ -181,6 +201,7 @@ class DeviceRunner:
         self.stop = stop or threading.Event()
         self.stats = RunStats()
         self.installer = installer
+        self.attestation = attestation
         self.verify_timeout_s = verify_timeout_s
         self._unverified_since: float | None = None
         self.client: FleetClient | None = None
@@ -269,7 +290,14 @@ class DeviceRunner:
                     raise
                 self.sleep(self.backoff.delay_s(3, self.rng))
         assert self.client is not None
-        loop = DeviceLoop(self.client, self.endpoint, self._accept if self.installer else None)
+        endpoint = self.endpoint
+        if self.attestation is not None:
+            if self.installer is not None:
+                self.installer.fetch(self.client)  # the model PCR must hold a released bundle
+            self.stats.hardware_backed = enrol_tpm(self.client, self.attestation)
+            self.stats.tpm_enrolled = True
+            endpoint = AttestingEndpoint(endpoint, self.attestation, self.identity.device_id)
+        loop = DeviceLoop(self.client, endpoint, self._accept if self.installer else None)
         empty = 0
         last_contact = self.clock.now()
         try:
@@ -292,6 +320,8 @@ class DeviceRunner:
                 else:
                     last_contact = self.clock.now()
                 self.stats.tasks = loop.tasks_done
+                if isinstance(endpoint, AttestingEndpoint):
+                    self.stats.quotes = endpoint.quotes
                 self.stats.refused = loop.refused
                 if result is PollResult.DONE:
                     self.stats.finished = True

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from ztfm.errors import UpdateRejected
-from ztfm.fl.messages import EvalReply, EvalTask, RoundTask, UpdateReply
+from ztfm.fl.messages import (
+    AttestReply,
+    AttestTask,
+    EvalReply,
+    EvalTask,
+    RoundTask,
+    UpdateReply,
+)
 
 MAGIC = b"ZTFM"
 VERSION = 1
@@ -26,9 +33,16 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 256
 MAX_NDIM = 4
 
-Message = RoundTask | UpdateReply | EvalTask | EvalReply
+Message = RoundTask | UpdateReply | EvalTask | EvalReply | AttestTask | AttestReply
 
-_KINDS: dict[type[Any], int] = {RoundTask: 1, UpdateReply: 2, EvalTask: 3, EvalReply: 4}
+_KINDS: dict[type[Any], int] = {
+    RoundTask: 1,
+    UpdateReply: 2,
+    EvalTask: 3,
+    EvalReply: 4,
+    AttestTask: 5,
+    AttestReply: 6,
+}
 _BY_KIND = {v: k for k, v in _KINDS.items()}
 # field name -> expected python type after JSON decoding (nonce travels as hex)
 _FIELDS: dict[type[Any], dict[str, type | tuple[type, ...]]] = {
@@ -61,6 +75,8 @@ _FIELDS: dict[type[Any], dict[str, type | tuple[type, ...]]] = {
         "roc_auc": (int, float),
         "nonce": str,
     },
+    AttestTask: {"round_id": int, "nonce": str},
+    AttestReply: {"round_id": int, "device_id": str, "evidence": str, "nonce": str},
 }
 _ARRAY_FIELD = {RoundTask: "params", UpdateReply: "delta", EvalTask: "params"}
 _HEAD = struct.Struct(">4sBBI")  # magic, version, kind, header length
@@ -103,6 +119,16 @@ def _header(msg: Message, arrays: list[np.ndarray]) -> bytes:
         allow_nan=False,
     ).encode()
     return _HEAD.pack(MAGIC, VERSION, _KINDS[cls], len(header)) + header
+
+
+def kind_of(data: bytes) -> type[Any] | None:
+    """The message class a well-formed ``data`` would decode to (header only), else None."""
+    if len(data) < _HEAD.size:
+        return None
+    magic, version, kind, _ = _HEAD.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        return None
+    return _BY_KIND.get(kind)
 
 
 def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:

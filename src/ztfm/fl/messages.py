@@ -62,3 +62,25 @@ class EvalReply:
     tn: int
     roc_auc: float
     nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AttestTask:
+    """Coordinator -> device: quote your PCRs over this fresh nonce before round ``round_id``."""
+
+    round_id: int
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AttestReply:
+    """Device -> coordinator: the TPM quote over the task's nonce and the measurement log.
+
+    ``evidence`` is the JSON form of ``ztfm.attestation.QuoteEvidence`` (the verifier parses and
+    checks it; this layer only carries it).
+    """
+
+    round_id: int
+    device_id: str
+    evidence: str
+    nonce: bytes

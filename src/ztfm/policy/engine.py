@@ -39,8 +39,11 @@ ACTIONS: Final = (
     "SubmitUpdate",
     "GetModel",
     "GetRevocations",
+    "Attest",
 )
-RESOURCE_KINDS: Final = frozenset({"round", "update", "model", "revocations", "enrollment", "cert"})
+RESOURCE_KINDS: Final = frozenset(
+    {"round", "update", "model", "revocations", "enrollment", "cert", "attestation"}
+)
 _NAME: Final = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 MAX_POLICY_BYTES: Final = 1024 * 1024
 
@@ -55,7 +58,7 @@ namespace Ztfm {
     trust_milli: Long, attestation_ok: Bool, attestation_age_s: Long, revoked: Bool,
     quarantined: Bool
   };
-  action Enroll, RenewCert, GetRound, SubmitUpdate, GetModel, GetRevocations
+  action Enroll, RenewCert, GetRound, SubmitUpdate, GetModel, GetRevocations, Attest
     appliesTo { principal: [Workload], resource: [Resource], context: Ctx };
 }
 """

@@ -34,6 +34,7 @@ METHOD_KIND: Final = {
     "SubmitUpdate": "update",
     "GetModel": "model",
     "GetRevocations": "revocations",
+    "Attest": "attestation",
 }
 assert set(METHOD_KIND) == set(SIGNED_METHODS)
 

@@ -12,6 +12,8 @@ coordinator (layer 6).
 * ``SubmitUpdate`` hands the reply to ``RoundTasks.submit`` under the certificate identity; the
   device id inside the message must match it (checked by the coordinator), so a device can
   neither submit for another nor twice.
+* ``Attest`` (TPM enrolment) is served by an optional ``AttestProvider``
+  (``coordinator.attest.FleetAttestation``); per-round quotes travel as round tasks.
 * ``GetModel`` is served by an optional ``ModelProvider`` (the coordinator's signed model
   bundles: ``encode_model_update`` / ``decode_model_update``).
 
@@ -41,6 +43,7 @@ WAIT: Final = b""  # nothing for you yet: poll again later
 DONE: Final = b"done"  # training is over: stop polling
 
 ModelProvider = Callable[[Identity, bytes], bytes]  # (caller, request payload) -> reply
+AttestProvider = Callable[[Identity, bytes, float], bytes]  # (caller, payload, now) -> reply
 
 _MAX_MODEL_MEMBERS: Final = 3
 
@@ -94,17 +97,21 @@ class RoundRpcHandler:
         *,
         clock: Clock | None = None,
         model: ModelProvider | None = None,
+        attest: AttestProvider | None = None,
         roles: frozenset[str] = frozenset({"device"}),
     ) -> None:
         self.tasks = tasks
         self.clock: Clock = clock or SystemClock()
         self.model = model
+        self.attest = attest
         self.roles = roles
         self.told_done: set[str] = set()  # devices that have been told training is over
 
     def __call__(self, identity: Identity, method: str, payload: bytes) -> bytes:
         if method == "GetModel" and self.model is not None:
             return self.model(identity, payload)
+        if method == "Attest" and self.attest is not None:
+            return self.attest(identity, payload, self.clock.now())
         if method not in ("GetRound", "SubmitUpdate"):
             raise RoundError(f"{method} is not served by this coordinator")
         if identity.role not in self.roles:

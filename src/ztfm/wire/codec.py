@@ -21,7 +21,14 @@ DEFAULT_MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 #: Room for the envelope and protobuf framing on top of the payload.
 ENVELOPE_OVERHEAD_BYTES: Final = 4096
 
-SIGNED_METHODS: Final = ("RenewCert", "GetRound", "SubmitUpdate", "GetModel", "GetRevocations")
+SIGNED_METHODS: Final = (
+    "RenewCert",
+    "GetRound",
+    "SubmitUpdate",
+    "GetModel",
+    "GetRevocations",
+    "Attest",
+)
 
 
 class MalformedMessage(RequestRejected):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aztfm/wire/_gen/fleet.proto\x12\x07ztfm.v1\"\xc2\x01\n\x08\x45nvelope\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\x04\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x07 \x01(\x0c\x12\x0e\n\x06key_id\x18\x08 \x01(\t\x12\x11\n\tsignature\x18\t \x01(\x0c\x12\x10\n\x08resource\x18\n \x01(\t\"E\n\rSignedRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.ztfm.v1.Envelope\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x18\n\x05Reply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\" \n\rEnrollRequest\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\"4\n\x0b\x45nrollReply\x12\x10\n\x08\x63\x65rt_der\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x61_cert_der\x18\x02 \x01(\x0c\x32\x96\x02\n\x05\x46leet\x12\x33\n\tRenewCert\x12\x16.ztfm.v1.SignedRequest\x1a\x0e.ztfm.v1.Reply\x12\x32\n\x08GetRound\x12\x16.ztfm.v1.SignedRequest\x1a\x0e.ztfm.v1.Reply\x12\x36\n\x0cSubmitUpdate\x12\x16.ztfm.v1.SignedRequest\x1a\x0e.ztfm.v1.Reply\x12\x32\n\x08GetModel\x12\x16.ztfm.v1.SignedRequest\x1a\x0e.ztfm.v1.Reply\x12\x38\n\x0eGetRevocations\x12\x16.ztfm.v1.SignedRequest\x1a\x0e.ztfm.v1.Reply2D\n\nEnrollment\x12\x36\n\x06\x45nroll\x12\x16.ztfm.v1.EnrollRequest\x1a\x14.ztfm.v1.EnrollReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aztfm/wire/_gen/fleet.proto\x12\x07ztfm.v1\"\xc2\x01\n\x08\x45nvelope\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\x04\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x07 \x01(\x0c\x12\x0e\n\x06key_id\x18\x08 \x01(\t\x12\x11\n\tsignature\x18\t \x01(\x0c\x12\x10\n\x08resource\x18\n \x01(\t\"E\n\rSignedRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.ztfm.v1.Envelope\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x18\n\x05Reply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\" \n\rEnrollRequest\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\"4\n\x0b\x45nrollReply\x12\x10\n\x08\x63\x65rt_der\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x61_cert_der\x18\x02 \x01(\x0c\x32\xc8\x02\n\x05\x46leet\x12\x33\n\tRenewCert\x12\x16.ztfm.v1.SignedRequest\x1a\x0e.ztfm.v1.Reply\x12\x32\n\x08GetRound\x12\x16.ztfm.v1.SignedRequest\x1a\x0e.ztfm.v1.Reply\x12\x36\n\x0cSubmitUpdate\x12\x16.ztfm.v1.SignedRequest\x1a\x0e.ztfm.v1.Reply\x12\x32\n\x08GetModel\x12\x16.ztfm.v1.SignedRequest\x1a\x0e.ztfm.v1.Reply\x12\x38\n\x0eGetRevocations\x12\x16.ztfm.v1.SignedRequest\x1a\x0e.ztfm.v1.Reply\x12\x30\n\x06\x41ttest\x12\x16.ztfm.v1.SignedRequest\x1a\x0e.ztfm.v1.Reply2D\n\nEnrollment\x12\x36\n\x06\x45nroll\x12\x16.ztfm.v1.EnrollRequest\x1a\x14.ztfm.v1.EnrollReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,7 +42,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLREPLY']._serialized_start=367
   _globals['_ENROLLREPLY']._serialized_end=419
   _globals['_FLEET']._serialized_start=422
-  _globals['_FLEET']._serialized_end=700
-  _globals['_ENROLLMENT']._serialized_start=702
-  _globals['_ENROLLMENT']._serialized_end=770
+  _globals['_FLEET']._serialized_end=750
+  _globals['_ENROLLMENT']._serialized_start=752
+  _globals['_ENROLLMENT']._serialized_end=820
 # @@protoc_insertion_point(module_scope)

@@ -59,6 +59,11 @@ class FleetStub:
                 request_serializer=ztfm_dot_wire_dot___gen_dot_fleet__pb2.SignedRequest.SerializeToString,
                 response_deserializer=ztfm_dot_wire_dot___gen_dot_fleet__pb2.Reply.FromString,
                 _registered_method=True)
+        self.Attest = channel.unary_unary(
+                '/ztfm.v1.Fleet/Attest',
+                request_serializer=ztfm_dot_wire_dot___gen_dot_fleet__pb2.SignedRequest.SerializeToString,
+                response_deserializer=ztfm_dot_wire_dot___gen_dot_fleet__pb2.Reply.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -97,6 +102,13 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attest(self, request, context):
+        """payload and reply: JSON {"op": "enrol" | "activate" | "quote", ...} (TPM attestation)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +134,11 @@ def add_FleetServicer_to_server(servicer, server):
             ),
             'GetRevocations': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRevocations,
+                    request_deserializer=ztfm_dot_wire_dot___gen_dot_fleet__pb2.SignedRequest.FromString,
+                    response_serializer=ztfm_dot_wire_dot___gen_dot_fleet__pb2.Reply.SerializeToString,
+            ),
+            'Attest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attest,
                     request_deserializer=ztfm_dot_wire_dot___gen_dot_fleet__pb2.SignedRequest.FromString,
                     response_serializer=ztfm_dot_wire_dot___gen_dot_fleet__pb2.Reply.SerializeToString,
             ),
@@ -259,6 +276,33 @@ class Fleet:
             request,
             target,
             '/ztfm.v1.Fleet/GetRevocations',
+            ztfm_dot_wire_dot___gen_dot_fleet__pb2.SignedRequest.SerializeToString,
+            ztfm_dot_wire_dot___gen_dot_fleet__pb2.Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ztfm.v1.Fleet/Attest',
             ztfm_dot_wire_dot___gen_dot_fleet__pb2.SignedRequest.SerializeToString,
             ztfm_dot_wire_dot___gen_dot_fleet__pb2.Reply.FromString,
             options,

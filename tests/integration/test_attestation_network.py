@@ -1,0 +1,249 @@
+"""TPM attestation over the network: real swtpm TPMs, real gRPC over mutual TLS, signed bundles.
+
+Three devices, each with its own swtpm, enrol their TPM with the coordinator (EK certificate to
+swtpm's local CA, MakeCredential / ActivateCredential, a first quote over the enrolment nonce),
+install the signed initial model bundle (measured into PCR 9), answer a fresh nonce with a quote
+before every round, and install every released bundle. Devices with tampered firmware or a
+tampered model cannot enrol, and a device whose model is tampered with mid-run is left out of the
+next round and then refused by policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ztfm.attestation import (
+    AttestationVerifier,
+    AttestingDevice,
+    ReferenceValues,
+    SystemNonceSource,
+)
+from ztfm.attestation.swtpm import SwtpmCa, SwtpmProcess
+from ztfm.audit import MemoryAuditSink
+from ztfm.coordinator.attest import FleetAttestation
+from ztfm.coordinator.core import Coordinator, RoundSettings
+from ztfm.coordinator.server import CoordinatorServer, ModelReleaser
+from ztfm.coordinator.service import CoordinatorService
+from ztfm.crypto.signing import SigningKey
+from ztfm.device.runner import DeviceRunner, ModelInstaller, PollBackoff
+from ztfm.errors import AttestationError
+from ztfm.fl import codec
+from ztfm.fl.messages import EvalReply, EvalTask, RoundTask, UpdateReply
+from ztfm.fl.strategy import FedAvg
+from ztfm.ledger import EntryKind, Ledger, MemoryLedgerStore
+from ztfm.transport.grpc_client import RpcFailed
+from ztfm.transport.grpc_fleet import LocalFleet
+
+pytestmark = pytest.mark.tpm
+
+FW = hashlib.sha256(b"camera firmware 2.0").digest()
+FW_EVIL = hashlib.sha256(b"camera firmware 2.0 with implant").digest()
+
+
+class _Echo:
+    """A device endpoint: adds 1 to each parameter; evaluates with fixed counts."""
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+
+    def handle(self, data: bytes) -> bytes:
+        task = codec.decode(data)
+        if isinstance(task, EvalTask):
+            v, n = task.model_version, task.nonce
+            return codec.encode(EvalReply(task.round_id, self.device_id, v, 1, 0, 0, 1, 1.0, n))
+        assert isinstance(task, RoundTask)
+        delta = [np.ones_like(p) for p in task.params]
+        reply = UpdateReply(
+            task.round_id, self.device_id, task.model_version, delta, 5, 0.1, task.nonce
+        )
+        return codec.encode(reply)
+
+
+class Rig:
+    """One coordinator (attestation required) on 127.0.0.1 and a way to make swtpm devices."""
+
+    def __init__(self, tmp: Path, ca: SwtpmCa, factory: Callable[[], SwtpmProcess]) -> None:
+        from ztfm.attestation.tpm import Tpm
+
+        self.tmp, self.factory, self.tpm_cls = tmp, factory, Tpm
+        self._spare = [factory()]  # swtpm_localca writes its root on the first provisioning
+        self.now = time.time()
+        self.fleet = LocalFleet.create("fleet.local", self.now, cert_ttl_s=3600)
+        self.audit = MemoryAuditSink()
+        self.log_key, self.release_key = SigningKey.generate(), SigningKey.generate()
+        self.ledger = Ledger(MemoryLedgerStore(), self.log_key)
+        verifier = AttestationVerifier(
+            manufacturer_roots=[ca.root_cert_pem],
+            intermediates=[ca.issuer_cert_pem],
+            reference=ReferenceValues().with_firmware("cams", "2.0", FW),
+            nonces=SystemNonceSource(),
+        )
+        self.attestation = FleetAttestation(verifier, self.audit, ledger=self.ledger)
+        self.coord = Coordinator(
+            [np.zeros(3, np.float32)],
+            FedAvg(),
+            RoundSettings(deadline_s=60),
+            rng=np.random.default_rng(0),
+            eligibility=[self.attestation.gate],
+        )
+        self.service = CoordinatorService(
+            self.coord,
+            rounds=2,
+            expected_devices=3,
+            attestation=self.attestation,
+            eval_deadline_s=3.0,  # a device refused mid-run never evaluates: do not wait long
+        )
+        releaser = ModelReleaser(self.ledger, self.release_key, model_id="m", architecture="step")
+        self.server = CoordinatorServer(
+            self.fleet,
+            self.service,
+            self.audit,
+            self.attestation,
+            tick_s=0.02,
+            releaser=releaser,
+            attestation=self.attestation,
+        )
+        self.tpms: list[Any] = []
+        self.endpoint = self.server.start().fleet
+
+    def device(
+        self, name: str, fw: bytes = FW, implant_at: int | None = None
+    ) -> tuple[DeviceRunner, AttestingDevice]:
+        """A swtpm-backed device; ``implant_at=v``: when it installs bundle v, malware also
+        loads an unknown model (measured into PCR 9 like any model load)."""
+        proc = self._spare.pop() if self._spare else self.factory()
+        tpm = self.tpm_cls(proc.tcti)
+        self.tpms.append(tpm)
+        dev = AttestingDevice(tpm)
+        dev.measure_firmware(fw, "firmware:2.0")
+        installer = ModelInstaller(
+            self.tmp / name,
+            model_id="m",
+            release_key=self.release_key.verify_key,
+            log_key=self.log_key.verify_key,
+            on_install=lambda b: on_install(b),
+        )
+
+        def on_install(b: Any) -> None:
+            dev.measure_model(b.measurement(), f"model:v{b.version}")
+            if b.version == implant_at:
+                dev.measure_model(hashlib.sha256(b"implant").digest(), "model:implant")
+
+        creds = self.fleet.enroll("cams", name, self.now)
+        runner = DeviceRunner(
+            creds.identity,
+            creds.keystore,
+            self.fleet.ca.cert,
+            _Echo(name),
+            self.endpoint,
+            np.random.default_rng(len(self.tpms)),
+            cert=creds.cert,
+            backoff=PollBackoff(0.01, 2.0, 0.05),
+            installer=installer,
+            attestation=dev,
+            give_up_s=20.0,
+        )
+        return runner, dev
+
+    def close(self) -> None:
+        self.server.stop()
+        for tpm in self.tpms:
+            tpm.close()
+
+
+@pytest.fixture
+def rig(
+    tmp_path: Path, swtpm_ca: SwtpmCa, swtpm_factory: Callable[[], SwtpmProcess]
+) -> Iterator[Rig]:
+    r = Rig(tmp_path, swtpm_ca, swtpm_factory)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _run_all(runners: list[DeviceRunner]) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def run(r: DeviceRunner) -> None:
+        try:
+            r.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    return errors
+
+
+def test_three_swtpm_devices_enrol_attest_every_round_and_install_bundles(rig: Rig) -> None:
+    runners = [rig.device(f"cam-{i}")[0] for i in range(3)]
+    errors = _run_all(runners)
+    assert rig.server.wait(5) and not errors, errors
+    rig.server.linger(5)
+    for r in runners:
+        assert r.stats.finished and r.stats.tpm_enrolled
+        assert r.stats.hardware_backed  # the EK chains to the manufacturer CA (swtpm's here)
+        assert r.stats.quotes == 2  # one fresh-nonce quote before each of the 2 rounds
+        assert r.stats.model_version == 3  # initial release + one per round, all verified
+    summaries = rig.service.log.summaries
+    assert [sorted(s.accepted) for s in summaries] == [["cam-0", "cam-1", "cam-2"]] * 2
+    assert np.allclose(rig.coord.params[0], 2.0)
+    kinds = [rig.ledger.entry(i).kind for i in range(rig.ledger.size)]
+    assert kinds.count(EntryKind.ENROLMENT) == 3
+    assert kinds.count(EntryKind.ATTESTATION_VERDICT) == 3 + 3 * 2  # enrolment + every round
+    assert kinds.count(EntryKind.MODEL_RELEASE) == 3
+    verdicts = [f for e, f, _t in rig.audit.events if e == "attest.verdict"]
+    assert len(verdicts) == 9 and all(v["ok"] for v in verdicts)
+    # every verdict is on the ledger, provably, under the last signed tree head
+    head = rig.ledger.latest_tree_head()
+    assert head is not None
+    for i in range(head.tree_size):
+        rig.ledger.inclusion_proof(i, head.tree_size)
+    # the quotes covered the model each device really loaded: PCR 9 replays the 3 releases
+    rels = [rig.ledger.entry(i) for i in range(rig.ledger.size)]
+    assert [e.body["version"] for e in rels if e.kind == EntryKind.MODEL_RELEASE] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("tamper", ["firmware", "model"])
+def test_a_tampered_device_cannot_enrol_and_never_gets_a_round(rig: Rig, tamper: str) -> None:
+    runner, dev = rig.device("cam-x", fw=FW_EVIL if tamper == "firmware" else FW)
+    if tamper == "model":
+        dev.measure_model(hashlib.sha256(b"backdoored model").digest(), "model:evil")
+    with pytest.raises(AttestationError, match="refused TPM enrolment"):
+        runner.run()
+    (verdict,) = [f for e, f, _t in rig.audit.events if e == "attest.verdict"]
+    assert not verdict["ok"] and verdict["reason"] == tamper
+    assert "cam-x" not in rig.coord.devices
+    client = runner._client(None)
+    with pytest.raises(RpcFailed) as ei:
+        client.call("GetRound", b"")
+    assert ei.value.status.name == "PERMISSION_DENIED"  # policy: attestation-required
+    kinds = [rig.ledger.entry(i).kind for i in range(rig.ledger.size)]
+    assert EntryKind.ENROLMENT not in kinds and EntryKind.ATTESTATION_VERDICT in kinds
+
+
+def test_a_device_tampered_mid_run_is_left_out_of_the_next_round_then_refused(rig: Rig) -> None:
+    runners = [rig.device(f"cam-{i}", implant_at=2 if i == 2 else None)[0] for i in range(3)]
+    errors = _run_all(runners)
+    assert rig.server.wait(10)
+    # cam-2's round-2 quote failed; its next GetRound is refused by policy
+    assert len(errors) == 1 and isinstance(errors[0], RpcFailed), errors
+    assert errors[0].status.name == "PERMISSION_DENIED"
+    s1, s2 = rig.service.log.summaries
+    assert sorted(s1.accepted) == ["cam-0", "cam-1", "cam-2"]
+    assert sorted(s2.accepted) == ["cam-0", "cam-1"] and "cam-2" not in s2.selected
+    failed = [f for e, f, _t in rig.audit.events if e == "attest.verdict" and not f["ok"]]
+    assert [(f["device_id"], f["reason"]) for f in failed] == [("cam-2", "model")]
+    assert runners[2].stats.quotes == 2  # it did answer; the answer showed the implant
