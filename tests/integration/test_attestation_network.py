@@ -204,6 +204,12 @@ def test_three_swtpm_devices_enrol_attest_every_round_and_install_bundles(rig: R
     assert kinds.count(EntryKind.ENROLMENT) == 3
     assert kinds.count(EntryKind.ATTESTATION_VERDICT) == 3 + 3 * 2  # enrolment + every round
     assert kinds.count(EntryKind.MODEL_RELEASE) == 3
+    contributors = [e.body for e in map(rig.ledger.entry, range(rig.ledger.size))
+                    if e.kind == EntryKind.ROUND_CONTRIBUTORS]  # fmt: skip
+    assert [(c["round"], c["contributors"]) for c in contributors] == [
+        (1, ["cam-0", "cam-1", "cam-2"]),
+        (2, ["cam-0", "cam-1", "cam-2"]),
+    ]
     verdicts = [f for e, f, _t in rig.audit.events if e == "attest.verdict"]
     assert len(verdicts) == 9 and all(v["ok"] for v in verdicts)
     # every verdict is on the ledger, provably, under the last signed tree head

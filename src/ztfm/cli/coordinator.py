@@ -156,6 +156,42 @@ def _releaser(out: Path, architecture: str) -> Any:
     return ModelReleaser(ledger, release_key, model_id=MODEL_ID, architecture=architecture)
 
 
+def fleet_attestation(
+    tpm_ca: Sequence[Path], golden: Path | None, segments: Sequence[str], audit: Any, ledger: Any
+) -> Any:
+    """The coordinator's TPM verifier: manufacturer roots, firmware allow-list, fresh nonces."""
+    from ztfm.attestation import AttestationVerifier, ReferenceValues, SystemNonceSource
+    from ztfm.attestation.firmware import package_image_digest
+    from ztfm.coordinator.attest import FleetAttestation
+
+    if not tpm_ca:
+        raise ConfigError("--attestation tpm needs --tpm-ca (the TPM manufacturer CA)")
+    try:
+        roots = [p.read_bytes() for p in tpm_ca]
+    except OSError as exc:
+        raise ConfigError(f"cannot read a --tpm-ca certificate: {exc}") from exc
+    ref = ReferenceValues()
+    if golden is not None:
+        try:
+            table = json.loads(golden.read_text())
+            for dtype, versions in table.items():
+                for version, digest in versions.items():
+                    ref = ref.with_firmware(dtype, version, bytes.fromhex(digest))
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            raise ConfigError(f"{golden}: not a firmware allow-list: {exc}") from exc
+    else:
+        from ztfm import __version__
+
+        image = package_image_digest()
+        for seg in segments:
+            ref = ref.with_firmware(seg, __version__, image)
+    verifier = AttestationVerifier(
+        manufacturer_roots=roots[:1], intermediates=roots[1:], reference=ref,
+        nonces=SystemNonceSource(),
+    )  # fmt: skip
+    return FleetAttestation(verifier, audit, ledger=ledger)
+
+
 @click.group("coordinator")
 def coordinator() -> None:
     """Run the federated coordinator as a network service."""
@@ -190,10 +226,26 @@ def coordinator() -> None:
 )
 @click.option(
     "--attestation",
-    type=click.Choice(["none"]),
+    type=click.Choice(["none", "tpm"]),
     default="none",
     show_default=True,
-    help="none = UNSAFE: every enrolled device counts as attested (a warning is logged).",
+    help="tpm: devices enrol their TPM 2.0 (EK certificate from --tpm-ca, AK by make/activate "
+    "credential) and quote a fresh nonce before every round; only passing devices take part. "
+    "none = UNSAFE: every enrolled device counts as attested (a warning is logged).",
+)
+@click.option(
+    "--tpm-ca",
+    "tpm_ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    multiple=True,
+    help="TPM manufacturer CA certificate(s), PEM (repeat for intermediates).",
+)
+@click.option(
+    "--golden",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help='Firmware allow-list JSON {"<device type>": {"<version>": "<sha256 hex>"}} (default: '
+    "this install's code digest for every segment of the fleet).",
 )
 @click.option("--deadline-s", type=click.FloatRange(min=0.1), default=None)
 @click.option("--eval-deadline-s", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
@@ -234,6 +286,8 @@ def serve(
     seed: int | None,
     n_features: int | None,
     attestation: str,
+    tpm_ca: tuple[Path, ...],
+    golden: Path | None,
     deadline_s: float | None,
     eval_deadline_s: float,
     ready_file: Path | None,
@@ -263,7 +317,12 @@ def serve(
     from ztfm.sim.fleet import build_fleet
 
     fl = None
-    if n_features is None or devices is None or scenario_configured(cfg):
+    if (
+        n_features is None
+        or devices is None
+        or scenario_configured(cfg)
+        or (attestation == "tpm" and golden is None)
+    ):
         fl = build_fleet(cfg.fleet, cfg.detector)
         n_features = n_features or fl.n_features
         devices = devices or len(fl.devices)
@@ -275,12 +334,22 @@ def serve(
     fleet = LocalFleet.from_directory(ca_dir, time.time())
     # attacks, robust aggregation, trust and privacy: the scenario simulate builds (sim/network.py)
     sc = coordinator_scenario(cfg, fl, audit, time.time) if fl is not None else None
+    releaser = _releaser(out, cfg.detector.name) if release else None
+    attest = None  # TPM attestation: Attest RPC, a quote a round, first eligibility gate
+    if attestation == "tpm":
+        if releaser is None:
+            raise ConfigError("--attestation tpm needs --release (devices measure signed bundles)")
+        segments = sorted({d.segment for d in fl.devices}) if fl is not None else []
+        attest = fleet_attestation(tpm_ca, golden, segments, audit, releaser.ledger)
+        if sc is not None and sc.scenario.trust is not None:  # verdicts move trust scores
+            attest.trust, attest.trust_log = sc.scenario.trust, sc.scenario.trust_log
+    gates = [attest.gate] if attest is not None else []
     coord = build_coordinator(
         cfg,
         n_features,
         sc.on_event if sc is not None else None,
         strategy=sc.strategy if sc is not None else None,
-        eligibility=sc.eligibility if sc is not None else (),
+        eligibility=[*gates, *(sc.eligibility if sc is not None else ())],
         reply_hooks=sc.reply_hooks if sc is not None else (),
     )
     if sc is not None:
@@ -291,19 +360,19 @@ def serve(
         expected_devices=devices,
         eval_deadline_s=eval_deadline_s,
         on_round=sc.on_round if sc is not None else None,
+        attestation=attest,
     )
-    assert attestation == "none"
-    releaser = _releaser(out, cfg.detector.name) if release else None
     server = CoordinatorServer(
         fleet,
         service,
         audit,
-        UnsafeAssumeAttested(),
+        attest if attest is not None else UnsafeAssumeAttested(),
         listen=listen,
         enroll_listen=enroll_listen,
         snapshots=SnapshotStore(out / "snapshots"),
         enrol_timeout_s=enrol_timeout_s,
         releaser=releaser,
+        attestation=attest,
     )
     stop = threading.Event()
     signalled: list[int] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -9,7 +10,7 @@ import threading
 import zlib
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -140,6 +141,25 @@ def device() -> None:
     default=None,
     help="Pinned ledger log key (hex file).",
 )
+@click.option(
+    "--tpm-tcti",
+    default=None,
+    help="Attest with this TPM 2.0 (e.g. device:/dev/tpmrm0, or swtpm:host=127.0.0.1,port=N): "
+    "enrol its EK/AK with the coordinator and quote a fresh nonce before every round.",
+)
+@click.option(
+    "--swtpm-state",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Development: start a software TPM (swtpm) from this provisioned state on 127.0.0.1 "
+    "for this process and attest with it (`ztfm attest provision`).",
+)
+@click.option(
+    "--firmware",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Firmware image measured into PCR 8 (default: the code of this ztfm install).",
+)
 @click.option("--give-up-s", type=click.FloatRange(min=1), default=120.0, show_default=True)
 def run(
     target: str,
@@ -157,9 +177,17 @@ def run(
     seed: int | None,
     release_key: Path | None,
     log_key: Path | None,
+    tpm_tcti: str | None,
+    swtpm_state: Path | None,
+    firmware: Path | None,
     give_up_s: float,
 ) -> None:
-    """Enrol (if needed), then train with the fleet until the coordinator says done."""
+    """Enrol (if needed), then train with the fleet until the coordinator says done.
+
+    With a TPM (--tpm-tcti or --swtpm-state) the device measures its firmware and every model
+    bundle it loads, enrols the TPM with the coordinator and attests before every round; it
+    needs --release-key and --log-key (it runs only signed, ledger-recorded models).
+    """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import numpy as np
     import torch
@@ -217,34 +245,75 @@ def run(
             release_key=_verify_key(release_key),
             log_key=_verify_key(log_key),
         )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    if tpm_tcti is not None and swtpm_state is not None:
+        raise ConfigError("give at most one of --tpm-tcti and --swtpm-state")
+    use_tpm = tpm_tcti is not None or swtpm_state is not None
+    if use_tpm and installer is None:
+        raise ConfigError("attestation needs --release-key and --log-key (measured bundles)")
+    with contextlib.ExitStack() as stack:
+        attesting = _open_tpm(stack, tpm_tcti, swtpm_state, firmware) if use_tpm else None
+        if attesting is not None and installer is not None:
+            installer.on_install = lambda b: attesting.measure_model(
+                b.measurement(), f"model:v{b.version}"
+            )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
 
-    def on_int(_s: int, _f: FrameType | None) -> None:
-        stop.set()
+        def on_int(_s: int, _f: FrameType | None) -> None:
+            stop.set()
 
-    signal.signal(signal.SIGINT, on_int)
-    runner = DeviceRunner(
-        identity,
-        keys,
-        ca,
-        agent,
-        target,
-        np.random.default_rng(),
-        cert=cert,
-        enroll_target=enroll_target,
-        token=token,
-        on_cert=lambda c: atomic_write(cert_path, c.to_pem(), mode=0o600),
-        give_up_s=give_up_s,
-        stop=stop,
-        installer=installer,
-    )
-    stats = runner.run()
-    click.echo(
-        f"{device_id}: {stats.tasks} tasks, {stats.refused} refused, {stats.renewals} renewals"
-        + (f", verified model v{stats.model_version} installed" if stats.model_version else "")
-        + (", done" if stats.finished else ", stopped"),
-        err=True,
-    )
-    if not stats.finished:
-        sys.exit(130)
+        signal.signal(signal.SIGINT, on_int)
+        runner = DeviceRunner(
+            identity,
+            keys,
+            ca,
+            agent,
+            target,
+            np.random.default_rng(),
+            cert=cert,
+            enroll_target=enroll_target,
+            token=token,
+            on_cert=lambda c: atomic_write(cert_path, c.to_pem(), mode=0o600),
+            give_up_s=give_up_s,
+            stop=stop,
+            installer=installer,
+            attestation=attesting,
+        )
+        stats = runner.run()
+        click.echo(
+            f"{device_id}: {stats.tasks} tasks, {stats.refused} refused, {stats.renewals} renewals"
+            + (f", verified model v{stats.model_version} installed" if stats.model_version else "")
+            + (f", {stats.quotes} TPM quotes" if stats.tpm_enrolled else "")
+            + (", done" if stats.finished else ", stopped"),
+            err=True,
+        )
+        if not stats.finished:
+            sys.exit(130)
+
+
+def _open_tpm(
+    stack: contextlib.ExitStack, tcti: str | None, swtpm_state: Path | None, firmware: Path | None
+) -> Any:
+    """Open the device's TPM (starting a swtpm for --swtpm-state) and measure the firmware."""
+    from ztfm.attestation import AttestingDevice
+    from ztfm.attestation.firmware import file_image_digest, package_image_digest
+    from ztfm.attestation.swtpm import SwtpmProcess
+
+    try:
+        from ztfm.attestation.tpm import Tpm
+    except ImportError as exc:
+        raise ConfigError(
+            "TPM support needs tpm2-pytss (pip install 'ztfm[tpm]'; Debian libtss2-dev)"
+        ) from exc
+    if swtpm_state is not None:
+        proc = stack.enter_context(SwtpmProcess(swtpm_state))
+        tcti = proc.tcti
+    assert tcti is not None
+    tpm = Tpm(tcti)
+    stack.callback(tpm.close)
+    device = AttestingDevice(tpm)
+    if firmware is not None:
+        device.measure_firmware(file_image_digest(firmware), f"firmware:{firmware.name}")
+    else:
+        device.measure_firmware(package_image_digest(), "firmware:ztfm")
+    return device

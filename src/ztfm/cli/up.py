@@ -129,6 +129,15 @@ class _Interrupted(Exception):
     show_default=True,
     help="Also compute local-only and centralised baselines in this process.",
 )
+@click.option(
+    "--attestation",
+    type=click.Choice(["swtpm", "none"]),
+    default="swtpm",
+    show_default=True,
+    help="swtpm: every device process runs its own software TPM 2.0 (Debian swtpm, provisioned "
+    "with an EK certificate from a local manufacturer CA), enrols it and attests before every "
+    "round. none = UNSAFE: devices count as attested without evidence.",
+)
 @click.option("--timeout-s", type=click.FloatRange(min=1), default=1800.0, show_default=True)
 def up(
     devices: int,
@@ -138,6 +147,7 @@ def up(
     out: Path,
     work: Path | None,
     baselines: bool,
+    attestation: str,
     timeout_s: float,
 ) -> None:
     """Run a fleet as real processes on 127.0.0.1: 1 coordinator + N devices over mTLS.
@@ -171,6 +181,10 @@ def up(
             d.device_id: ca.create_token(Identity(ca.fleet, d.segment, "device", d.device_id), now)
             for d in fleet.devices
         }
+    coord_attest: list[str] = []
+    swtpm_states: dict[str, Path] = {}
+    if attestation == "swtpm":
+        coord_attest, swtpm_states = _provision_tpms(work_dir, [d.device_id for d in fleet.devices])
     children = Children(work_dir / "logs")
     interrupted: list[int] = []
 
@@ -196,6 +210,7 @@ def up(
                 str(ready),
                 "--out",
                 str(out.resolve()),
+                *coord_attest,
                 *common,
             ],
         )
@@ -203,7 +218,7 @@ def up(
         ends = json.loads(_wait_file(ready, coord, 120.0))
         for k, d in enumerate(fleet.devices):
             state = work_dir / "devices" / d.device_id
-            state.mkdir(parents=True, mode=0o700)
+            state.mkdir(parents=True, exist_ok=True, mode=0o700)
             token_file = state / "token"
             write_atomic(token_file, tokens[d.device_id])
             os.chmod(token_file, 0o600)
@@ -232,6 +247,11 @@ def up(
                     str(out.resolve() / "release.pub"),
                     "--log-key",
                     str(out.resolve() / "log.pub"),
+                    *(
+                        ["--swtpm-state", str(swtpm_states[d.device_id])]
+                        if d.device_id in swtpm_states
+                        else []
+                    ),
                     *common,
                 ],
             )
@@ -286,6 +306,42 @@ def up(
     click.echo(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     if not keep_work:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _provision_tpms(work_dir: Path, device_ids: list[str]) -> tuple[list[str], dict[str, Path]]:
+    """A local swtpm "manufacturer" CA and one provisioned TPM state (EK + EK certificate) per
+    device; returns the coordinator's attestation options and each device's state folder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ztfm.attestation.swtpm import SwtpmCa, provision_swtpm
+
+    for tool in ("swtpm", "swtpm_setup", "swtpm_localca"):
+        if shutil.which(tool) is None:
+            raise ConfigError(
+                f"{tool} is not installed (Debian: apt-get install swtpm swtpm-tools); "
+                "or run with --attestation none (UNSAFE: no attestation)"
+            )
+    try:
+        import tpm2_pytss  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "tpm2-pytss is not installed (pip install 'ztfm[tpm]'); "
+            "or run with --attestation none (UNSAFE: no attestation)"
+        ) from exc
+    ca = SwtpmCa.create(work_dir / "tpm-ca")
+    states = {d: work_dir / "devices" / d / "tpm" for d in device_ids}
+    t0 = time.perf_counter()
+    provision_swtpm(states[device_ids[0]], ca)  # the first one creates the CA's root
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda d: provision_swtpm(states[d], ca), device_ids[1:]))
+    click.echo(
+        f"up: provisioned {len(states)} software TPMs in {time.perf_counter() - t0:.1f} s",
+        err=True,
+    )
+    root, issuer = work_dir / "tpm-ca" / "root.pem", work_dir / "tpm-ca" / "issuer.pem"
+    root.write_bytes(ca.root_cert_pem)
+    issuer.write_bytes(ca.issuer_cert_pem)
+    return ["--attestation", "tpm", "--tpm-ca", str(root), "--tpm-ca", str(issuer)], states
 
 
 def _write_pids(work_dir: Path, children: Children) -> None:

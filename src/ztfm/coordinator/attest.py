@@ -80,14 +80,17 @@ class FleetAttestation:
         trust: TrustManager | None = None,
         base: TrustSource | None = None,
         require_hardware: bool = False,
+        trust_log: list[dict[str, Any]] | None = None,
     ) -> None:
         """``trust`` is told every verdict; ``base`` supplies the rest of the policy context
-        (e.g. a ``TrustManagerSource``); ``require_hardware`` refuses software TPMs."""
+        (e.g. a ``TrustManagerSource``); ``require_hardware`` refuses software TPMs; each trust
+        change a verdict causes is appended to ``trust_log`` (for the owner to audit)."""
         self.verifier = verifier
         self.audit = audit
         self.ledger = ledger
         self.trust = trust
         self.base = base
+        self.trust_log = trust_log
         self.require_hardware = require_hardware
         self.round_id = 0
         self._passed: dict[str, int] = {}  # device -> round whose nonce it answered correctly
@@ -165,9 +168,11 @@ class FleetAttestation:
                 Entry.create(EntryKind.ATTESTATION_VERDICT, verdict.ledger_body(), now=now)
             )
         if self.trust is not None:
-            self.trust.observe_attestation(
+            change = self.trust.observe_attestation(
                 DeviceId(verdict.device_id), verdict.ok, now, detail=verdict.reason
             )
+            if self.trust_log is not None:
+                self.trust_log.append(change.to_dict())
 
     # --- one quote a round -------------------------------------------------------------------
     def round_tasks(self, devices: Iterable[str], round_id: int, now: float) -> dict[str, bytes]:

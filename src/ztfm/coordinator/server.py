@@ -32,7 +32,7 @@ from ztfm.coordinator.service import CoordinatorService
 from ztfm.crypto.signing import SigningKey
 from ztfm.errors import RoundError, ZtfmError
 from ztfm.identity import Identity
-from ztfm.ledger import EntryKind, Ledger
+from ztfm.ledger import Entry, EntryKind, Ledger
 from ztfm.policy import TrustContext, TrustSource
 from ztfm.transport.grpc_fleet import LocalFleet
 from ztfm.transport.grpc_roles import RoundRpcHandler, encode_model_update
@@ -287,6 +287,20 @@ class CoordinatorServer:
                         self.clock.now(),
                     )
                     if self.releaser is not None:
+                        # who contributed to this round, on the ledger before the release
+                        # whose signed tree head then covers it
+                        self.releaser.ledger.append(
+                            Entry.create(
+                                EntryKind.ROUND_CONTRIBUTORS,
+                                {
+                                    "round": s.round_id,
+                                    "contributors": sorted(s.accepted),
+                                    "rejected": dict(sorted(s.rejected.items())),
+                                    "version": s.model_version,
+                                },
+                                now=self.clock.now(),
+                            )
+                        )
                         b = self.releaser.release(
                             self.service.coordinator.params,
                             s.model_version,

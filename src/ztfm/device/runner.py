@@ -202,6 +202,7 @@ class DeviceRunner:
         self.stats = RunStats()
         self.installer = installer
         self.attestation = attestation
+        self._measured_current = False
         self.verify_timeout_s = verify_timeout_s
         self._unverified_since: float | None = None
         self.client: FleetClient | None = None
@@ -293,6 +294,12 @@ class DeviceRunner:
         endpoint = self.endpoint
         if self.attestation is not None:
             if self.installer is not None:
+                current = self.installer.model.current
+                if current is not None and not self._measured_current:
+                    # the bundle installed before this start is what runs: measure it again
+                    # (the TPM's PCRs started from zero), then fetch anything newer
+                    self.attestation.measure_model(current.measurement(), "model:installed")
+                    self._measured_current = True
                 self.installer.fetch(self.client)  # the model PCR must hold a released bundle
             self.stats.hardware_backed = enrol_tpm(self.client, self.attestation)
             self.stats.tpm_enrolled = True
