@@ -91,6 +91,7 @@ class FleetAttestation:
         self.trust = trust
         self.base = base
         self.trust_log = trust_log
+        self._trust_pending: list[tuple[AttestationVerdict, float]] = []
         self.require_hardware = require_hardware
         self.round_id = 0
         self._passed: dict[str, int] = {}  # device -> round whose nonce it answered correctly
@@ -168,8 +169,17 @@ class FleetAttestation:
                 Entry.create(EntryKind.ATTESTATION_VERDICT, verdict.ledger_body(), now=now)
             )
         if self.trust is not None:
+            # applied by the round service's thread (``round_tasks``/``submit`` run under its
+            # lock), never concurrently with its own trust updates
+            self._trust_pending.append((verdict, now))
+
+    def _flush_trust(self) -> None:
+        pending, self._trust_pending = self._trust_pending, []
+        if self.trust is None:
+            return
+        for verdict, at in pending:
             change = self.trust.observe_attestation(
-                DeviceId(verdict.device_id), verdict.ok, now, detail=verdict.reason
+                DeviceId(verdict.device_id), verdict.ok, at, detail=verdict.reason
             )
             if self.trust_log is not None:
                 self.trust_log.append(change.to_dict())
@@ -178,6 +188,7 @@ class FleetAttestation:
     def round_tasks(self, devices: Iterable[str], round_id: int, now: float) -> dict[str, bytes]:
         """A fresh-nonce ``AttestTask`` for each enrolled device, before round ``round_id``."""
         with self._lock:
+            self._flush_trust()
             self.round_id = round_id
             tasks: dict[str, bytes] = {}
             for dev in devices:
@@ -207,6 +218,7 @@ class FleetAttestation:
             else:
                 verdict = self.verifier.assess_quote(did, evidence, now)
             self._record_verdict(verdict, now)
+            self._flush_trust()
             if verdict.ok:
                 self._passed[device_id] = self.round_id
                 return
