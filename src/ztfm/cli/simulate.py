@@ -128,7 +128,12 @@ def simulate(
         )
         bar.update(1)
 
-    result = run_simulation(cfg, on_round=on_round)
+    ledger_path = None
+    if cfg.attestation.backend != "none":  # releases and verdicts go on OUT/ledger.db
+        ledger_path = out_dir / "ledger.db"
+        for suffix in ("", "-wal", "-shm"):  # a results folder: this run's ledger replaces it
+            Path(f"{ledger_path}{suffix}").unlink(missing_ok=True)
+    result = run_simulation(cfg, on_round=on_round, ledger_path=ledger_path)
     bar.close()
     m = result.metrics
     _write(out_dir / "metrics.json", json.dumps(m, indent=1, sort_keys=True))

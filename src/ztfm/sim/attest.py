@@ -4,14 +4,15 @@ chain, AK bound by make/activate credential), and must answer a fresh nonce with
 before every round. A device whose firmware measurement is not on the allow-list for its
 device type is excluded with the verifier's reason, and its trust (when enabled) drops.
 
-The model measurement is the digest of the detector's architecture and initial parameters (the
-code the device loads); per-release model measurements come with signed bundles in ``ztfm up``.
+The model measurement is the signed bundle each device verified and loaded (``sim/release.py``:
+the initial model and every round's model are released on the ledger); the golden values follow
+the releases (the newest two are allowed). Enrolments and every verdict are ledger entries.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,9 @@ from ztfm.attestation import (
     SoftTpm,
     UnsafeRngNonceSource,
 )
+from ztfm.bundle import Bundle
+from ztfm.ledger import EntryKind
+from ztfm.sim.release import FleetReleases
 from ztfm.trust import TrustManager
 from ztfm.types import DeviceId
 
@@ -46,6 +50,16 @@ class SoftAttestation:
     devices: dict[str, AttestingDevice]
     trust: TrustManager | None = None
     verdicts: list[dict[str, object]] = field(default_factory=list)
+    ledger: FleetReleases | None = None
+    models: list[bytes] = field(default_factory=list)
+
+    def install(self, device_id: str, bundle: Bundle) -> None:
+        """``device_id`` verified and loaded ``bundle``: measure it into its model PCR."""
+        self.devices[device_id].measure_model(bundle.measurement(), f"model:v{bundle.version}")
+
+    def allow_model(self, measurement: bytes) -> None:
+        self.models = [*self.models, measurement][-2:]
+        self.verifier.reference = self.verifier.reference.with_models(self.models)
 
     def gate(self, device_id: str, now: float) -> str | None:
         did = DeviceId(device_id)
@@ -55,6 +69,8 @@ class SoftAttestation:
         self.verdicts.append(
             {"device": device_id, "ok": verdict.ok, "reason": verdict.reason, "at": now}
         )
+        if self.ledger is not None:
+            self.ledger.record(EntryKind.ATTESTATION_VERDICT, verdict.ledger_body(), now)
         if self.trust is not None:
             self.trust.observe_attestation(did, verdict.ok, now, detail=verdict.reason)
         if verdict.ok:
@@ -64,20 +80,23 @@ class SoftAttestation:
 
 def build_soft_attestation(
     devices: Sequence[tuple[str, str]],
-    model_digest: bytes,
+    model_digest: bytes | None,
     tampered: set[str],
     seed: int,
     now: float,
     trust: TrustManager | None = None,
+    ledger: FleetReleases | None = None,
 ) -> SoftAttestation:
     """Enrol every (device id, segment) with its own SoftTpm; ``tampered`` ones boot altered
-    firmware."""
+    firmware. ``model_digest`` None: models are measured as bundles are installed
+    (``SoftAttestation.install``); ``ledger`` records enrolments and verdicts."""
     rng = np.random.default_rng([seed, 10])
     maker = SoftManufacturer(rng, now)
     ref = ReferenceValues()
     for seg in sorted({s for _, s in devices}):
         ref = ref.with_firmware(seg, FIRMWARE_VERSION, firmware_digest(seg))
-    ref = ref.with_models([model_digest])
+    if model_digest is not None:
+        ref = ref.with_models([model_digest])
     verifier = AttestationVerifier(
         manufacturer_roots=[],
         soft_roots=[maker.root_certificate],
@@ -88,16 +107,13 @@ def build_soft_attestation(
     for dev_id, seg in devices:
         dev = AttestingDevice(SoftTpm(maker, rng, now, dev_id))
         dev.measure_firmware(firmware_digest(seg, dev_id in tampered))
-        dev.measure_model(model_digest)
+        if model_digest is not None:
+            dev.measure_model(model_digest)
         did = DeviceId(dev_id)
         challenge = verifier.begin_enrolment(did, seg, dev.enrolment_request(), now)
-        verifier.finish_enrolment(did, dev.activate(challenge), now)
+        enrolled = verifier.finish_enrolment(did, dev.activate(challenge), now)
+        if ledger is not None:
+            ledger.record(EntryKind.ENROLMENT, enrolled.ledger_body(), now)
         out[dev_id] = dev
-    return SoftAttestation(verifier, out, trust)
+    return SoftAttestation(verifier, out, trust, ledger=ledger)
 
-
-def model_digest_of(params: Sequence[np.ndarray], describe: Callable[[], str]) -> bytes:
-    h = hashlib.sha256(describe().encode())
-    for p in params:
-        h.update(np.ascontiguousarray(p, dtype="<f4").tobytes())
-    return h.digest()

@@ -7,10 +7,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ztfm.bundle import Bundle
 from ztfm.coordinator.core import Coordinator, Eligibility, ReplyHook, RoundSettings
 from ztfm.detect import make_detector
 from ztfm.detect.base import BaseDetector
@@ -20,9 +22,11 @@ from ztfm.errors import RoundError
 from ztfm.fl.messages import EvalReply, EvalTask
 from ztfm.fl.params import Params
 from ztfm.fl.strategy import FedAvg, Strategy
-from ztfm.sim.attest import build_soft_attestation, model_digest_of
+from ztfm.ledger import EntryKind
+from ztfm.sim.attest import SoftAttestation, build_soft_attestation
 from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import DeviceSpec, Fleet, build_fleet
+from ztfm.sim.release import FleetReleases
 from ztfm.sim.scenario import build_scenario
 from ztfm.sim.secure import SecureRounds
 from ztfm.transport.inproc import InProcessTransport, LatencyModel
@@ -148,7 +152,11 @@ def build_coordinator(
 class Simulation:
     """A fleet, its coordinator and the in-process transport, ready to run rounds."""
 
-    def __init__(self, cfg: SimConfig, fleet: Fleet | None = None) -> None:
+    def __init__(
+        self, cfg: SimConfig, fleet: Fleet | None = None, ledger_path: Path | None = None
+    ) -> None:
+        """``ledger_path``: with attestation, keep the identity ledger in this SQLite file
+        (default: in memory)."""
         self.cfg = cfg
         seed = cfg.seed
         self.now = 0.0
@@ -166,20 +174,28 @@ class Simulation:
         self.segments = {d.device_id: d.segment for d in self.fleet.devices}
         sc = self.scenario
         gates = sc.eligibility()
-        self.attestation = None
+        self.attestation: SoftAttestation | None = None
+        self.releases: FleetReleases | None = None
         if cfg.attestation.backend == "soft":
-            probe = make_local_model(cfg, nf)
-            digest = model_digest_of(probe.get_params(), lambda: repr(probe.hparams()))
             ids = [d.device_id for d in self.fleet.devices]
             pick = np.random.default_rng([seed, 12]).permutation(len(ids))
             tampered = {ids[i] for i in pick[: cfg.attestation.tampered]}
+            # every model the devices load is a signed bundle on the ledger (sim/release.py)
+            self.releases = FleetReleases(
+                ids,
+                seed=seed,
+                architecture=cfg.detector.name,
+                on_install=self._installed,
+                path=ledger_path,
+            )
             self.attestation = build_soft_attestation(
                 [(d.device_id, d.segment) for d in self.fleet.devices],
-                digest,
+                None,
                 tampered,
                 seed,
                 -1.0,
                 sc.trust,
+                ledger=self.releases,
             )
             gates = [self.attestation.gate, *gates]
         self.coordinator = build_coordinator(
@@ -191,6 +207,8 @@ class Simulation:
             reply_hooks=[sc.adversary] if sc.adversary is not None else [],
         )
         self.initial_params: Params = self.coordinator.params
+        if self.releases is not None:
+            self._release(0)
         for d in self.fleet.devices:
             self.coordinator.register(d.device_id, d.segment)
         n = cfg.network
@@ -211,6 +229,40 @@ class Simulation:
             self.secure = SecureRounds(
                 cfg, self.agents, self.coordinator, sc, self.transport.latency, self.events.append
             )
+
+    # --- releases ---------------------------------------------------------------------------
+    def _installed(self, device_id: str, bundle: Bundle) -> None:
+        assert self.attestation is not None
+        self.attestation.install(device_id, bundle)
+
+    def _release(self, round_id: int) -> None:
+        """The coordinator's current model as the next signed bundle; devices verify it."""
+        assert self.releases is not None and self.attestation is not None
+        bundle = self.releases.release(self.coordinator.params, round_id, self.now)
+        self.attestation.allow_model(bundle.measurement())
+
+    def _ledger_round(self, round_id: int, summary: Any, changes: list[dict[str, Any]]) -> None:
+        """Round contributors, quarantine decisions and the new release, on the ledger."""
+        assert self.releases is not None
+        for c in changes:
+            entering = c["new_state"] == "quarantined" != c["old_state"]
+            leaving = c["old_state"] == "quarantined" != c["new_state"]
+            if entering or leaving:
+                body = {
+                    "device_id": c["device"],
+                    "action": "quarantine" if entering else "release",
+                    "reason": str(c["reason"]) or "trust",
+                    "round": round_id,
+                }
+                self.releases.record(EntryKind.QUARANTINE_DECISION, body, self.now)
+        if summary is not None:
+            body = {
+                "round": round_id,
+                "contributors": sorted(summary.accepted),
+                "rejected": dict(sorted(summary.rejected.items())),
+            }
+            self.releases.record(EntryKind.ROUND_CONTRIBUTORS, body, self.now)
+            self._release(round_id)
 
     # --- federated ---------------------------------------------------------------------------
     def run_round(self, r: int) -> dict[str, Any]:
@@ -236,6 +288,8 @@ class Simulation:
         }
         sc_log = self.scenario.trust_log
         self.events.extend({"event": "trust_change", **c} for c in sc_log[self._trust_seen :])
+        if self.releases is not None:
+            self._ledger_round(r + 1, summary, sc_log[self._trust_seen :])
         self._trust_seen = len(sc_log)
         excluded = {
             e["device"]: e["reason"]
@@ -339,10 +393,11 @@ def run_simulation(
     *,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     fleet: Fleet | None = None,
+    ledger_path: Path | None = None,
 ) -> SimulationResult:
     """Federated rounds plus the baselines; returns everything ``metrics.json`` holds."""
     t_start = time.perf_counter()
-    sim = Simulation(cfg, fleet)
+    sim = Simulation(cfg, fleet, ledger_path)
     t_built = time.perf_counter()
     rounds = []
     for r in range(cfg.rounds.rounds):
@@ -405,5 +460,6 @@ def run_simulation(
             "total": t_end - t_start,
         },
         "event_counts": dict(Counter(e["event"] for e in sim.events)),
+        **({"ledger": sim.releases.summary()} if sim.releases is not None else {}),
     }
     return SimulationResult(metrics, sim.events)
