@@ -373,6 +373,7 @@ def serve(
         enrol_timeout_s=enrol_timeout_s,
         releaser=releaser,
         attestation=attest,
+        trust_log=sc.scenario.trust_log if sc is not None else None,
     )
     stop = threading.Event()
     signalled: list[int] = []

@@ -176,12 +176,14 @@ class CoordinatorServer:
         enrol_timeout_s: float | None = None,
         releaser: ModelReleaser | None = None,
         attestation: FleetAttestation | None = None,
+        trust_log: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         """``enrol_timeout_s``: if fewer than the expected devices registered by then, start
         with those that did (at least one), recorded as ``enrol.timeout``; None waits forever.
         ``attestation`` serves the ``Attest`` RPC and learns every released bundle's measurement
         (the service's per-round attestation phase and the coordinator's gate use the same
-        object)."""
+        object). ``trust_log`` (trust changes as ``TrustChange.to_dict``): each move into or
+        out of quarantine becomes a ``quarantine_decision`` ledger entry at round close."""
         if tick_s <= 0:
             raise ZtfmError("tick_s must be positive")
         if enrol_timeout_s is not None and enrol_timeout_s <= 0:
@@ -200,6 +202,8 @@ class CoordinatorServer:
         self.error: BaseException | None = None
         self.releaser = releaser
         self.attestation = attestation
+        self.trust_log = trust_log
+        self._trust_seen = 0
         self.handler = RoundRpcHandler(
             service, clock=self.clock, model=releaser, attest=attestation
         )
@@ -242,6 +246,24 @@ class CoordinatorServer:
         self._driver = threading.Thread(target=self._drive, name="ztfm-driver", daemon=True)
         self._driver.start()
         return ends
+
+    def _ledger_quarantine(self, round_id: int) -> None:
+        if self.trust_log is None or self.releaser is None:
+            return
+        changes = list(self.trust_log[self._trust_seen :])
+        self._trust_seen += len(changes)
+        for c in changes:
+            entering = c["new_state"] == "quarantined" != c["old_state"]
+            leaving = c["old_state"] == "quarantined" != c["new_state"]
+            if entering or leaving:
+                body = {
+                    "device_id": c["device"],
+                    "action": "quarantine" if entering else "release",
+                    "reason": str(c["reason"]) or "trust",
+                    "round": round_id,
+                }
+                entry = Entry.create(EntryKind.QUARANTINE_DECISION, body, now=self.clock.now())
+                self.releaser.ledger.append(entry)
 
     def _released(self, bundle: Bundle) -> None:
         if self.attestation is not None:  # devices that load it must still attest
@@ -287,6 +309,7 @@ class CoordinatorServer:
                         self.clock.now(),
                     )
                     if self.releaser is not None:
+                        self._ledger_quarantine(s.round_id)
                         # who contributed to this round, on the ledger before the release
                         # whose signed tree head then covers it
                         self.releaser.ledger.append(
