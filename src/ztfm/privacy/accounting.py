@@ -1,10 +1,19 @@
-"""Per-device privacy accounting across rounds with Google's ``dp-accounting`` (RDP).
+"""Per-device privacy accounting across rounds with Google's ``dp-accounting`` (RDP or PLD).
 
-Why RDP: Rényi-DP composes by adding one vector per round, so tracking thousands of devices over
-hundreds of rounds costs a vector add and a cheap conversion, and every distinct (noise,
-sampling) event is evaluated once and cached. PLD accounting is tighter (typically 10-40% lower
-epsilon for the same noise) but costs ~0.5 s per composition; ``epsilon_for(..., method="pld")``
-gives the tighter figure for reports and calibration.
+Why RDP by default: Rényi-DP composes by adding one vector per round, so tracking thousands of
+devices over hundreds of rounds costs a vector add and a cheap conversion, and every distinct
+(noise, sampling) event is evaluated once and cached.
+
+``method="pld"`` certifies the tighter of two valid upper bounds per device: the RDP one and a
+privacy-loss-distribution one. When every booked round had ``sampling_rate == 1`` (full
+participation) the PLD of the composition is known in closed form: R Gaussian rounds with
+multipliers z_i are one Gaussian mechanism with mu = sqrt(sum 1/z_i^2) (mu-GDP, Dong, Roth & Su
+2019), whose exact (epsilon, delta) curve is Balle & Wang's analytic Gaussian (2018, Thm. 8); it
+costs microseconds and agrees with ``dp_accounting.pld`` to 1e-8 (which takes ~2 s for it). For
+sampled rounds (q < 1) the PLD is composed with ``dp_accounting.pld`` (pessimistic
+discretisation, a valid upper bound), ~0.5-2 s per distinct round history, cached. Example: z =
+2.02, 10 full-participation rounds, delta 1e-5: RDP 7.99, exact 7.42; for epsilon 8 the noise
+can drop from z = 2.02 (RDP) to z = 1.90 (exact), 6% less.
 
 Sampling: "poisson" (each device joins a round independently with probability q; add/remove-one
 adjacency) or "uniform" (a fixed-size sample of ``cohort`` out of ``population``; replace-one
@@ -27,11 +36,13 @@ from typing import Literal
 import dp_accounting as dpa
 import numpy as np
 from dp_accounting import pld, rdp
+from scipy.special import log_ndtr
 
 from ztfm.errors import PrivacyBudgetExceeded, PrivacyError
 from ztfm.types import DeviceId
 
 Sampling = Literal["poisson", "uniform"]
+Method = Literal["rdp", "pld"]
 ORDERS: tuple[float, ...] = (
     1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0, 4.5,
     *(float(a) for a in range(5, 64)), 128.0, 256.0, 512.0,
@@ -103,6 +114,64 @@ def _epsilon(rdp_vec: np.ndarray, delta: float) -> float:
     return float(epsilons_from_rdp(rdp_vec, delta)[0])
 
 
+def gaussian_delta(epsilon: float, mu: float) -> float:
+    """Exact delta(epsilon) of a mu-GDP mechanism (a Gaussian mechanism with sensitivity/std =
+    mu): Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2) (Balle & Wang 2018, Thm. 8)."""
+    if not (math.isfinite(mu) and mu >= 0):
+        raise PrivacyError("mu must be non-negative and finite")
+    if mu == 0:
+        return 0.0
+    a = float(log_ndtr(-epsilon / mu + mu / 2))
+    b = epsilon + float(log_ndtr(-epsilon / mu - mu / 2))
+    return max(0.0, math.exp(a) - math.exp(b)) if a > b else 0.0
+
+
+def gaussian_epsilon(mu: float, delta: float) -> float:
+    """Smallest epsilon with ``gaussian_delta(epsilon, mu) <= delta`` (bisection to 1e-9
+    relative, rounded up: never under-reports)."""
+    if not 0 < delta < 1:
+        raise PrivacyError("delta must be in (0, 1)")
+    if gaussian_delta(0.0, mu) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while gaussian_delta(hi, mu) > delta:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            return math.inf
+    while hi - lo > 1e-9 * max(1.0, hi):
+        mid = (lo + hi) / 2
+        if gaussian_delta(mid, mu) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+History = tuple[tuple[float, float, int], ...]  # sorted (noise multiplier, sampling rate, count)
+
+
+@lru_cache(maxsize=256)
+def _history_pld_epsilon(
+    history: History, delta: float, sampling: Sampling, population: int
+) -> float:
+    """PLD epsilon of a device's whole round history (cached: a fleet shares few histories)."""
+    if not history:
+        return 0.0
+    if all(q == 1.0 for _, q, _ in history):
+        mu = math.sqrt(sum(count / z**2 for z, _, count in history))
+        return gaussian_epsilon(mu, delta)
+    acc = pld.PLDAccountant(_relation(sampling))
+    for z, q, count in history:
+        acc.compose(_event(z, q, sampling, population), count)
+    return float(acc.get_epsilon(delta))
+
+
+def _with(history: History, z: float, q: float, rounds: int = 1) -> History:
+    counts = {(hz, hq): c for hz, hq, c in history}
+    counts[(z, q)] = counts.get((z, q), 0) + rounds
+    return tuple(sorted((hz, hq, c) for (hz, hq), c in counts.items() if c > 0))
+
+
 @dataclass(frozen=True, slots=True)
 class RoundEvent:
     """One accounted round for one device."""
@@ -114,14 +183,17 @@ class RoundEvent:
 @dataclass(slots=True)
 class DeviceAccountant:
     """One device's (epsilon, delta) ledger. ``check`` raises ``PrivacyBudgetExceeded`` before a
-    round that would push epsilon past the budget; ``record`` then books the round."""
+    round that would push epsilon past the budget; ``record`` then books the round.
+    ``method="pld"``: the tighter of the RDP and PLD bounds (see the module docstring)."""
 
     target_epsilon: float
     target_delta: float
     sampling: Sampling = "poisson"
     population: int = 0
+    method: Method = "rdp"
     history: list[RoundEvent] = field(default_factory=list)
     _rdp: np.ndarray = field(default_factory=lambda: np.zeros(len(ORDERS)), repr=False)
+    _hist: History = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.target_epsilon) and self.target_epsilon > 0):
@@ -130,13 +202,22 @@ class DeviceAccountant:
             raise PrivacyError("target_delta must be in (0, 1)")
         if self.sampling not in ("poisson", "uniform"):
             raise PrivacyError(f"unknown sampling {self.sampling!r}")
+        if self.method not in ("rdp", "pld"):
+            raise PrivacyError(f"unknown accounting method {self.method!r}")
 
     def _vec(self, noise_multiplier: float, sampling_rate: float) -> np.ndarray:
         z = _round_down(noise_multiplier)
         return np.asarray(_event_rdp(z, float(sampling_rate), self.sampling, self.population))
 
+    def _eps(self, rdp_vec: np.ndarray, hist: History) -> float:
+        eps = _epsilon(rdp_vec, self.target_delta)
+        if self.method == "pld":
+            pld_eps = _history_pld_epsilon(hist, self.target_delta, self.sampling, self.population)
+            eps = min(eps, pld_eps)
+        return eps
+
     def epsilon_spent(self) -> float:
-        return _epsilon(self._rdp, self.target_delta)
+        return self._eps(self._rdp, self._hist)
 
     def epsilon_after(
         self, noise_multiplier: float, sampling_rate: float, rounds: int = 1
@@ -144,8 +225,10 @@ class DeviceAccountant:
         """Epsilon if ``rounds`` more rounds with these settings were booked (nothing changes)."""
         if rounds < 0:
             raise PrivacyError("rounds must be non-negative")
-        return _epsilon(
-            self._rdp + rounds * self._vec(noise_multiplier, sampling_rate), self.target_delta
+        vec = self._vec(noise_multiplier, sampling_rate)
+        z = _round_down(noise_multiplier)
+        return self._eps(
+            self._rdp + rounds * vec, _with(self._hist, z, float(sampling_rate), rounds)
         )
 
     def check(self, noise_multiplier: float, sampling_rate: float) -> None:
@@ -159,23 +242,30 @@ class DeviceAccountant:
     def record(self, noise_multiplier: float, sampling_rate: float) -> None:
         """Book one round (the check is the caller's gate; recording never refuses)."""
         self._rdp = self._rdp + self._vec(noise_multiplier, sampling_rate)
+        self._hist = _with(self._hist, _round_down(noise_multiplier), float(sampling_rate))
         self.history.append(RoundEvent(noise_multiplier, sampling_rate))
 
 
 @dataclass(slots=True)
 class FleetAccountant:
     """Every device's ledger in one matrix (rows: devices, columns: RDP orders), so checking or
-    booking a round for thousands of devices is a few vector operations."""
+    booking a round for thousands of devices is a few vector operations. ``method="pld"`` also
+    keeps each device's round history and certifies the tighter of the RDP and PLD bounds
+    (devices with the same history share one cached PLD evaluation)."""
 
     target_epsilon: float
     target_delta: float
     sampling: Sampling = "poisson"
     population: int = 0
+    method: Method = "rdp"
     _index: dict[DeviceId, int] = field(default_factory=dict, repr=False)
     _rdp: np.ndarray = field(default_factory=lambda: np.zeros((0, len(ORDERS))), repr=False)
+    _hist: list[History] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        DeviceAccountant(self.target_epsilon, self.target_delta, self.sampling, self.population)
+        DeviceAccountant(
+            self.target_epsilon, self.target_delta, self.sampling, self.population, self.method
+        )
 
     def _rows(self, devices: Iterable[DeviceId]) -> tuple[list[DeviceId], np.ndarray]:
         devs = list(dict.fromkeys(devices))
@@ -183,6 +273,7 @@ class FleetAccountant:
         if new:
             for d in new:
                 self._index[d] = len(self._index)
+                self._hist.append(())
             grow = np.zeros((len(new), len(ORDERS)))
             self._rdp = np.vstack([self._rdp, grow])
         return devs, np.asarray([self._index[d] for d in devs], dtype=np.int64)
@@ -191,13 +282,26 @@ class FleetAccountant:
         z = _round_down(noise_multiplier)
         return np.asarray(_event_rdp(z, float(sampling_rate), self.sampling, self.population))
 
+    def _eps(self, rdp_rows: np.ndarray, hists: list[History]) -> np.ndarray:
+        eps = epsilons_from_rdp(rdp_rows, self.target_delta) if hists else np.zeros(0)
+        if self.method == "pld" and hists:
+            tight = [
+                _history_pld_epsilon(h, self.target_delta, self.sampling, self.population)
+                for h in hists
+            ]
+            eps = np.minimum(eps, np.asarray(tight))
+        return eps
+
     def epsilon_after(
         self, devices: Iterable[DeviceId], noise_multiplier: float, sampling_rate: float
     ) -> dict[DeviceId, float]:
         devs, rows = self._rows(devices)
-        eps = epsilons_from_rdp(
-            self._rdp[rows] + self._vec(noise_multiplier, sampling_rate), self.target_delta
-        )
+        z, q = _round_down(noise_multiplier), float(sampling_rate)
+        vec = self._vec(noise_multiplier, sampling_rate)
+        hists = [_with(self._hist[i], z, q) for i in rows] if self.method == "pld" else []
+        eps = epsilons_from_rdp(self._rdp[rows] + vec, self.target_delta)
+        if hists:
+            eps = self._eps(self._rdp[rows] + vec, hists)
         return dict(zip(devs, (float(e) for e in eps), strict=True))
 
     def eligible(
@@ -223,6 +327,9 @@ class FleetAccountant:
         been sampled (the whole eligible population), not only the participants."""
         _, rows = self._rows(devices)
         self._rdp[rows] += self._vec(noise_multiplier, sampling_rate)
+        z, q = _round_down(noise_multiplier), float(sampling_rate)
+        for i in rows:
+            self._hist[i] = _with(self._hist[i], z, q)
 
     def epsilon_spent(self, device: DeviceId | None = None) -> dict[DeviceId, float]:
         """Epsilon spent so far, for one device or all (sorted by id)."""
@@ -231,46 +338,79 @@ class FleetAccountant:
         else:
             devs = sorted(self._index)
             rows = np.asarray([self._index[d] for d in devs], dtype=np.int64)
-        eps = epsilons_from_rdp(self._rdp[rows], self.target_delta) if devs else np.zeros(0)
+        eps = self._eps(self._rdp[rows], [self._hist[i] for i in rows])
         return dict(zip(devs, (float(e) for e in eps), strict=True))
 
     def to_state(self) -> dict[str, object]:
-        """A JSON-ready snapshot (budget, sampling, orders, per-device RDP curves) for storage.
-        Curves may hold +inf at orders where a mechanism has no finite RDP bound."""
+        """A JSON-ready snapshot (budget, sampling, method, orders, per-device RDP curves and
+        round histories) for storage. Curves may hold +inf at orders where a mechanism has no
+        finite RDP bound."""
         return {
-            "version": 1,
+            "version": 2,
             "target_epsilon": self.target_epsilon,
             "target_delta": self.target_delta,
             "sampling": self.sampling,
             "population": self.population,
+            "method": self.method,
             "orders": list(ORDERS),
             "devices": {d: self._rdp[i].tolist() for d, i in sorted(self._index.items())},
+            "histories": {
+                d: [list(e) for e in self._hist[i]] for d, i in sorted(self._index.items())
+            },
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, object]) -> FleetAccountant:
-        """Rebuild from ``to_state``; raise ``PrivacyError`` on anything inconsistent."""
+        """Rebuild from ``to_state`` (version 1 states: RDP only); raise ``PrivacyError`` on
+        anything inconsistent."""
         try:
-            if state["version"] != 1 or list(state["orders"]) != list(ORDERS):  # type: ignore[call-overload]
+            version = state["version"]
+            if version not in (1, 2) or list(state["orders"]) != list(ORDERS):  # type: ignore[call-overload]
                 raise PrivacyError("accountant state has another version or RDP orders")
             fleet = cls(
                 float(state["target_epsilon"]),  # type: ignore[arg-type]
                 float(state["target_delta"]),  # type: ignore[arg-type]
                 state["sampling"],  # type: ignore[arg-type]
                 int(state["population"]),  # type: ignore[call-overload]
+                state["method"] if version == 2 else "rdp",  # type: ignore[arg-type]
             )
             devices = state["devices"]
             if not isinstance(devices, Mapping):
                 raise PrivacyError("accountant state has no device table")
+            histories = state["histories"] if version == 2 else {}
+            if not isinstance(histories, Mapping) or (
+                version == 2 and set(histories) != set(devices)
+            ):
+                raise PrivacyError("accountant state has no history for every device")
             for d, curve in devices.items():
                 vec = np.asarray(curve, dtype=np.float64)
                 if vec.shape != (len(ORDERS),) or np.any(np.isnan(vec)) or np.any(vec < 0):
                     raise PrivacyError(f"accountant state for {d!r} is malformed")
                 _, rows = fleet._rows([DeviceId(str(d))])
                 fleet._rdp[rows[0]] = vec
+                if version == 2:
+                    fleet._hist[rows[0]] = _parse_history(histories[d], str(d))
+                elif fleet.method == "pld":  # pragma: no cover - version 1 is always rdp
+                    raise PrivacyError("a version 1 state has no histories for PLD")
         except (KeyError, TypeError, ValueError) as exc:
             raise PrivacyError(f"accountant state is malformed: {exc}") from exc
         return fleet
+
+
+def _parse_history(raw: object, device: str) -> History:
+    if not isinstance(raw, list):
+        raise PrivacyError(f"accountant history for {device!r} is malformed")
+    out: dict[tuple[float, float], int] = {}
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 3):
+            raise PrivacyError(f"accountant history for {device!r} is malformed")
+        z, q, count = float(item[0]), float(item[1]), item[2]
+        if not (math.isfinite(z) and z > 0 and 0 < q <= 1 and isinstance(count, int) and count > 0):
+            raise PrivacyError(f"accountant history for {device!r} is malformed")
+        if (z, q) in out:
+            raise PrivacyError(f"accountant history for {device!r} repeats an event")
+        out[(z, q)] = count
+    return tuple(sorted((z, q, c) for (z, q), c in out.items()))
 
 
 def epsilon_for(
@@ -281,9 +421,11 @@ def epsilon_for(
     *,
     sampling: Sampling = "poisson",
     population: int = 0,
-    method: Literal["rdp", "pld"] = "rdp",
+    method: Method = "rdp",
 ) -> float:
-    """Epsilon after ``rounds`` identical rounds."""
+    """Epsilon after ``rounds`` identical rounds. ``method="pld"`` with ``sampling_rate`` 1 is
+    the exact closed form (analytic Gaussian of the composition), otherwise ``dp_accounting``'s
+    PLD (it is not min'ed with RDP here: this is the PLD figure itself)."""
     if rounds < 1:
         raise PrivacyError("rounds must be at least 1")
     if not 0 < delta < 1:
@@ -294,6 +436,9 @@ def epsilon_for(
         )
         return _epsilon(rounds * vec, delta)
     if method == "pld":
+        _event(noise_multiplier, sampling_rate, sampling, population)  # validates arguments
+        if sampling_rate == 1.0:
+            return gaussian_epsilon(math.sqrt(rounds) / noise_multiplier, delta)
         acc = pld.PLDAccountant(_relation(sampling))
         acc.compose(_event(noise_multiplier, sampling_rate, sampling, population), rounds)
         return float(acc.get_epsilon(delta))
@@ -308,8 +453,11 @@ def noise_multiplier_for(
     *,
     sampling: Sampling = "poisson",
     population: int = 0,
+    method: Method = "rdp",
 ) -> float:
-    """Smallest noise multiplier whose RDP epsilon after ``rounds`` rounds is <= target."""
+    """Smallest noise multiplier whose epsilon (``method``) after ``rounds`` rounds is <= target.
+    The search runs on the 3-significant-digit values the accountants book, and the result is
+    one of them: booking it gives exactly the epsilon checked here."""
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise PrivacyError("target_epsilon must be positive and finite")
     if rounds < 1:
@@ -318,7 +466,13 @@ def noise_multiplier_for(
 
     def eps(z: float) -> float:
         return epsilon_for(
-            z, rounds, sampling_rate, target_delta, sampling=sampling, population=population
+            _round_down(z),
+            rounds,
+            sampling_rate,
+            target_delta,
+            sampling=sampling,
+            population=population,
+            method=method,
         )
 
     lo, hi = 0.05, 1.0
@@ -334,4 +488,4 @@ def noise_multiplier_for(
             hi = mid
         if hi - lo < 1e-4 * hi:
             break
-    return hi
+    return _round_down(hi)

@@ -233,7 +233,7 @@ def test_fleet_state_round_trip() -> None:
 @pytest.mark.parametrize(
     "corrupt",
     [
-        lambda s: s.update(version=2),
+        lambda s: s.update(version=3),
         lambda s: s.update(orders=[2.0]),
         lambda s: s.update(devices={"a": [1.0]}),
         lambda s: s.update(devices={"a": [-1.0] * len(s["orders"])}),
