@@ -406,3 +406,26 @@ def test_device_refuses_task_parameters_that_match_no_verified_bundle(tmp_path: 
     finally:
         server.stop()
     assert runner.stats.tasks == 0 and service.phase == "train"  # nothing was trained or sent
+
+
+def test_up_explains_a_refused_tpm_from_the_coordinators_audit_log(tmp_path: Path) -> None:
+    from ztfm.audit import AuditLog
+    from ztfm.cli.up import _attestation_reason
+
+    path = tmp_path / "audit.log"
+    assert _attestation_reason(path, "d-1") == ""  # no log yet
+    log = AuditLog(path)
+    log.record("attest.verdict", {"device_id": "d-1", "ok": True}, 1.0)
+    detail = "firmware measurement is not in the allow-list for device type 'valve1'"
+    log.record(
+        "attest.verdict",
+        {"device_id": "d-2", "ok": False, "reason": "firmware", "detail": detail},
+        2.0,
+    )
+    log.record("attest.refused", {"device": "d-3", "step": "enrol", "reason": "EK revoked"}, 3.0)
+    log.close()
+    assert _attestation_reason(path, "d-1") == ""
+    assert f"attestation failed: firmware: {detail} (the device measures" in _attestation_reason(
+        path, "d-2"
+    )
+    assert _attestation_reason(path, "d-3").endswith("TPM enrolment refused: EK revoked")

@@ -267,7 +267,9 @@ def up(
             for name, p in children.procs.items():  # a crashed device would stall round 1
                 if p.poll() not in (None, 0):
                     raise TransportError(
-                        f"{name} exited with code {p.returncode}:\n" + children.log_tail(name)
+                        f"{name} exited with code {p.returncode}:\n"
+                        + children.log_tail(name)
+                        + _attestation_reason(out / "audit.log", name)
                     )
             time.sleep(0.1)
         if coord.returncode != 0:
@@ -306,6 +308,35 @@ def up(
     click.echo(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     if not keep_work:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _attestation_reason(audit_log: Path, device_id: str) -> str:
+    """The coordinator's reason for refusing ``device_id``'s TPM, from its audit log ("" if
+    none): the device itself is told only that it was refused."""
+    try:
+        lines = audit_log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        f = rec.get("fields", {})
+        if rec.get("event") == "attest.verdict" and f.get("device_id") == device_id:
+            if f.get("ok"):
+                return ""
+            hint = ""
+            if f.get("reason") == "firmware":
+                hint = " (the device measures the code of this ztfm install: was it changed "
+                hint += "while the fleet started?)"
+            return (
+                f"\ncoordinator audit log: attestation failed: {f.get('reason')}: "
+                f"{f.get('detail')}{hint}"
+            )
+        if rec.get("event") == "attest.refused" and f.get("device") == device_id:
+            return f"\ncoordinator audit log: TPM enrolment refused: {f.get('reason')}"
+    return ""
 
 
 def _provision_tpms(work_dir: Path, device_ids: list[str]) -> tuple[list[str], dict[str, Path]]:
