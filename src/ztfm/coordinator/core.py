@@ -13,7 +13,7 @@ audit log.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from ztfm.fl import codec
 from ztfm.fl.messages import EvalReply, EvalTask, RoundTask, UpdateReply
 from ztfm.fl.params import Params, ParamSpec
 from ztfm.fl.rounds import RoundState
-from ztfm.fl.strategy import Strategy
+from ztfm.fl.strategy import Strategy, apply_update
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,60 @@ class Coordinator:
         self.round = None
         self.next_round_id += 1
         return summary
+
+    # --- secure rounds: the coordinator is handed the aggregate step only ---------------------
+    def close_secure_round(
+        self,
+        step: np.ndarray,
+        accepted: Sequence[str],
+        rejected: Mapping[str, str],
+        now: float,
+        *,
+        server_lr: float = 1.0,
+    ) -> RoundSummary:
+        """Close the open round with the securely aggregated ``step`` (the unmasked mean, or the
+        robust rule over group means): ``global + server_lr * step`` is the next version.
+        ``accepted`` are the devices the step covers, ``rejected`` why the others are not in it.
+        No single update reaches this object; raises ``RoundError`` (and closes the round) if
+        ``step`` is malformed or names devices the round did not select."""
+        state = self._require_round()
+        selected = set(state.selected)
+        try:
+            stray = sorted(set(accepted) - selected)
+            if stray:
+                raise RoundError(f"secure aggregate covers unselected device {stray[0]!r}")
+            new_params = apply_update(self.params, self.spec, step, server_lr)
+        except RoundError as exc:
+            self.abort_round(str(exc), now)
+            raise
+        self.params = new_params
+        self.model_version += 1
+        summary = RoundSummary(
+            state.round_id,
+            self.model_version,
+            tuple(state.selected),
+            tuple(accepted),
+            {d: r for d, r in sorted(rejected.items()) if d not in set(accepted)},
+            tuple(sorted(d for d, r in rejected.items() if "deadline" in r)),
+        )
+        self.round = None
+        self.next_round_id += 1
+        self._emit(
+            "round_closed",
+            round=state.round_id,
+            version=self.model_version,
+            accepted=list(summary.accepted),
+            rejected=summary.rejected,
+            secure=True,
+        )
+        return summary
+
+    def abort_round(self, reason: str, now: float) -> None:
+        """Close the open secure round without a new model (``reason`` goes to the events)."""
+        state = self._require_round()
+        self.round = None
+        self.next_round_id += 1
+        self._emit("round_failed", round=state.round_id, accepted=0, reason=reason, secure=True)
 
     # --- evaluation of the released model ------------------------------------------------------
     def eval_tasks(self, devices: Sequence[str] | None = None) -> dict[str, EvalTask]:

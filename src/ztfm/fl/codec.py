@@ -18,11 +18,15 @@ import numpy as np
 
 from ztfm.errors import UpdateRejected
 from ztfm.fl.messages import (
+    SECURE_PHASES,
     AttestReply,
     AttestTask,
     EvalReply,
     EvalTask,
     RoundTask,
+    SecAggReply,
+    SecAggTask,
+    SecureRoundConfig,
     UpdateReply,
 )
 
@@ -33,7 +37,16 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 256
 MAX_NDIM = 4
 
-Message = RoundTask | UpdateReply | EvalTask | EvalReply | AttestTask | AttestReply
+Message = (
+    RoundTask
+    | UpdateReply
+    | EvalTask
+    | EvalReply
+    | AttestTask
+    | AttestReply
+    | SecAggTask
+    | SecAggReply
+)
 
 _KINDS: dict[type[Any], int] = {
     RoundTask: 1,
@@ -42,6 +55,8 @@ _KINDS: dict[type[Any], int] = {
     EvalReply: 4,
     AttestTask: 5,
     AttestReply: 6,
+    SecAggTask: 7,
+    SecAggReply: 8,
 }
 _BY_KIND = {v: k for k, v in _KINDS.items()}
 # field name -> expected python type after JSON decoding (nonce travels as hex)
@@ -77,14 +92,21 @@ _FIELDS: dict[type[Any], dict[str, type | tuple[type, ...]]] = {
     },
     AttestTask: {"round_id": int, "nonce": str},
     AttestReply: {"round_id": int, "device_id": str, "evidence": str, "nonce": str},
+    SecAggTask: {"round_id": int, "phase": str, "nonce": str},
+    SecAggReply: {"round_id": int, "device_id": str, "phase": str, "nonce": str},
 }
 _ARRAY_FIELD = {RoundTask: "params", UpdateReply: "delta", EvalTask: "params"}
+# kinds whose binary part is one opaque byte string (its length is in the header as "b")
+_BLOB_FIELD = {SecAggTask: "payload", SecAggReply: "payload"}
 _HEAD = struct.Struct(">4sBBI")  # magic, version, kind, header length
 
 
 def encode(msg: Message) -> bytes:
     """Serialise a round message to bytes."""
     cls = type(msg)
+    if cls in _BLOB_FIELD:
+        blob = bytes(getattr(msg, _BLOB_FIELD[cls]))
+        return _header(msg, [], blob_bytes=len(blob)) + blob
     arrays: list[np.ndarray] = list(getattr(msg, _ARRAY_FIELD[cls])) if cls in _ARRAY_FIELD else []
     blobs = [np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays]
     return b"".join([_header(msg, arrays), *blobs])
@@ -106,14 +128,17 @@ def encode_many(msgs: dict[str, RoundTask] | dict[str, EvalTask]) -> dict[str, b
     return out
 
 
-def _header(msg: Message, arrays: list[np.ndarray]) -> bytes:
+def _header(msg: Message, arrays: list[np.ndarray], blob_bytes: int | None = None) -> bytes:
     cls = type(msg)
     fields: dict[str, Any] = {}
     for name in _FIELDS[cls]:
         value = getattr(msg, name)
         fields[name] = value.hex() if name == "nonce" else value
+    head: dict[str, Any] = {"f": fields, "a": [list(a.shape) for a in arrays]}
+    if blob_bytes is not None:
+        head["b"] = blob_bytes
     header = json.dumps(
-        {"f": fields, "a": [list(a.shape) for a in arrays]},
+        head,
         separators=(",", ":"),
         sort_keys=True,
         allow_nan=False,
@@ -167,6 +192,19 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         elif isinstance(value, float) and not np.isfinite(value):
             raise UpdateRejected(f"field {name} is not finite")
         kwargs[name] = value
+    if "phase" in kwargs and kwargs["phase"] not in SECURE_PHASES:
+        raise UpdateRejected("unknown secure-round phase")
+    if cls in _BLOB_FIELD:
+        size = header.get("b")
+        if shapes or not isinstance(size, int) or isinstance(size, bool):
+            raise UpdateRejected("message header is not of the expected form")
+        if _HEAD.size + hlen + size != len(data):
+            raise UpdateRejected("message payload length does not match its header")
+        kwargs[_BLOB_FIELD[cls]] = bytes(data[_HEAD.size + hlen :])
+        blob_msg: Message = cls(**kwargs)
+        return blob_msg
+    if "b" in header:
+        raise UpdateRejected("message carries a payload it should not")
     arrays = _decode_arrays(data, _HEAD.size + hlen, shapes)
     if cls in _ARRAY_FIELD:
         kwargs[_ARRAY_FIELD[cls]] = arrays
@@ -206,3 +244,95 @@ def _decode_arrays(data: bytes, offset: int, shapes: list[Any]) -> list[np.ndarr
         arrays.append(flat[pos : pos + n].reshape(shape))
         pos += n
     return arrays
+
+
+# --- the secure round's configuration (the binary payload of the ``advertise`` task) ----------
+_CFG_MAGIC = b"ZSC1"
+_CFG_HEAD = struct.Struct(">4sQIBIII")  # magic, round, length, bits, degree, threshold, m
+MAX_ROSTER = 100_000
+MAX_ID_BYTES = 256
+KEY_BYTES = 32
+
+
+def encode_secure_config(cfg: SecureRoundConfig) -> bytes:
+    """Compact binary form of a ``SecureRoundConfig`` (it can be far larger than the 64 KiB JSON
+    header allows: the roster and the neighbours' keys grow with the group)."""
+    out = [
+        _CFG_HEAD.pack(
+            _CFG_MAGIC,
+            cfg.round_id,
+            cfg.length,
+            cfg.bits,
+            cfg.degree,
+            cfg.threshold,
+            cfg.min_survivors,
+        ),
+        struct.pack(">B", len(cfg.session)),
+        cfg.session,
+        cfg.server_key,
+        struct.pack(">I", len(cfg.roster)),
+    ]
+    for d in cfg.roster:
+        raw = d.encode()
+        out += [struct.pack(">H", len(raw)), raw]
+    out.append(struct.pack(">I", len(cfg.identities)))
+    for d, key in sorted(cfg.identities.items()):
+        raw = d.encode()
+        out += [struct.pack(">H", len(raw)), raw, key]
+    return b"".join(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data, self.pos = data, pos
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise UpdateRejected("secure round config is truncated")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u(self, fmt: str) -> int:
+        st = struct.Struct(fmt)
+        value: int = st.unpack(self.take(st.size))[0]
+        return value
+
+    def ident(self) -> str:
+        n = self.u(">H")
+        if not 0 < n <= MAX_ID_BYTES:
+            raise UpdateRejected("secure round config has a malformed device id")
+        try:
+            return self.take(n).decode()
+        except UnicodeDecodeError as exc:
+            raise UpdateRejected("secure round config has a malformed device id") from exc
+
+
+def decode_secure_config(data: bytes) -> SecureRoundConfig:
+    """Parse ``encode_secure_config``; ``UpdateRejected`` if malformed, oversized or trailing."""
+    if len(data) < _CFG_HEAD.size:
+        raise UpdateRejected("secure round config is truncated")
+    magic, round_id, length, bits, degree, threshold, m = _CFG_HEAD.unpack_from(data)
+    if magic != _CFG_MAGIC:
+        raise UpdateRejected("not a secure round config (bad magic)")
+    r = _Reader(data, _CFG_HEAD.size)
+    session = r.take(r.u(">B"))
+    server_key = r.take(KEY_BYTES)
+    n = r.u(">I")
+    if n > MAX_ROSTER:
+        raise UpdateRejected("secure round config roster is too large")
+    roster = tuple(r.ident() for _ in range(n))
+    k = r.u(">I")
+    if k > n:
+        raise UpdateRejected("secure round config has more identities than roster members")
+    identities: dict[str, bytes] = {}
+    for _ in range(k):
+        d = r.ident()
+        if d in identities:
+            raise UpdateRejected("secure round config lists an identity twice")
+        identities[d] = r.take(KEY_BYTES)
+    if r.pos != len(data):
+        raise UpdateRejected("secure round config has trailing bytes")
+    return SecureRoundConfig(
+        round_id, session, roster, length, server_key, bits, degree, threshold, m, identities
+    )

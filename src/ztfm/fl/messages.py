@@ -84,3 +84,54 @@ class AttestReply:
     device_id: str
     evidence: str
     nonce: bytes
+
+
+SECURE_PHASES = ("train", "advertise", "share", "mask", "confirm", "unmask")
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggTask:
+    """Coordinator -> device: one phase of a secure round.
+
+    ``phase`` is one of ``SECURE_PHASES`` after ``train``; ``payload`` is the phase's SecAgg+
+    message (``ztfm.secagg.codec``) or, for ``advertise``, the round's ``SecureRoundConfig``
+    (``fl.codec.encode_secure_config``). ``nonce`` is fresh for every device and phase: the
+    reply must echo it, so a reply cannot be replayed into another phase or round.
+    """
+
+    round_id: int
+    phase: str
+    nonce: bytes
+    payload: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggReply:
+    """Device -> coordinator: this device's message for one phase of a secure round.
+
+    For ``train`` the payload is the device's SecAgg identity key (32-byte Ed25519 public key):
+    the update itself stays on the device. Otherwise it is the SecAgg+ message of the phase.
+    """
+
+    round_id: int
+    device_id: str
+    phase: str
+    nonce: bytes
+    payload: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SecureRoundConfig:
+    """What a device needs to join one SecAgg+ instance (the ``SecAggParams`` fields) and the
+    identity keys of its neighbours (device id -> raw Ed25519 public key)."""
+
+    round_id: int
+    session: bytes
+    roster: tuple[str, ...]
+    length: int
+    server_key: bytes
+    bits: int
+    degree: int
+    threshold: int
+    min_survivors: int
+    identities: dict[str, bytes] = field(default_factory=dict)
