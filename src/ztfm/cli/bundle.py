@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ztfm.cli._common import load_signing_key, open_ledger, parse_pubkey
-from ztfm.errors import BundleError
+from ztfm.errors import BundleError, ConfigError
 
 
 @click.group("bundle")
@@ -189,11 +189,13 @@ def verify(
 
     b = _read(path)
     lkey = parse_pubkey(log_key, "--log-key")
-    client = (
-        LedgerClient.from_state(lkey, state.read_bytes())
-        if state and state.exists()
-        else LedgerClient(lkey)
-    )
+    client = LedgerClient(lkey)
+    if state is not None and state.exists():
+        try:
+            raw = state.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read witness state {state}: {exc.strerror}") from exc
+        client = LedgerClient.from_state(lkey, raw)
     led = open_ledger(db)
     head = _sync(client, led)
     if state is not None:

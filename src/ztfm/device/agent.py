@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from scipy.stats import rankdata
 
 from ztfm.detect.base import threshold_for_far
+from ztfm.detect.evaluate import roc_auc as rank_auc
 from ztfm.errors import UpdateRejected
 from ztfm.fl import codec
 from ztfm.fl.messages import EvalReply, EvalTask, RoundTask, UpdateReply
@@ -73,13 +73,13 @@ def confusion(pred: np.ndarray, y: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def roc_auc(scores: np.ndarray, y: np.ndarray) -> float:
-    """Rank-based ROC-AUC (ties count one half); ``UNDEFINED_AUC`` if one class is missing."""
-    y = y.astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    """ROC-AUC for an evaluation reply (``detect.evaluate.roc_auc``): ``UNDEFINED_AUC`` if one
+    class is missing or a score is not finite (a broken model must still report its counts)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(s).all():
         return UNDEFINED_AUC
-    ranks = rankdata(scores)  # average ranks over ties
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    auc = rank_auc(s, y)
+    return UNDEFINED_AUC if auc is None else auc
 
 
 class DeviceAgent:

@@ -89,3 +89,40 @@ def test_stray_temp_files_of_both_namings_are_removed_on_open(tmp_path: Path) ->
     (d / "keep.txt").write_bytes(b"not ours")
     InstalledModel(d, model_id=MODEL, release_key=RELEASE_KEY.verify_key)
     assert sorted(p.name for p in d.iterdir()) == ["keep.txt"]
+
+
+def test_an_unreadable_state_file_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, out, opts = _published(tmp_path)
+    state = tmp_path / "state.json"
+    state.write_bytes(b"{}")
+    real = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self == state:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    res = CliRunner().invoke(cli, ["bundle", "verify", str(out), *opts, "--state", str(state)])
+    assert res.exit_code == 1
+    assert f"cannot read witness state {state}: Permission denied" in str(res.exception)
+
+
+def test_atomic_write_removes_its_temp_file_when_the_write_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ztfm.identity._fs import atomic_write
+
+    target = tmp_path / "f"
+    atomic_write(target, b"old")
+
+    def broken_fsync(_fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="Input/output"):
+        atomic_write(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]

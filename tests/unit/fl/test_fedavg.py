@@ -265,6 +265,8 @@ def test_roc_auc_reference() -> None:
     assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), y) == 0.75
     assert roc_auc(np.array([1.0, 1.0, 1.0, 1.0]), y) == 0.5
     assert roc_auc(np.array([0.1, 0.2]), np.array([0, 0])) == -1.0
+    # a broken model (NaN scores) still reports its counts, with the AUC undefined
+    assert roc_auc(np.array([0.1, np.nan, 0.3, 0.8]), y) == -1.0
 
 
 def test_codec_round_trip_and_rejections() -> None:
