@@ -16,7 +16,8 @@ Two parts, both printed as tables and written to bench/results/robustness.json:
 * ``groups``: synthetic updates, SecAgg groups of size k, robust rule over group means: error
   vs the benign mean as k grows, with the expected and worst-case number of spoiled groups.
 
-Usage: python bench/robustness.py [--quick] [--rounds 5] [--epochs 1] [--jobs 1]
+Usage: python bench/robustness.py [--quick] [--rounds 5] [--epochs 1] [--jobs 1] [--dataset skab]
+       [--canary 4] [--attacks a,b] [--defences d,e] [--fractions 0.1,0.2,0.3] [--skip-synthetic]
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from ztfm.fl.params import ParamSpec
 from ztfm.robust import Aggregator, make_aggregator
 from ztfm.robust.groups import assign_groups, expected_spoiled_groups, robust_over_groups
 from ztfm.sim.attacks import DataAttack, UpdateAttack, make_attack
-from ztfm.sim.config import SimConfig
-from ztfm.sim.runner import Simulation, make_local_model
+from ztfm.sim.config import FleetConfig, SimConfig
+from ztfm.sim.fleet import CanaryDevice, CanaryEvaluator, Fleet, build_fleet, split_canary
+from ztfm.sim.runner import Simulation, causal_smoother, make_local_model
 from ztfm.trust import MemoryTrustStore, TrustManager, TrustState, observe_updates
 from ztfm.types import DeviceId
 
@@ -103,13 +105,60 @@ def _f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return f1, prec, rec
 
 
+_FLEETS: dict[tuple[str, int, int], tuple[Fleet, tuple[CanaryDevice, ...]]] = {}
+
+
+def fleet_and_canary(
+    dataset: str, n_canary: int, seed: int
+) -> tuple[Fleet, tuple[CanaryDevice, ...]]:
+    """The federation and the coordinator's canary devices held out of it (cached per process:
+    building the SKAB features takes seconds). ``n_canary`` = 0: the whole fleet, no canary."""
+    key = (dataset, n_canary, seed)
+    if key not in _FLEETS:
+        cfg = _config(dataset, seed)
+        full = build_fleet(cfg.fleet, cfg.detector)
+        _FLEETS[key] = (
+            split_canary(full, n_canary, np.random.default_rng([seed, 13]))
+            if n_canary
+            else (full, ())
+        )
+    return _FLEETS[key]
+
+
+def _config(dataset: str, seed: int) -> SimConfig:
+    return SimConfig(seed=seed, fleet=FleetConfig(dataset=dataset))
+
+
+def canary_evaluator(dataset: str, n_canary: int, seed: int) -> CanaryEvaluator:
+    cfg = _config(dataset, seed)
+    fleet, canary = fleet_and_canary(dataset, n_canary, seed)
+    return CanaryEvaluator(
+        canary,
+        lambda: make_local_model(cfg, fleet.n_features),
+        target_far=cfg.detector.target_far,
+        threshold_margin=cfg.detector.threshold_margin,
+        postprocess=causal_smoother(cfg.detector.smoothing),
+    )
+
+
 def run_fleet(
-    attack: str, defence: str, fraction: float, rounds: int, epochs: int, seed: int
+    attack: str,
+    defence: str,
+    fraction: float,
+    rounds: int,
+    epochs: int,
+    seed: int,
+    dataset: str = "skab",
+    n_canary: int = 0,
 ) -> dict[str, Any]:
-    """One federated run; returns F1/recall on honest devices and quarantine statistics."""
+    """One federated run; returns F1/recall on honest devices, quarantine statistics and the
+    final global model (flat float32, key ``_params``) for the canary evaluation.
+    ``n_canary`` > 0 holds that many devices out of the federation as the coordinator's canary
+    set; 0 keeps the whole fleet and uses rows of 3 honest devices as before."""
     t0 = time.perf_counter()
-    cfg = SimConfig(seed=seed)
-    sim = Simulation(cfg)
+    cfg = _config(dataset, seed)
+    fleet, canary_devs = fleet_and_canary(dataset, n_canary, seed)
+    sim = Simulation(cfg, fleet=fleet)
     agents: dict[str, DeviceAgent] = dict(sim.agents)
     devices = sorted(agents)
     n = len(devices)
@@ -149,16 +198,26 @@ def run_fleet(
         assert isinstance(built, UpdateAttack)
         upd_atk = built
 
-    # The coordinator's own clean root/canary set: 100 benign training rows of 3 honest devices
-    # it operates itself (FLTrust's server update is trained on it).
-    canary_rows = np.concatenate([agents[d].data.train[:100] for d in honest[:3]])
-    canary = DeviceAgent(
-        "coordinator-canary",
-        "canary",
-        make_local_model(cfg, sim.fleet.n_features),
-        DeviceData(canary_rows, canary_rows, canary_rows[:10], np.zeros(10, np.int8)),
-        rng=np.random.default_rng([seed, 9]),
-    )
+    # The coordinator's own clean root set (FLTrust's server update is trained on it): the
+    # benign rows of its canary devices, which are not fleet members (one agent per canary
+    # device, each in its own local feature space; updates averaged). Without canary devices:
+    # 100 benign training rows of 3 honest devices (rows 100-199 are the held-out benign rows).
+    if canary_devs:
+        root_rows = [c.calib for c in canary_devs]
+        holdout = [c.test_x[c.test_y == 0] for c in canary_devs]
+    else:
+        root_rows = [np.concatenate([agents[d].data.train[:100] for d in honest[:3]])]
+        holdout = [np.concatenate([agents[d].data.train[100:200] for d in honest[:3]])]
+    root = [
+        DeviceAgent(
+            f"coordinator-canary-{i}",
+            "canary",
+            make_local_model(cfg, sim.fleet.n_features),
+            DeviceData(rows, rows, rows[:10], np.zeros(10, np.int8)),
+            rng=np.random.default_rng([seed, 9, i]),
+        )
+        for i, rows in enumerate(root_rows)
+    ]
     trust = TrustManager(MemoryTrustStore())
     use_trust = defence.endswith("+trust")
     params_now = sim.initial_params
@@ -185,7 +244,11 @@ def run_fleet(
             for d, v in zip(bad, crafted, strict=True):
                 deltas[d] = v
         x = np.stack([deltas[d] for d in part])
-        server = spec.flatten(canary.train(task).delta).astype(np.float64)
+        server = (
+            np.mean([spec.flatten(c.train(task).delta) for c in root], axis=0).astype(np.float64)
+            if defence.startswith("fltrust")
+            else None
+        )
         weights = trust.weights([DeviceId(d) for d in part], now) if use_trust else None
         f = min(len(bad), (len(part) - 1) // 2) if defence != "mean" else 0
         if "@k" in defence:
@@ -226,9 +289,11 @@ def run_fleet(
                 quarantined_at[d] = r + 1
     # Model quality in the detector's own terms: mean anomaly score of held-out benign canary
     # rows under the final global model (lower = benign telemetry reconstructed better).
-    holdout = np.concatenate([agents[d].data.train[100:200] for d in honest[:3]])
-    canary.model.set_params(params_now)
-    canary_score = float(np.mean(canary.model.score(holdout)))
+    scores = []
+    for agent, rows in zip(root, holdout, strict=True):
+        agent.model.set_params(params_now)
+        scores.append(agent.model.score(rows))
+    canary_score = float(np.mean(np.concatenate(scores)))
     tp = fp = fn = tn = 0
     for d in honest:
         ev = agents[d].evaluate(EvalTask(rounds, rounds, params_now, NONCE))
@@ -237,9 +302,11 @@ def run_fleet(
     caught = sum(1 for d in attackers if quarantined_at.get(d, 99) <= 5)
     false_q = sum(1 for d in honest if d in quarantined_at)
     return {
+        "dataset": dataset,
         "attack": attack,
         "defence": defence,
         "fraction": fraction,
+        "seed": seed,
         "n": n,
         "attackers": len(attackers),
         "f1": f1,
@@ -253,10 +320,14 @@ def run_fleet(
         "agg_error_mean": float(np.mean(errors)) if errors else None,
         "agg_error_max": float(np.max(errors)) if errors else None,
         "wall_s": time.perf_counter() - t0,
+        "_params": spec.flatten(params_now).astype(np.float32),
     }
 
 
-def _job(args: tuple[str, str, float, int, int, int]) -> dict[str, Any]:
+Job = tuple[str, str, float, int, int, int, str, int]
+
+
+def _job(args: Job) -> dict[str, Any]:
     torch.set_num_threads(1)
     return run_fleet(*args)
 
@@ -269,9 +340,18 @@ def fleet_grid(
     epochs: int,
     seed: int,
     jobs: int,
+    dataset: str = "skab",
+    n_canary: int = 0,
 ) -> list[dict[str, Any]]:
+    """Every attack x defence x fraction; with canary devices, each run's final model is also
+    judged on the canary set (``add_canary_metrics``)."""
     names = ["none", *[a for a in attacks if a != "none"]]
-    grid = [(a, d, fr, rounds, epochs, seed) for fr in fractions for a in names for d in defences]
+    grid: list[Job] = [
+        (a, d, fr, rounds, epochs, seed, dataset, n_canary)
+        for fr in fractions
+        for a in names
+        for d in defences
+    ]
     out: list[dict[str, Any]] = []
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
@@ -283,7 +363,93 @@ def fleet_grid(
             res = _job(g)
             out.append(res)
             _progress(res)
+    if n_canary:
+        add_canary_metrics(out, dataset, n_canary, seed)
+    for r in out:
+        r.pop("_params", None)
     return out
+
+
+def add_canary_metrics(runs: list[dict[str, Any]], dataset: str, n_canary: int, seed: int) -> None:
+    """The shared model on the coordinator's canary set, with ONE threshold for all canary
+    devices: ``canary_auc`` (threshold-free), ``canary_f1_fixed`` at the threshold calibrated on
+    the canary benign rows under the same defence's no-attack model (what an operator fixes once
+    and keeps), and ``canary_f1_recal`` at a threshold the coordinator recalibrates for each
+    model (still one for all devices)."""
+    ev = canary_evaluator(dataset, n_canary, seed)
+    cfg = _config(dataset, seed)
+    fleet, _ = fleet_and_canary(dataset, n_canary, seed)
+    spec = ParamSpec.of(make_local_model(cfg, fleet.n_features).get_params())
+    fixed: dict[tuple[str, float], float] = {}
+    for r in runs:
+        if r["attack"] == "none":
+            fixed[(r["defence"], r["fraction"])] = ev.threshold(spec.unflatten(r["_params"]))
+    for r in runs:
+        params = spec.unflatten(r["_params"])
+        t = fixed.get((r["defence"], r["fraction"]))
+        at_fixed = ev.evaluate(params, t)
+        recal = ev.evaluate(params)
+        r.update(
+            {
+                "canary_auc": at_fixed["roc_auc"],
+                "canary_f1_fixed": at_fixed["f1"],
+                "canary_far_fixed": at_fixed["far"],
+                "canary_recall_fixed": at_fixed["recall"],
+                "canary_threshold_fixed": at_fixed["threshold"],
+                "canary_f1_recal": recal["f1"],
+                "canary_rows": len(ev.test_y),
+                "canary_attack_rows": int(ev.test_y.sum()),
+            }
+        )
+
+
+TARGET_ATTACKS = ("alie", "ipm", "scaling", "label_flip")
+
+
+def targets(fleet: list[dict[str, Any]], best: str = "geometric_median+trust") -> dict[str, Any]:
+    """Issue 8's targets from the grid: at 20% attackers, the F1 drop (points) against no attack
+    for FedAvg and for ``best`` on the honest devices (fleet F1) and on the canary set (fixed
+    threshold), and quarantine by round 5 over every run in which trust watched."""
+
+    def cell(a: str, d: str, fr: float) -> dict[str, Any] | None:
+        return next(
+            (x for x in fleet if x["attack"] == a and x["defence"] == d and x["fraction"] == fr),
+            None,
+        )
+
+    rows = []
+    for fr in sorted({x["fraction"] for x in fleet}):
+        for a in TARGET_ATTACKS:
+            for d in ("mean", best):
+                r, base = cell(a, d, fr), cell("none", d, fr)
+                if r is None or base is None:
+                    continue
+                row = {
+                    "fraction": fr,
+                    "attack": a,
+                    "defence": d,
+                    "fleet_f1_drop_pts": 100 * (base["f1"] - r["f1"]),
+                }
+                if "canary_f1_fixed" in r:
+                    row["canary_f1_fixed_drop_pts"] = 100 * (
+                        base["canary_f1_fixed"] - r["canary_f1_fixed"]
+                    )
+                    row["canary_auc_drop_pts"] = 100 * (base["canary_auc"] - r["canary_auc"])
+                rows.append(row)
+    watched = [x for x in fleet if "@k" not in x["defence"] and x["attack"] != "none"]
+    return {
+        "best": best,
+        "f1_drops": rows,
+        "quarantine": {
+            "runs": len(watched),
+            "attackers": sum(x["attackers"] for x in watched),
+            "caught_by_r5": sum(x["attackers_quarantined_by_r5"] for x in watched),
+            "honest_device_runs": sum(x["honest"] for x in fleet if "@k" not in x["defence"]),
+            "honest_quarantined": sum(
+                x["honest_quarantined"] for x in fleet if "@k" not in x["defence"]
+            ),
+        },
+    }
 
 
 def _progress(r: dict[str, Any]) -> None:
@@ -391,6 +557,14 @@ def main() -> None:
     ap.add_argument("--defences", default="")
     ap.add_argument("--fractions", default="0.1,0.2,0.3")
     ap.add_argument("--skip-fleet", action="store_true")
+    ap.add_argument("--skip-synthetic", action="store_true", help="No group/speed tables.")
+    ap.add_argument("--dataset", default="skab", help="skab | lab")
+    ap.add_argument(
+        "--canary",
+        type=int,
+        default=4,
+        help="Devices held out of the federation as the coordinator's canary set (0 = none).",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     attacks = args.attacks.split(",") if args.attacks else list(ATTACKS)
@@ -402,7 +576,53 @@ def main() -> None:
         fractions = [0.2]
 
     t0 = time.perf_counter()
-    groups = groups_tradeoff(args.seed)
+    groups: list[dict[str, Any]] = []
+    timing: list[dict[str, Any]] = []
+    if not args.skip_synthetic:
+        groups, timing = synthetic_tables(args.seed)
+    fleet: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    if not args.skip_fleet:
+        fleet = fleet_grid(
+            attacks,
+            defences,
+            fractions,
+            args.rounds,
+            args.epochs,
+            args.seed,
+            args.jobs,
+            args.dataset,
+            args.canary,
+        )
+        print_fleet(fleet, attacks, defences, fractions, args)
+        summary = targets(fleet)
+        print_targets(summary)
+    doc = {
+        "bench": "robustness",
+        "config": {
+            "dataset": args.dataset,
+            "canary_devices": args.canary,
+            "rounds": args.rounds,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "fractions": fractions,
+            "attacks": attacks,
+            "defences": defences,
+            "attack_params": {a: ATTACKS[a] for a in attacks},
+        },
+        "groups": groups,
+        "speed": timing,
+        "fleet": fleet,
+        "targets": summary,
+        "wall_s": time.perf_counter() - t0,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1, default=str))
+    print(f"\nwrote {args.out}")
+
+
+def synthetic_tables(seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    groups = groups_tradeoff(seed)
     print("\nSecAgg groups x robust rule (synthetic, n=60, d=200; error in benign std units)")
     print(
         f"{'f':>3} {'attack':<8} {'k':>3} {'groups':>6} {'E[spoiled]':>10} {'worst':>5} "
@@ -427,7 +647,7 @@ def main() -> None:
                     f"{fmt(sel['geometric_median']['error']):>8} {fmt(sel['mean']['error']):>8}"
                 )
 
-    timing = speed(args.seed)
+    timing = speed(seed)
     print("\nrule wall time (s), d = 8,384 (SKAB autoencoder), f = n/10, median of 3")
     print(f"{'rule':<18}" + "".join(f"{'n=' + str(n):>10}" for n in (30, 100, 300)))
     for rule in dict.fromkeys(r["rule"] for r in timing):
@@ -437,57 +657,75 @@ def main() -> None:
         ]
         print(f"{rule:<18}" + "".join(f"{c:>10.4f}" for c in cells))
 
-    fleet: list[dict[str, Any]] = []
-    if not args.skip_fleet:
-        print("\nfleet runs (SKAB, real autoencoder):", file=sys.stderr)
-        fleet = fleet_grid(
-            attacks, defences, fractions, args.rounds, args.epochs, args.seed, args.jobs
-        )
+    return groups, timing
+
+
+def print_fleet(
+    fleet: list[dict[str, Any]],
+    attacks: list[str],
+    defences: list[str],
+    fractions: list[float],
+    args: argparse.Namespace,
+) -> None:
+    canary = any("canary_auc" in x for x in fleet)
+    print(
+        f"\n{args.dataset} fleet ({fleet[0]['n']} devices"
+        f"{f', {args.canary} canary devices held out' if args.canary else ''}), "
+        f"{args.rounds} rounds x {args.epochs} local epoch(s). Cell: fleet F1 on honest devices "
+        "(own thresholds)"
+        + (" / canary ROC-AUC / canary F1 at one fixed threshold" if canary else "")
+        + "; q = attackers quarantined by round 5"
+    )
+    for fr in fractions:
+        print(f"\nattackers {fr:.0%}")
+        width = 26 if canary else 18
+        print(f"{'attack':<12}" + "".join(f"{d[: width - 2]:>{width}}" for d in defences))
+        for a in ["none", *[x for x in attacks if x != "none"]]:
+            cells = []
+            for d in defences:
+                r = next(
+                    (
+                        x
+                        for x in fleet
+                        if x["attack"] == a and x["defence"] == d and x["fraction"] == fr
+                    ),
+                    None,
+                )
+                if r is None:
+                    cells.append("-")
+                    continue
+                c = f"{r['f1']:.3f}"
+                if canary:
+                    c += f"/{r['canary_auc']:.3f}/{r['canary_f1_fixed']:.3f}"
+                else:
+                    c += f"/{r['attack_recall']:.2f}"
+                if a != "none" and "@k" not in d:
+                    c += f" q{r['attackers_quarantined_by_r5']}"
+                cells.append(c)
+            print(f"{a:<12}" + "".join(f"{c:>{width}}" for c in cells))
+
+
+def print_targets(summary: dict[str, Any]) -> None:
+    print(
+        f"\nF1 drop vs no attack, points (FedAvg vs {summary['best']}); target at 20%: best "
+        "<= 2, FedAvg visibly worse"
+    )
+    print(
+        f"{'frac':>5} {'attack':<11} {'defence':<24} {'fleet F1':>9} {'canary F1':>10} {'AUC':>6}"
+    )
+    for r in summary["f1_drops"]:
         print(
-            f"\nSKAB fleet, {args.rounds} rounds x {args.epochs} local epoch(s); F1 / attack "
-            "recall on honest devices; q = attackers quarantined by round 5, fq = honest "
-            "quarantined"
+            f"{r['fraction']:>5.0%} {r['attack']:<11} {r['defence']:<24} "
+            f"{r['fleet_f1_drop_pts']:>9.1f} "
+            f"{r.get('canary_f1_fixed_drop_pts', float('nan')):>10.1f} "
+            f"{r.get('canary_auc_drop_pts', float('nan')):>6.1f}"
         )
-        for fr in fractions:
-            print(f"\nattackers {fr:.0%}")
-            print(f"{'attack':<12}" + "".join(f"{d[:16]:>18}" for d in defences))
-            for a in ["none", *[x for x in attacks if x != "none"]]:
-                cells = []
-                for d in defences:
-                    r = next(
-                        (
-                            x
-                            for x in fleet
-                            if x["attack"] == a and x["defence"] == d and x["fraction"] == fr
-                        ),
-                        None,
-                    )
-                    cells.append(
-                        "-"
-                        if r is None
-                        else f"{r['f1']:.3f}/{r['attack_recall']:.2f}"
-                        f"{'' if a == 'none' else ' q' + str(r['attackers_quarantined_by_r5'])}"
-                    )
-                print(f"{a:<12}" + "".join(f"{c:>18}" for c in cells))
-    doc = {
-        "bench": "robustness",
-        "config": {
-            "rounds": args.rounds,
-            "epochs": args.epochs,
-            "seed": args.seed,
-            "fractions": fractions,
-            "attacks": attacks,
-            "defences": defences,
-            "attack_params": {a: ATTACKS[a] for a in attacks},
-        },
-        "groups": groups,
-        "speed": timing,
-        "fleet": fleet,
-        "wall_s": time.perf_counter() - t0,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1, default=str))
-    print(f"\nwrote {args.out}")
+    q = summary["quarantine"]
+    print(
+        f"quarantine by round 5: {q['caught_by_r5']}/{q['attackers']} attackers "
+        f"({q['runs']} attacked runs with trust watching); honest quarantined "
+        f"{q['honest_quarantined']}/{q['honest_device_runs']} device-runs"
+    )
 
 
 if __name__ == "__main__":
