@@ -74,6 +74,52 @@ def shared_indices(length: int, k: int, seed: bytes) -> IndexArray:
     return out
 
 
+def cyclic_indices(length: int, k: int, round_index: int, seed: bytes) -> IndexArray:
+    """Round ``round_index``'s block of k coordinates from one public permutation of the vector
+    (from ``seed``): consecutive rounds send disjoint blocks, so every coordinate is sent once
+    every ceil(length / k) rounds (rand-k repeats some and misses others: after r rounds it has
+    covered 1 - (1 - k/length)^r of the vector, cyclic min(1, r k / length))."""
+    if length <= 0:
+        raise PrivacyError("length must be positive")
+    _check_k(k, length)
+    if round_index < 0:
+        raise PrivacyError("round_index must be non-negative")
+    if not seed:
+        raise PrivacyError("shared sparsity seed is empty")
+    key = hashlib.sha256(b"ztfm/privacy/cyclic-indices/v1" + seed).digest()
+    perm = np.argsort(expand_mask(key, length, np.uint64), kind="stable")
+    start = (round_index * k) % length
+    block = np.take(perm, np.arange(start, start + k), mode="wrap")
+    out: IndexArray = np.sort(block).astype(np.int64)
+    return out
+
+
+def public_topk_indices(
+    previous_update: npt.ArrayLike, k: int, seed: bytes, explore: float = 0.5
+) -> IndexArray:
+    """k shared coordinates from PUBLIC data only: the top (1 - explore) k of |previous global
+    update| (released, so no device's data is revealed by the choice) plus explore k random
+    others from ``seed``. Exploration is needed: under shared sparsity the previous global
+    update is non-zero only on the previous round's coordinates, so pure top-k would pick the
+    same set for ever."""
+    prev = _vector(previous_update)
+    length = prev.size
+    _check_k(k, length)
+    if not 0 <= explore <= 1:
+        raise PrivacyError("explore must be in [0, 1]")
+    k_top = min(k - round(explore * k), int(np.count_nonzero(prev)))
+    top = topk_indices(prev, k_top) if k_top > 0 else np.zeros(0, dtype=np.int64)
+    need = k - top.size
+    rest = np.flatnonzero(prev == 0)
+    if rest.size < need:
+        rest = np.setdiff1d(np.arange(length), top)
+    if need > 0:
+        pick = shared_indices(rest.size, need, seed)
+        top = np.concatenate([top, rest[pick]])
+    out: IndexArray = np.sort(top).astype(np.int64)
+    return out
+
+
 def topk_indices(x: npt.ArrayLike, k: int) -> IndexArray:
     """Sorted indices of the k largest |x| (ties broken by position)."""
     arr = _vector(x)
