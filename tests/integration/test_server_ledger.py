@@ -49,3 +49,29 @@ def test_moves_into_and_out_of_quarantine_become_ledger_entries() -> None:
         ("cam-2", "release", 4),
     ]
     assert bodies[1]["reason"] == "canary replay passed"
+
+
+def test_first_keys_are_enrolments_and_new_keys_are_rotations() -> None:
+    fleet = LocalFleet.create("fleet.local", time.time())
+    coord = Coordinator(
+        [np.zeros(2, np.float32)], FedAvg(), RoundSettings(), rng=np.random.default_rng(0)
+    )
+    ledger = Ledger(MemoryLedgerStore(), SigningKey.generate())
+    server = CoordinatorServer(
+        fleet,
+        CoordinatorService(coord, rounds=1, expected_devices=1),
+        MemoryAuditSink(),
+        UnsafeAssumeAttested(),
+        releaser=ModelReleaser(ledger, SigningKey.generate(), model_id="m", architecture="x"),
+    )
+    first = fleet.enroll("cams", "cam-0", time.time())
+    server._issued(first.identity, first.cert, "enrolled", 10.0)
+    server._issued(first.identity, first.cert, "renewed", 11.0)  # same key: not a rotation
+    again = fleet.enroll("cams", "cam-0", time.time())  # the device came back with a new key
+    server._issued(again.identity, again.cert, "enrolled", 12.0)
+    entries = [ledger.entry(i) for i in range(ledger.size)]
+    assert [e.kind for e in entries] == [EntryKind.ENROLMENT, EntryKind.KEY_ROTATION]
+    assert entries[0].body["public_key"] == first.cert.public_key.fingerprint()
+    assert entries[1].body["previous_key"] == first.cert.public_key.fingerprint()
+    assert entries[1].body["public_key"] == again.cert.public_key.fingerprint()
+    assert entries[1].body["identity"] == again.identity.uri

@@ -29,6 +29,7 @@ from ztfm.audit import AuditSink, SnapshotStore
 from ztfm.bundle import Bundle, publish_bundle, receipt_for
 from ztfm.coordinator.attest import FleetAttestation
 from ztfm.coordinator.service import CoordinatorService
+from ztfm.crypto.pki import Certificate
 from ztfm.crypto.signing import SigningKey
 from ztfm.errors import RoundError, ZtfmError
 from ztfm.identity import Identity
@@ -204,6 +205,8 @@ class CoordinatorServer:
         self.attestation = attestation
         self.trust_log = trust_log
         self._trust_seen = 0
+        self._keys: dict[str, str] = {}  # identity URI -> key fingerprint on the ledger
+        self._keys_lock = threading.Lock()
         self.handler = RoundRpcHandler(
             service, clock=self.clock, model=releaser, attest=attestation
         )
@@ -221,12 +224,18 @@ class CoordinatorServer:
             coord = self.service.coordinator
             self._released(self.releaser.release(coord.params, coord.model_version, 0, now))
         gate = self.fleet.gate(self.audit, self.trust, snapshots=self.snapshots)
+        on_issued = self._issued if self.releaser is not None else None
         self._fleet_server = self.fleet.serve(
-            self.handler, gate, self.listen, clock=self.clock, max_workers=self.max_workers
+            self.handler,
+            gate,
+            self.listen,
+            clock=self.clock,
+            max_workers=self.max_workers,
+            on_issued=on_issued,
         )
         try:
             self._enroll_server = self.fleet.serve_enrollment(
-                self.audit, self.enroll_listen, clock=self.clock
+                self.audit, self.enroll_listen, clock=self.clock, on_issued=on_issued
             )
         except BaseException:
             self._fleet_server.stop(0)
@@ -246,6 +255,30 @@ class CoordinatorServer:
         self._driver = threading.Thread(target=self._drive, name="ztfm-driver", daemon=True)
         self._driver.start()
         return ends
+
+    def _issued(self, identity: Identity, cert: Certificate, how: str, now: float) -> None:
+        """A certificate was issued: a first key is an ``enrolment`` on the ledger, a device
+        that comes back with another key a ``key_rotation`` (same-key renewals are audited
+        only)."""
+        assert self.releaser is not None
+        key = cert.public_key.fingerprint()
+        with self._keys_lock:
+            old = self._keys.get(identity.uri)
+            self._keys[identity.uri] = key
+        if old == key:
+            return
+        kind = EntryKind.ENROLMENT if old is None else EntryKind.KEY_ROTATION
+        body = {
+            "device_id": identity.device_id,
+            "identity": identity.uri,
+            "public_key": key,
+            "key_kind": "x509-spki-sha256",
+            "serial": f"{cert.serial:x}",
+            "how": how,
+        }
+        if old is not None:
+            body["previous_key"] = old
+        self.releaser.ledger.append(Entry.create(kind, body, now=now))
 
     def _ledger_quarantine(self, round_id: int) -> None:
         if self.trust_log is None or self.releaser is None:

@@ -34,7 +34,7 @@ from ztfm.identity.store import CaDirectoryLock, load_ca
 from ztfm.policy import Policy, PolicyEngine, TrustSource
 from ztfm.transport.gate import RejectionObserver, RequestGate, RpcHandler
 from ztfm.transport.grpc_client import FleetClient, RetryPolicy
-from ztfm.transport.grpc_server import EnrollmentServer, FleetServer, TlsFiles
+from ztfm.transport.grpc_server import EnrollmentServer, FleetServer, OnIssued, TlsFiles
 from ztfm.types import Clock, SystemClock
 from ztfm.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES
 
@@ -242,6 +242,7 @@ class LocalFleet:
         clock: Clock | None = None,
         max_workers: int = 16,
         rotate_tls: bool = True,
+        on_issued: OnIssued | None = None,
     ) -> FleetServer:
         """A started mTLS server with RenewCert and GetRevocations served from this CA.
 
@@ -261,10 +262,16 @@ class LocalFleet:
             ca_lock=self.ca_lock,
             cert_ttl_s=self.cert_ttl_s,
             revocations=lambda: self.revocations.current(clk.now()),
+            on_issued=on_issued,
         ).start()
 
     def serve_enrollment(
-        self, audit: AuditSink, address: str = "127.0.0.1:0", *, clock: Clock | None = None
+        self,
+        audit: AuditSink,
+        address: str = "127.0.0.1:0",
+        *,
+        clock: Clock | None = None,
+        on_issued: OnIssued | None = None,
     ) -> EnrollmentServer:
         c = self.coordinator
         return EnrollmentServer(
@@ -277,4 +284,5 @@ class LocalFleet:
             ca_lock=self.ca_lock,
             registry=self.registry,
             cert_ttl_s=self.cert_ttl_s,
+            on_issued=on_issued,
         ).start()

@@ -28,9 +28,9 @@ from typing import Any, Final
 import grpc
 
 from ztfm.audit import AuditSink
-from ztfm.crypto.pki import CertificateRequest
+from ztfm.crypto.pki import Certificate, CertificateRequest
 from ztfm.errors import CryptoError, IdentityError, RequestRejected, TransportError, ZtfmError
-from ztfm.identity import FleetCA, InMemoryKeyRegistry, SignedRevocationList
+from ztfm.identity import FleetCA, Identity, InMemoryKeyRegistry, SignedRevocationList
 from ztfm.transport.gate import (
     METHOD_KIND,
     Admitted,
@@ -48,6 +48,9 @@ from ztfm.wire.codec import (
 )
 
 log = logging.getLogger(__name__)
+
+# (identity, new certificate, "enrolled" | "renewed", now): e.g. to record it on the ledger
+OnIssued = Callable[[Identity, Certificate, str, float], None]
 
 FLEET_SERVICE: Final = "ztfm.v1.Fleet"
 ENROLL_SERVICE: Final = "ztfm.v1.Enrollment"
@@ -110,7 +113,9 @@ class FleetServer:
         revocations: Callable[[], SignedRevocationList] | None = None,
         cert_ttl_s: float = 3600.0,
         max_concurrent_rpcs: int | None = None,
+        on_issued: OnIssued | None = None,
     ) -> None:
+        self.on_issued = on_issued
         self.gate = gate
         self.handler = handler
         self.clock: Clock = clock or SystemClock()
@@ -240,6 +245,8 @@ class FleetServer:
                 cert = self.ca.renew(csr, adm.identity, now, self.cert_ttl_s)
                 if self.on_ca_change is not None:
                     self.on_ca_change(self.ca)
+            if self.on_issued is not None:
+                self.on_issued(adm.identity, cert, "renewed", now)
             self.gate.audit.record(
                 "identity.renewed",
                 {
@@ -272,7 +279,9 @@ class EnrollmentServer:
         registry: InMemoryKeyRegistry | None = None,
         cert_ttl_s: float = 3600.0,
         budget: RejectionBudget | None = None,
+        on_issued: OnIssued | None = None,
     ) -> None:
+        self.on_issued = on_issued
         self.budget = budget if budget is not None else RejectionBudget(capacity=10)
         self.ca = ca
         self.audit = audit
@@ -343,6 +352,8 @@ class EnrollmentServer:
                 self.audit.record(
                     "enroll.key_conflict", {"identity": identity.uri, "detail": str(exc)}, now
                 )
+        if self.on_issued is not None:
+            self.on_issued(identity, cert, "enrolled", now)
         self.audit.record(
             "enroll.issued",
             {"identity": identity.uri, "serial": f"{cert.serial:x}", "not_after": cert.not_after},
