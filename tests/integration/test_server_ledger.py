@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from ztfm.audit import MemoryAuditSink
 from ztfm.coordinator.core import Coordinator, RoundSettings
 from ztfm.coordinator.server import CoordinatorServer, ModelReleaser, UnsafeAssumeAttested
 from ztfm.coordinator.service import CoordinatorService
 from ztfm.crypto.signing import SigningKey
+from ztfm.errors import IdentityError, ZtfmError
 from ztfm.fl.strategy import FedAvg
 from ztfm.ledger import EntryKind, Ledger, MemoryLedgerStore
 from ztfm.transport.grpc_fleet import LocalFleet
@@ -75,3 +77,29 @@ def test_first_keys_are_enrolments_and_new_keys_are_rotations() -> None:
     assert entries[1].body["previous_key"] == first.cert.public_key.fingerprint()
     assert entries[1].body["public_key"] == again.cert.public_key.fingerprint()
     assert entries[1].body["identity"] == again.identity.uri
+
+
+def test_a_revocation_is_served_at_once_audited_and_on_the_ledger() -> None:
+    fleet = LocalFleet.create("fleet.local", time.time())
+    coord = Coordinator(
+        [np.zeros(2, np.float32)], FedAvg(), RoundSettings(), rng=np.random.default_rng(0)
+    )
+    ledger = Ledger(MemoryLedgerStore(), SigningKey.generate())
+    audit = MemoryAuditSink()
+    server = CoordinatorServer(
+        fleet,
+        CoordinatorService(coord, rounds=1, expected_devices=1),
+        audit,
+        UnsafeAssumeAttested(),
+        releaser=ModelReleaser(ledger, SigningKey.generate(), model_id="m", architecture="x"),
+    )
+    creds = fleet.enroll("cams", "cam-0", time.time())
+    with pytest.raises(ZtfmError, match="reason"):
+        server.revoke(creds.identity, " ")
+    server.revoke(creds.identity, "stolen device")
+    body = ledger.entry(ledger.size - 1).body
+    assert ledger.entry(ledger.size - 1).kind == EntryKind.REVOCATION
+    assert (body["device_id"], body["reason"]) == ("cam-0", "stolen device")
+    assert [e for e, _f, _t in audit.events] == ["identity.revoked"]
+    with pytest.raises(IdentityError):  # the served list already names it
+        fleet.validator().validate(creds.cert, time.time())

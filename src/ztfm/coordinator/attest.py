@@ -105,6 +105,12 @@ class FleetAttestation:
             self._models = [*self._models, measurement][-KEEP_MODELS:]
             self.verifier.reference = self.verifier.reference.with_models(self._models)
 
+    def revoke(self, device_id: str) -> None:
+        """Forget the device's AK and verdicts: it must enrol its TPM again."""
+        with self._lock:
+            self.verifier.revoke(DeviceId(device_id))
+            self._passed.pop(device_id, None)
+
     # --- the Attest RPC ----------------------------------------------------------------------
     def __call__(self, identity: Identity, payload: bytes, now: float) -> bytes:
         if identity.role != "device":

@@ -256,6 +256,21 @@ class CoordinatorServer:
         self._driver.start()
         return ends
 
+    def revoke(self, identity: Identity, reason: str) -> None:
+        """Revoke every certificate of ``identity`` now (a fresh signed revocation list is
+        served at once), forget its TPM enrolment, and record it in the audit log and, with a
+        releaser, as a ``revocation`` ledger entry."""
+        if not reason.strip():
+            raise ZtfmError("a revocation needs a reason")
+        now = self.clock.now()
+        self.fleet.revoke_identity(identity, now)
+        if self.attestation is not None:
+            self.attestation.revoke(identity.device_id)
+        fields = {"device_id": identity.device_id, "identity": identity.uri, "reason": reason}
+        self.audit.record("identity.revoked", fields, now)
+        if self.releaser is not None:
+            self.releaser.ledger.append(Entry.create(EntryKind.REVOCATION, fields, now=now))
+
     def _issued(self, identity: Identity, cert: Certificate, how: str, now: float) -> None:
         """A certificate was issued: a first key is an ``enrolment`` on the ledger, a device
         that comes back with another key a ``key_rotation`` (same-key renewals are audited
