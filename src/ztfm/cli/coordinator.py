@@ -307,7 +307,7 @@ def serve(
     from ztfm.audit import AuditLog, SnapshotStore
     from ztfm.coordinator.server import CoordinatorServer, UnsafeAssumeAttested
     from ztfm.coordinator.service import CoordinatorService
-    from ztfm.sim.network import coordinator_scenario, scenario_configured
+    from ztfm.sim.network import coordinator_scenario, scenario_configured, secure_aggregator
     from ztfm.sim.runner import build_coordinator
     from ztfm.transport.grpc_fleet import LocalFleet
 
@@ -361,6 +361,9 @@ def serve(
         eval_deadline_s=eval_deadline_s,
         on_round=sc.on_round if sc is not None else None,
         attestation=attest,
+        # [secagg]: SecAgg+ phases over the same RPCs, each at most the round deadline
+        secure=secure_aggregator(cfg, coord.spec.size),
+        secure_deadline_s=cfg.rounds.deadline_s,
     )
     server = CoordinatorServer(
         fleet,

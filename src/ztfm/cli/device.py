@@ -18,8 +18,8 @@ from ztfm.errors import ConfigError, DataError, IdentityError
 
 if TYPE_CHECKING:
     from ztfm.crypto.signing import VerifyKey
-    from ztfm.device.agent import DeviceAgent
     from ztfm.identity import Identity
+    from ztfm.transport.inproc import Endpoint
 
 
 def _agent_from_fleet(
@@ -29,12 +29,13 @@ def _agent_from_fleet(
     devices: int | None,
     rounds: int | None,
     seed: int | None,
-) -> DeviceAgent:
+) -> Endpoint:
     """Exactly fleet member ``index`` of ``build_fleet`` (what ``ztfm simulate`` builds),
-    with its scenario: poisoned rows for a data attacker, clip and noise share."""
+    with its scenario: poisoned rows for a data attacker, clip and noise share; with
+    ``[secagg]``, behind its SecAgg+ endpoint."""
     from ztfm.cli.coordinator import network_config
     from ztfm.sim.fleet import build_fleet
-    from ztfm.sim.network import device_agent
+    from ztfm.sim.network import device_agent, secure_endpoint
 
     cfg = network_config(config_path, devices, rounds, seed)
     fleet = build_fleet(cfg.fleet, cfg.detector)
@@ -48,12 +49,14 @@ def _agent_from_fleet(
             f"fleet member {index} is {spec.device_id} in {spec.segment}, "
             f"not {identity.device_id} in {identity.segment}"
         )
+    if cfg.secagg.enabled:
+        return secure_endpoint(cfg, fleet, index)
     return device_agent(cfg, fleet, index)
 
 
 def _agent_from_file(
     config_path: str | None, path: Path, identity: Identity, devices: int | None, seed: int | None
-) -> DeviceAgent:
+) -> Endpoint:
     """A device on its own SKAB-style CSV: first 400 rows train (benign), all rows evaluate."""
     import numpy as np
 
@@ -62,7 +65,7 @@ def _agent_from_file(
     from ztfm.detect.features import FeatureSpec, WindowFeatures
     from ztfm.device.agent import DeviceAgent, DeviceData
     from ztfm.sim.fleet import SKAB_TRAIN_ROWS
-    from ztfm.sim.network import file_device_transforms
+    from ztfm.sim.network import file_device_transforms, file_secure_endpoint
     from ztfm.sim.runner import causal_smoother, make_local_model
 
     cfg = network_config(config_path, devices, None, seed)
@@ -73,7 +76,7 @@ def _agent_from_file(
     spec = FeatureSpec(windows=tuple(det.windows), ewma_alphas=tuple(det.ewma_alphas))
     feats = WindowFeatures(series.x.shape[1], spec).transform(series.x)
     train = feats[:SKAB_TRAIN_ROWS]
-    return DeviceAgent(
+    agent = DeviceAgent(
         identity.device_id,
         identity.segment,
         make_local_model(cfg, feats.shape[1]),
@@ -83,6 +86,7 @@ def _agent_from_file(
         postprocess=causal_smoother(det.smoothing),
         transforms=file_device_transforms(cfg, cfg.fleet.devices),
     )
+    return file_secure_endpoint(cfg, agent) if cfg.secagg.enabled else agent
 
 
 def _verify_key(path: Path) -> VerifyKey:

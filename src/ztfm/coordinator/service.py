@@ -6,6 +6,9 @@ A networked transport (gRPC over mTLS) authenticates the caller and then calls `
 
     attest (round r)      -> with ``attestation``: every enrolled device quotes a fresh nonce
     train (round r open)  -> all selected replied or deadline -> aggregate
+    secure (with ``secure``) -> SecAgg+ phases advertise, share, mask, confirm, unmask: each a
+                             task per live device and a reply, closed when all replied or at
+                             ``secure_deadline_s``; the coordinator gets only the aggregate step
     eval  (model v)       -> every registered device evaluated or deadline -> next round
     done                  -> after the last round
 
@@ -16,15 +19,18 @@ the same seed over the network as in process.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ztfm.coordinator.core import Coordinator, RoundSummary
-from ztfm.errors import RoundError, UpdateRejected
+from ztfm.coordinator.secure import SecureAggregator, SecurePhases
+from ztfm.crypto.signing import VerifyKey
+from ztfm.errors import CryptoError, RoundError, UpdateRejected, ZtfmError
 from ztfm.fl import codec
-from ztfm.fl.messages import EvalReply
+from ztfm.fl.messages import EvalReply, SecAggReply, SecAggTask
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +70,18 @@ class CoordinatorService:
         on_round: Callable[[int, dict[str, Any]], None] | None = None,
         attestation: RoundAttestation | None = None,
         attest_deadline_s: float = 30.0,
+        secure: SecureAggregator | None = None,
+        secure_deadline_s: float = 30.0,
     ) -> None:
         """With ``attestation``, each round starts with an ``attest`` phase (at most
-        ``attest_deadline_s``): its gate then admits only devices that passed."""
+        ``attest_deadline_s``): its gate then admits only devices that passed. With ``secure``,
+        rounds run SecAgg+ (each protocol phase at most ``secure_deadline_s``): devices keep
+        their updates and the coordinator is handed only the aggregate."""
+        self.secure = secure
+        self.secure_deadline_s = secure_deadline_s
+        self._phases: SecurePhases | None = None
+        self._expect: dict[str, tuple[int, str, bytes]] = {}  # device -> (round, phase, nonce)
+        self._keys: dict[str, VerifyKey] = {}  # this round's SecAgg identity keys
         self.coordinator = coordinator
         self.attestation = attestation
         self.attest_deadline_s = attest_deadline_s
@@ -103,6 +118,9 @@ class CoordinatorService:
     def submit(self, device_id: str, data: bytes, now: float) -> None:
         """A reply from ``device_id``; raises ``UpdateRejected`` with the reason if refused."""
         with self._lock:
+            if self.secure is not None and self.phase in ("train", "secure"):
+                self._secure_submit(device_id, data)
+                return
             if self._tasks.pop(device_id, None) is None:
                 raise UpdateRejected(f"{device_id} has no open task")
             self._up[device_id] = self._up.get(device_id, 0) + len(data)
@@ -132,7 +150,13 @@ class CoordinatorService:
             elif self.phase == "train":
                 deadline = self.coordinator.settings.deadline_s
                 if not self._tasks or now - self._phase_started > deadline:
-                    self._close_train(now)
+                    if self.secure is not None:
+                        self._open_secure(now)
+                    else:
+                        self._close_train(now)
+            elif self.phase == "secure":
+                if not self._tasks or now - self._phase_started > self.secure_deadline_s:
+                    self._advance_secure(now)
             elif self.phase == "eval" and (
                 not self._tasks or now - self._phase_started > self.eval_deadline_s
             ):
@@ -156,7 +180,99 @@ class CoordinatorService:
             return
         self._tasks = codec.encode_many(tasks)
         self._up, self._down = {}, {}
+        if self.secure is not None:
+            rid = self.coordinator.next_round_id
+            self._expect = {d: (rid, "train", t.nonce) for d, t in tasks.items()}
+            self._keys = {}
         self.phase, self._phase_started = "train", now
+
+    # --- secure rounds -------------------------------------------------------------------------
+    def _secure_submit(self, device_id: str, data: bytes) -> None:
+        """A reply of a secure round: it must be a ``SecAggReply`` from the authenticated
+        device, for the task it holds (round, phase and that task's fresh nonce); only then is
+        the task used up. Anything else is refused and the task stays open."""
+        expected = self._expect.get(device_id)
+        if expected is None or device_id not in self._tasks:
+            raise UpdateRejected(f"{device_id} has no open task")
+        msg = codec.decode(data)
+        if not isinstance(msg, SecAggReply):
+            raise UpdateRejected(f"expected a secure-aggregation reply, got {type(msg).__name__}")
+        if msg.device_id != device_id:
+            raise UpdateRejected(f"{device_id} sent a reply in the name of {msg.device_id!r}")
+        if (msg.round_id, msg.phase, msg.nonce) != expected:
+            raise UpdateRejected(
+                f"reply of {device_id} is not for its open task (round {expected[0]}, "
+                f"phase {expected[1]}): stale or replayed"
+            )
+        if msg.phase == "train":
+            try:
+                self._keys[device_id] = VerifyKey(msg.payload)
+            except CryptoError as exc:
+                raise UpdateRejected("train reply must carry a 32-byte identity key") from exc
+        else:
+            assert self._phases is not None
+            self._phases.receive(device_id, msg.payload)
+        del self._tasks[device_id]
+        del self._expect[device_id]
+        self._up[device_id] = self._up.get(device_id, 0) + len(data)
+
+    def _secure_tasks(self, round_id: int) -> None:
+        assert self._phases is not None
+        phase = self._phases.phase
+        self._tasks, self._expect = {}, {}
+        for dev, payload in sorted(self._phases.tasks().items()):
+            nonce = secrets.token_bytes(16)  # not the coordinator's rng: results stay seeded
+            self._tasks[dev] = codec.encode(SecAggTask(round_id, phase, nonce, payload))
+            self._expect[dev] = (round_id, phase, nonce)
+
+    def _open_secure(self, now: float) -> None:
+        assert self.secure is not None
+        state = self.coordinator.round
+        assert state is not None
+        self._tasks, self._expect = {}, {}
+        try:
+            self._phases = SecurePhases(self.secure, state.round_id, state.selected, self._keys)
+        except ZtfmError as exc:
+            self._secure_failed(str(exc), now)
+            return
+        self._secure_tasks(state.round_id)
+        self.phase, self._phase_started = "secure", now
+
+    def _advance_secure(self, now: float) -> None:
+        phases = self._phases
+        assert phases is not None and self.secure is not None
+        if phases.advance():
+            self._secure_tasks(phases.round_id)
+            self._phase_started = now
+            return
+        self._tasks, self._expect = {}, {}
+        try:
+            step, included = self.secure.finish(phases.round_id, phases.outcomes)
+        except RoundError as exc:
+            self._secure_failed(str(exc), now)
+            return
+        summary = self.coordinator.close_secure_round(
+            step,
+            included,
+            phases.rejected(),
+            now,
+            server_lr=self.secure.settings.server_lr,
+        )
+        self.log.summaries.append(summary)
+        self._after_train(now)
+
+    def _secure_failed(self, reason: str, now: float) -> None:
+        self.coordinator.abort_round(reason, now)
+        self.log.failures.append(reason)
+        self._after_train(now)
+
+    def _after_train(self, now: float) -> None:
+        self._phases = None
+        self.log.bytes_up.append(dict(self._up))
+        self.log.bytes_down.append(dict(self._down))
+        self._tasks = codec.encode_many(self.coordinator.eval_tasks())
+        self._expect = {}
+        self.phase, self._phase_started = "eval", now
 
     def _close_train(self, now: float) -> None:
         self._tasks = {}

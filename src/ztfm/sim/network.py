@@ -19,6 +19,11 @@ process.
 
 Every exclusion from a round, every trust change and every quarantine decision goes to the audit
 log with its reason.
+
+With ``[secagg] enabled`` the rounds run SecAgg+ over the same two RPCs: the coordinator takes a
+``SecureAggregator`` (``secure_aggregator``) seeded like simulate's, and each fleet device a
+``SecureEndpoint`` (``secure_endpoint``) with simulate's SecAgg stream for its rank in the
+fleet, so the unmasked sums, hence models and metrics, equal simulate's for the same seed.
 """
 
 from __future__ import annotations
@@ -28,9 +33,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ztfm.audit import AuditSink
 from ztfm.coordinator.core import Eligibility, ReplyHook
+from ztfm.coordinator.secure import SecureAggregator
 from ztfm.device.agent import DeviceAgent, UpdateTransform
+from ztfm.device.secure import SecureEndpoint
 from ztfm.errors import ConfigError
 from ztfm.fl.messages import EvalReply
 from ztfm.fl.strategy import Strategy
@@ -38,6 +47,7 @@ from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import Fleet
 from ztfm.sim.runner import build_agent, summarise
 from ztfm.sim.scenario import Scenario, build_scenario, privacy_transforms
+from ztfm.sim.secure import device_rng, secure_settings, update_settings
 from ztfm.trust import TrustState
 from ztfm.types import DeviceId
 
@@ -64,10 +74,21 @@ def check_network_config(cfg: SimConfig) -> None:
             f'[attestation] backend = "{cfg.attestation.backend}" is simulation-only (software '
             "TPMs inside one process); over the network use `ztfm coordinator serve --attestation`"
         )
-    if cfg.secagg.enabled:
+    if cfg.secagg.enabled and cfg.secagg.dropout_prob > 0:
         raise ConfigError(
-            "[secagg] enabled = true is simulation-only for now: the SecAgg+ rounds (and the clip, "
-            "noise and compression they carry) run in `ztfm simulate`, not over gRPC"
+            "[secagg] dropout_prob is simulation-only (injected dropouts); over the network "
+            "devices drop out for real: set it to 0"
+        )
+
+
+def check_network_scenario_secure(cfg: SimConfig, scenario: Scenario) -> None:
+    """With ``[secagg]``, the coordinator never sees an update: an omniscient model attack
+    (played on the coordinator's view of the updates) cannot run over the network."""
+    if cfg.secagg.enabled and scenario.adversary is not None:
+        raise ConfigError(
+            f'[attacks] name = "{cfg.attacks.name}" with [secagg] is simulation-only: the model '
+            "attack is played on the round's plaintext updates, which the networked coordinator "
+            "never sees (data attacks such as label_flip run over the network)"
         )
 
 
@@ -76,7 +97,8 @@ def check_network_scenario(cfg: SimConfig, fleet: Fleet) -> None:
     network limits, then every check simulate makes while building the scenario (attack and
     aggregator parameters, central noise with a robust rule or trust, ...)."""
     check_network_config(cfg)
-    build_scenario(cfg, fleet, lambda: 0.0)
+    scenario, _ = build_scenario(cfg, fleet, lambda: 0.0)
+    check_network_scenario_secure(cfg, scenario)
 
 
 def device_agent(cfg: SimConfig, fleet: Fleet, index: int) -> DeviceAgent:
@@ -87,6 +109,30 @@ def device_agent(cfg: SimConfig, fleet: Fleet, index: int) -> DeviceAgent:
     scenario, poisoned = build_scenario(cfg, fleet, lambda: 0.0)
     spec = poisoned.devices[index]
     return build_agent(cfg, spec, index, poisoned.n_features, scenario.transforms)
+
+
+def secure_endpoint(cfg: SimConfig, fleet: Fleet, index: int) -> SecureEndpoint:
+    """Fleet member ``index`` for ``[secagg]`` rounds: its agent (as ``device_agent``) behind a
+    ``SecureEndpoint`` that draws from simulate's SecAgg stream for the device's rank in the
+    sorted fleet (keys, Shamir coefficients, noise share, rounding), so the unmasked sums equal
+    simulate's. That stream is known to whoever knows the seed: a device on its own telemetry
+    uses ``file_secure_endpoint`` (operating-system randomness) instead."""
+    agent = device_agent(cfg, fleet, index)
+    rank = sorted(d.device_id for d in fleet.devices).index(agent.device_id)
+    return SecureEndpoint(agent, update_settings(cfg), device_rng(cfg.seed, rank))
+
+
+def file_secure_endpoint(cfg: SimConfig, agent: DeviceAgent) -> SecureEndpoint:
+    """A device on its own telemetry in ``[secagg]`` rounds: fresh, unseeded randomness."""
+    return SecureEndpoint(agent, update_settings(cfg), np.random.default_rng())
+
+
+def secure_aggregator(cfg: SimConfig, n_params: int) -> SecureAggregator | None:
+    """The coordinator's SecAgg+ server side (None without ``[secagg]``), seeded like
+    simulate's, so group draws, server keys, sessions and central noise are the same."""
+    if not cfg.secagg.enabled:
+        return None
+    return SecureAggregator(secure_settings(cfg), n_params, np.random.default_rng([cfg.seed, 20]))
 
 
 def file_device_transforms(cfg: SimConfig, fleet_size: int) -> list[UpdateTransform]:
@@ -227,4 +273,5 @@ def coordinator_scenario(
     """The coordinator's scenario for ``fleet`` (the one ``ztfm simulate`` would build)."""
     check_network_config(cfg)
     scenario, _ = build_scenario(cfg, fleet, clock)
+    check_network_scenario_secure(cfg, scenario)
     return CoordinatorScenario(scenario, audit, clock)

@@ -34,11 +34,12 @@ def test_soft_attestation_is_refused_over_the_network() -> None:
     check_network_config(_cfg())  # the default config is fine
 
 
-def test_secagg_is_refused_over_the_network() -> None:
-    # a networked run would otherwise send unclipped, un-noised updates: with [secagg] the clip
-    # and noise live in the secure path, not in the device transforms
-    cfg = _cfg(secagg=replace(SimConfig().secagg, enabled=True))
-    with pytest.raises(ConfigError, match=r"\[secagg\].*simulation-only"):
+def test_secagg_runs_over_the_network_but_injected_dropouts_do_not() -> None:
+    # [secagg] runs SecAgg+ over gRPC (tests/integration/test_secagg_network.py); only the
+    # simulated dropout injection is refused: over the network devices drop out for real
+    check_network_config(_cfg(secagg=replace(SimConfig().secagg, enabled=True)))
+    cfg = _cfg(secagg=replace(SimConfig().secagg, enabled=True, dropout_prob=0.1))
+    with pytest.raises(ConfigError, match=r"\[secagg\] dropout_prob.*simulation-only"):
         check_network_config(cfg)
 
 
