@@ -173,6 +173,24 @@ def test_pca_rejects_asymmetric_or_indefinite() -> None:
         d.set_params([-np.eye(3, dtype=np.float32)])
 
 
+def test_pca_projects_a_slightly_noisy_or_indefinite_federated_covariance() -> None:
+    """DP noise (asymmetric) and coordinate-wise medians (slightly indefinite) still give a
+    usable model: the nearest symmetric PSD matrix, kept for the next round."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 4))
+    cov = (a @ a.T / 4).astype(np.float32)
+    d = make_detector("pca", 4)
+    noisy = cov + rng.normal(scale=0.03, size=(4, 4)).astype(np.float32)
+    noisy[3, 3] -= 2.5 * float(np.linalg.eigvalsh(cov)[0] + 0.05)  # a small negative eigenvalue
+    d.set_params([noisy])
+    (kept,) = d.get_params()
+    np.testing.assert_allclose(kept, kept.T, atol=1e-6)
+    assert np.linalg.eigvalsh(kept.astype(np.float64))[0] >= -1e-5
+    assert np.linalg.norm(kept - cov) < np.linalg.norm(noisy - cov) + 1e-6  # projection helps
+    d.set_params([cov])  # an exact covariance is kept bit for bit
+    np.testing.assert_array_equal(d.get_params()[0], cov)
+
+
 # --- usage negatives ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL)
 def test_score_before_training_rejected(name: str) -> None:

@@ -53,13 +53,22 @@ class PcaT2Q(BaseDetector):
         return [self._cov.copy()]
 
     def _set_params_checked(self, params: list[np.ndarray]) -> None:
-        cov = params[0].astype(np.float64)
-        if not np.allclose(cov, cov.T, rtol=1e-4, atol=1e-5):
-            raise DetectorError("PCA parameter must be a symmetric matrix")
-        cov = 0.5 * (cov + cov.T)
+        raw = params[0].astype(np.float64)
+        cov = 0.5 * (raw + raw.T)
+        # A federated covariance may be slightly off: DP noise breaks symmetry, a coordinate-wise
+        # robust rule (median, trimmed mean) can leave small negative eigenvalues. Those are
+        # projected to the nearest symmetric PSD matrix (post-processing: no privacy cost); a
+        # matrix that is not close to a covariance at all is refused.
+        if np.linalg.norm(raw - cov) > 0.5 * max(float(np.linalg.norm(cov)), EIG_FLOOR):
+            raise DetectorError("PCA parameter must be a (nearly) symmetric matrix")
         vals, vecs = np.linalg.eigh(cov)
-        if vals[0] < -1e-3 * max(1.0, float(vals[-1])):
+        neg, pos = float(-vals[vals < 0].sum()), float(vals[vals > 0].sum())
+        if pos <= 0 or neg > 0.5 * pos:
             raise DetectorError("PCA parameter is not positive semi-definite")
+        projected = neg > 0 or not np.array_equal(raw, raw.T)
+        if projected:
+            psd = (vecs * np.maximum(vals, 0.0)) @ vecs.T
+            stored = (0.5 * (psd + psd.T)).astype(params[0].dtype)
         order = np.argsort(vals)[::-1]
         vals = np.maximum(vals[order], EIG_FLOOR)
         vecs = vecs[:, order]
@@ -68,7 +77,7 @@ class PcaT2Q(BaseDetector):
         k = min(k, self.max_components or self.n_features, self.n_features)
         if k == self.n_features and self.n_features > 1:
             k -= 1  # keep a residual space, otherwise Q is always 0
-        self._cov = params[0].copy()
+        self._cov = stored if projected else params[0].copy()
         self.k = k
         self._proj = (vecs[:, :k] / np.sqrt(vals[:k])).astype(np.float32)  # whitened loadings
         self._basis = vecs[:, :k].astype(np.float32)
