@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from ztfm.sim.attest import SoftAttestation, build_soft_attestation
 from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import DeviceSpec, Fleet, build_fleet
 from ztfm.sim.release import FleetReleases
-from ztfm.sim.scenario import build_scenario
+from ztfm.sim.scenario import Scenario, build_scenario
 from ztfm.sim.secure import SecureRounds
 from ztfm.transport.inproc import InProcessTransport, LatencyModel
 from ztfm.trust import TrustState
@@ -98,6 +98,26 @@ def summarise(evals: dict[str, EvalReply], segments: dict[str, str]) -> dict[str
         "per_device": per_device,
         "per_segment": {s: pooled(sorted(v)) for s, v in sorted(seg_devs.items())},
     }
+
+
+def security_metrics(
+    scenario: Scenario, evals: Mapping[str, EvalReply], segments: Mapping[str, str], now: float
+) -> dict[str, Any]:
+    """Attackers, honest-only global metrics, trust scores, quarantined set and epsilon of one
+    round (simulate's round record; networked runs add the same through ``sim.network``)."""
+    out: dict[str, Any] = {}
+    attackers = set(scenario.attackers)
+    if attackers:
+        honest = {d: e for d, e in evals.items() if d not in attackers}
+        out["attackers"] = sorted(attackers)
+        out["global_honest"] = summarise(honest, dict(segments))["global"]
+    if scenario.trust is not None:
+        recs = {d: scenario.trust.record(DeviceId(d), now) for d in sorted(segments)}
+        out["trust"] = {d: round(r.score, 4) for d, r in recs.items()}
+        out["quarantined"] = sorted(d for d, r in recs.items() if r.state is TrustState.QUARANTINED)
+    if scenario.accountant is not None:
+        out["epsilon"] = {d: round(e, 4) for d, e in scenario.accountant.epsilon_spent().items()}
+    return out
 
 
 @dataclass
@@ -325,21 +345,7 @@ class Simulation:
         return rec
 
     def _security_metrics(self, evals: dict[str, EvalReply]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        sc = self.scenario
-        if self.attackers:
-            honest = {d: e for d, e in evals.items() if d not in self.attackers}
-            out["attackers"] = sorted(self.attackers)
-            out["global_honest"] = summarise(honest, self.segments)["global"]
-        if sc.trust is not None:
-            recs = {d: sc.trust.record(DeviceId(d), self.now) for d in sorted(self.segments)}
-            out["trust"] = {d: round(r.score, 4) for d, r in recs.items()}
-            out["quarantined"] = sorted(
-                d for d, r in recs.items() if r.state is TrustState.QUARANTINED
-            )
-        if sc.accountant is not None:
-            out["epsilon"] = {d: round(e, 4) for d, e in sc.accountant.epsilon_spent().items()}
-        return out
+        return security_metrics(self.scenario, evals, self.segments, self.now)
 
     # --- baselines ---------------------------------------------------------------------------
     def _evaluate_params(self, params_for: Callable[[str], Params]) -> dict[str, EvalReply]:
