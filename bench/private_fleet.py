@@ -1,105 +1,310 @@
-"""Private fleet bench: `ztfm simulate` on the bundled SKAB fleet (defaults, 10 rounds), side by
-side: non-private; DP at epsilon ~8 (delta 1e-5, z from the accountant); SecAgg+ (clip only);
-SecAgg+ with DP; SecAgg+ with compression (shared random coordinates + error feedback, 16-bit
-field, k = 2 neighbours), with and without DP.
+"""Private fleet bench: `ztfm simulate` on the bundled SKAB fleet (30 devices), side by side:
+non-private; DP at epsilon <= 8 (delta 1e-5, z from the accountant); SecAgg+ (clip only);
+SecAgg+ with DP; SecAgg+ with compression (shared coordinates + error feedback, 16-bit field,
+k = 2 neighbours), with and without DP.
 
 Issue targets: DP F1 within 2 pts of non-private at epsilon <= 8; compression >= 20x fewer bytes
 up at <= 1 pt F1 loss.
 
-Usage: python bench/private_fleet.py [--rounds N] [--only NAME ...]
-Prints a table; writes bench/results/private_fleet.json.
+Held-out choice: the SKAB files are the devices. Sorted by id, the even positions are the TUNE
+devices and the odd positions the HELD-OUT devices. `--tune` runs a grid with seeds 1 and 2 and
+scores only the tune devices' test rows; the settings of the main table were chosen from
+`bench/results/private_fleet_tune.json`. The main table reports seed 0 (default `--seeds 0 2`
+gives the mean of both) on all 30 devices and on the held-out 15 separately. Every device
+trains in every run.
+
+Bench-local prototypes (call-site changes that belong to other owners' files):
+* `--pld` rows: `FleetAccountant(..., method="pld")` in `sim.scenario.build_scenario`; the
+  simulated accountant then certifies the PLD epsilon the noise was calibrated for.
+* index rules `cyclic` / `public_topk`: `ProtoRounds` (a `SecureRounds` subclass) builds an
+  `UpdateCodec` whose shared coordinates come from `privacy.compress.cyclic_indices` or
+  `privacy.compress.public_topk_indices` (of the previous released global step) instead of
+  `shared_indices` (random per round).
+
+Usage: python bench/private_fleet.py [--seeds 0 1 2] [--only NAME ...] [--tune]
+Prints a table; writes bench/results/private_fleet.json (or private_fleet_tune.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ztfm.privacy.accounting import epsilon_for, noise_multiplier_for
+import numpy as np
+
+import ztfm.sim.runner as sim_runner
+import ztfm.sim.scenario as sim_scenario
+from ztfm.privacy.accounting import FleetAccountant, epsilon_for, noise_multiplier_for
+from ztfm.privacy.compress import IndexArray, cyclic_indices, public_topk_indices
+from ztfm.secagg import UpdateCodec
 from ztfm.sim.config import from_mapping, load_config
 from ztfm.sim.runner import run_simulation
+from ztfm.sim.secure import SecureRounds
 
-RESULTS = Path(__file__).resolve().parent / "results" / "private_fleet.json"
-CLIP = 0.5  # about the median update norm on SKAB (bench/privacy.py)
+RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_EPS, DELTA = 8.0, 1e-5
 
 
-def scenarios(z: float) -> dict[str, dict[str, Any]]:
-    dp = {"clip_norm": CLIP, "noise_multiplier": z, "delta": DELTA}
-    clip = {"clip_norm": CLIP}
+# ---- prototypes -----------------------------------------------------------------------------
+class IndexRule:
+    """The round's shared coordinates from a public rule. The codec is built on both ends
+    (device.secure and coordinator.secure), so the bench swaps ``UpdateCodec.indices`` while a
+    run lasts; ``ProtoRounds`` tells it the round number and the last released global step."""
+
+    def __init__(self, rule: str, explore: float) -> None:
+        self.rule, self.explore = rule, explore
+        self.round = 0
+        self.prev_step: np.ndarray | None = None
+        self._cache: dict[tuple[int, bytes, int], IndexArray] = {}
+
+    def indices(self, codec: UpdateCodec, round_seed: bytes) -> IndexArray | None:
+        if codec.sent == codec.length:
+            return None
+        key = (self.round, round_seed, codec.sent)
+        if key not in self._cache:
+            if self.rule == "cyclic":
+                idx = cyclic_indices(codec.length, codec.sent, self.round, b"ztfm-bench/cyclic")
+            elif self.prev_step is None or not np.any(self.prev_step):
+                idx = cyclic_indices(codec.length, codec.sent, 0, round_seed)
+            else:
+                idx = public_topk_indices(self.prev_step, codec.sent, round_seed, self.explore)
+            self._cache = {key: idx}
+        return self._cache[key]
+
+
+RULE: IndexRule | None = None
+
+
+class ProtoRounds(SecureRounds):
+    def run_round(self, now: float) -> Any:
+        coord = self.coordinator
+        before = coord.spec.flatten(coord.params).astype(np.float64)
+        if RULE is not None:
+            RULE.round = coord.next_round_id
+        traffic = super().run_round(now)
+        if RULE is not None:  # the released global step is public
+            RULE.prev_step = coord.spec.flatten(coord.params).astype(np.float64) - before
+        return traffic
+
+
+@contextlib.contextmanager
+def prototypes(pld: bool, rule: str, explore: float) -> Iterator[None]:
+    global RULE
+    acc, rounds, orig = sim_scenario.FleetAccountant, sim_runner.SecureRounds, UpdateCodec.indices
+    try:
+        if pld:
+            sim_scenario.FleetAccountant = functools.partial(FleetAccountant, method="pld")  # type: ignore[misc]
+        if rule != "rand":
+            RULE = IndexRule(rule, explore)
+            sim_runner.SecureRounds = ProtoRounds  # type: ignore[misc]
+            UpdateCodec.indices = lambda self, seed: RULE.indices(self, seed)  # type: ignore[method-assign,union-attr]
+        yield
+    finally:
+        RULE = None
+        sim_scenario.FleetAccountant = acc  # type: ignore[misc]
+        sim_runner.SecureRounds = rounds  # type: ignore[misc]
+        UpdateCodec.indices = orig  # type: ignore[method-assign]
+
+
+# ---- one run ----------------------------------------------------------------------------------
+def pooled(per_device: dict[str, dict[str, Any]], devs: list[str]) -> dict[str, float]:
+    tp, fp, fn, tn = (sum(per_device[d][k] for d in devs) for k in ("tp", "fp", "fn", "tn"))
+    return {"f1": 2 * tp / max(1, 2 * tp + fp + fn), "far": fp / max(1, fp + tn)}
+
+
+def run_one(spec: dict[str, Any], seed: int) -> dict[str, Any]:
+    """spec: {"cfg": overlay, "pld": bool, "rule": str, "explore": float, "target_eps": float}"""
+    overlay = json.loads(json.dumps(spec.get("cfg", {})))
+    rounds = overlay.setdefault("rounds", {}).setdefault("rounds", 10)
+    priv = overlay.get("privacy", {})
+    z = None
+    if priv.get("noise_multiplier") == "auto":
+        method = "pld" if spec.get("pld") else "rdp"
+        z = noise_multiplier_for(
+            spec.get("target_eps", TARGET_EPS), DELTA, rounds, 1.0, method=method
+        )
+        priv["noise_multiplier"] = z
+    base = {"seed": seed, "compare": {"local_only": False, "centralised": False}}
+    cfg = from_mapping({**base, **overlay}, load_config())
+    t0 = time.perf_counter()
+    with prototypes(bool(spec.get("pld")), spec.get("rule", "rand"), spec.get("explore", 0.5)):
+        m = run_simulation(cfg).metrics
+    last = m["rounds"][-1]
+    eps = last.get("epsilon") or {}
+    devs = sorted(last["per_device"])
+    out = {
+        "all": pooled(last["per_device"], devs),
+        "tune": pooled(last["per_device"], devs[0::2]),
+        "held_out": pooled(last["per_device"], devs[1::2]),
+        "noise_multiplier": z,
+        "epsilon_max": max(eps.values()) if eps else None,
+        "epsilon_rdp": epsilon_for(z, rounds, 1.0, DELTA) if z else None,
+        "bytes_up": m["bandwidth"]["mean_bytes_up_per_device_per_round"],
+        "bytes_down": m["bandwidth"]["mean_bytes_down_per_device_per_round"],
+        "failed_rounds": sum(1 for r in m["rounds"] if r.get("failed")),
+        "wall_s": time.perf_counter() - t0,
+    }
+    return out
+
+
+def run_spec(spec: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    runs = [run_one(spec, s) for s in seeds]
+    mean = {
+        part: {k: float(np.mean([r[part][k] for r in runs])) for k in ("f1", "far")}
+        for part in ("all", "tune", "held_out")
+    }
+    keep = ("noise_multiplier", "epsilon_max", "epsilon_rdp", "bytes_up", "bytes_down")
+    return {
+        **mean,
+        **{k: runs[0][k] for k in keep},
+        "f1_per_seed": {s: r["all"]["f1"] for s, r in zip(seeds, runs, strict=True)},
+        "f1_held_out_per_seed": {s: r["held_out"]["f1"] for s, r in zip(seeds, runs, strict=True)},
+        "failed_rounds": sum(r["failed_rounds"] for r in runs),
+        "wall_s": sum(r["wall_s"] for r in runs),
+        "spec": spec,
+    }
+
+
+# ---- the table ---------------------------------------------------------------------------------
+def dp(clip: float) -> dict[str, Any]:
+    return {"clip_norm": clip, "noise_multiplier": "auto", "delta": DELTA}
+
+
+def main_specs() -> dict[str, dict[str, Any]]:
     sec = {"enabled": True}
     comp_sec = {"enabled": True, "bits": 16, "neighbours": 2}
     comp = {"keep_ratio": 0.05}
     return {
         "non-private": {},
-        "dp (no secagg)": {"privacy": dp},
-        "secagg (clip only)": {"privacy": clip, "secagg": sec},
-        "secagg+dp (m=t)": {"privacy": dp, "secagg": sec},
-        "secagg+dp (m=0.9n)": {"privacy": dp, "secagg": {**sec, "min_survivors": 0.9}},
-        "secagg+compress 5%/16b": {"privacy": clip, "secagg": comp_sec, "compression": comp},
-        "secagg+compress+dp (m=0.9n)": {
-            "privacy": dp,
-            "secagg": {**comp_sec, "min_survivors": 0.9},
-            "compression": comp,
+        "dp rdp (old: C 0.5, 10 r)": {"cfg": {"privacy": dp(0.5)}},
+        "dp pld (C 0.5, 10 r)": {"cfg": {"privacy": dp(0.5)}, "pld": True},
+        "secagg (clip only)": {"cfg": {"privacy": {"clip_norm": 0.5}, "secagg": sec}},
+        "secagg+dp rdp (m=0.9n)": {
+            "cfg": {"privacy": dp(0.5), "secagg": {**sec, "min_survivors": 0.9}}
+        },
+        "secagg+dp pld (m=0.9n)": {
+            "cfg": {"privacy": dp(0.5), "secagg": {**sec, "min_survivors": 0.9}},
+            "pld": True,
+        },
+        "secagg+compress rand 5%/16b": {
+            "cfg": {"privacy": {"clip_norm": 0.5}, "secagg": comp_sec, "compression": comp}
+        },
+        "secagg+compress cyclic 5%/16b": {
+            "cfg": {"privacy": {"clip_norm": 0.5}, "secagg": comp_sec, "compression": comp},
+            "rule": "cyclic",
+        },
+        "secagg+compress pubtopk 5%/16b": {
+            "cfg": {"privacy": {"clip_norm": 0.5}, "secagg": comp_sec, "compression": comp},
+            "rule": "public_topk",
         },
     }
 
 
-def run_one(overlay: dict[str, Any], rounds: int) -> dict[str, Any]:
-    base = {"rounds": {"rounds": rounds}, "compare": {"local_only": False, "centralised": False}}
-    cfg = from_mapping({**base, **overlay}, load_config())
-    t0 = time.perf_counter()
-    m = run_simulation(cfg).metrics
-    last = m["rounds"][-1]
-    eps = last.get("epsilon") or {}
-    fed = m["comparison"]["federated"]
-    return {
-        "f1": fed["f1"],
-        "far": fed["far"],
-        "epsilon_max": max(eps.values()) if eps else None,
-        "bytes_up_per_device_round": m["bandwidth"]["mean_bytes_up_per_device_per_round"],
-        "bytes_down_per_device_round": m["bandwidth"]["mean_bytes_down_per_device_per_round"],
-        "failed_rounds": sum(1 for r in m["rounds"] if r.get("failed")),
-        "wall_s": time.perf_counter() - t0,
-        "config": overlay,
-    }
+def tune_specs() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for r, e in ((10, 3), (5, 3), (3, 6)):
+        rounds = {"rounds": r, "local_epochs": e}
+        out[f"np R{r} E{e}"] = {"cfg": {"rounds": rounds}}
+        for clip in (0.5, 1.0):
+            out[f"dp pld R{r} E{e} C{clip}"] = {
+                "cfg": {"rounds": rounds, "privacy": dp(clip)},
+                "pld": True,
+            }
+    comp_sec = {"enabled": True, "bits": 16, "neighbours": 2}
+    out["secagg dense C0.5"] = {"cfg": {"privacy": {"clip_norm": 0.5}, "secagg": {"enabled": True}}}
+    for clip in (2.0, 5.0):
+        out[f"compress rand 5% C{clip}"] = {
+            "cfg": {
+                "privacy": {"clip_norm": clip},
+                "secagg": comp_sec,
+                "compression": {"keep_ratio": 0.05},
+            },
+        }
+    for rule in ("rand", "cyclic", "public_topk"):
+        out[f"compress {rule} 5%"] = {
+            "cfg": {
+                "privacy": {"clip_norm": 0.5},
+                "secagg": comp_sec,
+                "compression": {"keep_ratio": 0.05},
+            },
+            "rule": rule,
+        }
+    return out
+
+
+def print_table(rows: dict[str, dict[str, Any]], seeds: list[int], part: str) -> None:
+    ref = rows.get("non-private") or next(iter(rows.values()))
+    dense = ref["bytes_up"]
+    print(f"\nSKAB, 30 devices, seeds {seeds}; F1 = mean over seeds, pooled counts")
+    head = "| setting | F1 all | FAR | dF1 pts | F1 held-out | dF1 pts | z | eps | B up | x fewer |"
+    if part == "tune":
+        head = head.replace("held-out", "tune")
+    print(head)
+    print("|" + "---|" * 10)
+    for name, r in rows.items():
+        r["delta_f1_pts"] = 100 * (r["all"]["f1"] - ref["all"]["f1"])
+        r["delta_f1_held_out_pts"] = 100 * (r["held_out"]["f1"] - ref["held_out"]["f1"])
+        r["delta_f1_tune_pts"] = 100 * (r["tune"]["f1"] - ref["tune"]["f1"])
+        r["ratio_vs_dense"] = dense / r["bytes_up"]
+        e = "-" if r["epsilon_max"] is None else f"{r['epsilon_max']:.2f}"
+        z = "-" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:.3g}"
+        half = "tune" if part == "tune" else "held_out"
+        print(
+            f"| {name} | {r['all']['f1']:.3f} | {r['all']['far']:.3f} | "
+            f"{r['delta_f1_pts']:+.1f} | {r[half]['f1']:.3f} | "
+            f"{r['delta_f1_' + half + '_pts']:+.1f} | {z} | {e} | {r['bytes_up']:.0f} | "
+            f"{r['ratio_vs_dense']:.1f} |"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--tune", action="store_true", help="the grid on the tune devices")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--only", nargs="*", default=None)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--merge", type=Path, nargs="*", default=None, help="join result files")
     args = ap.parse_args()
-    z = noise_multiplier_for(TARGET_EPS, DELTA, args.rounds, 1.0)
-    eps = epsilon_for(z, args.rounds, 1.0, DELTA)
+    if args.merge:
+        merged: dict[str, dict[str, Any]] = {}
+        seen: list[int] = []
+        for f in args.merge:
+            data = json.loads(f.read_text())
+            merged.update(data["rows"])
+            seen = data["seeds"]
+        print_table(merged, seen, "tune" if args.tune else "all")
+        out = args.out or RESULTS / "private_fleet.json"
+        out.write_text(json.dumps({"seeds": seen, "rows": merged}, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
+    specs = tune_specs() if args.tune else main_specs()
+    seeds = args.seeds or ([1] if args.tune else [0, 2])
+    out_path = args.out or RESULTS / (
+        "private_fleet_tune.json" if args.tune else "private_fleet.json"
+    )
+    part = "tune" if args.tune else "all"
     rows: dict[str, dict[str, Any]] = {}
-    for name, overlay in scenarios(z).items():
-        if args.only and name not in args.only and name != "non-private":
+    for name, spec in specs.items():
+        if args.only and not any(o in name for o in args.only):
             continue
-        rows[name] = run_one(overlay, args.rounds)
-        print(f"done {name}: {rows[name]['wall_s']:.0f} s", flush=True)
-    ref = rows["non-private"]
-    print(f"\nSKAB, {args.rounds} rounds; DP: clip {CLIP}, z {z:.3f} (epsilon {eps:.2f}, q=1)")
-    head = "| setting | F1 | FAR | dF1 pts | eps max | bytes up/dev/round | x fewer | failed |"
-    print(head)
-    print("|" + "---|" * 8)
-    for name, r in rows.items():
-        r["delta_f1_pts"] = 100 * (r["f1"] - ref["f1"])
-        r["ratio_vs_dense"] = ref["bytes_up_per_device_round"] / r["bytes_up_per_device_round"]
-        e = "-" if r["epsilon_max"] is None else f"{r['epsilon_max']:.2f}"
+        rows[name] = run_spec(spec, seeds)
+        r = rows[name]
         print(
-            f"| {name} | {r['f1']:.3f} | {r['far']:.3f} | {r['delta_f1_pts']:+.1f} | {e} | "
-            f"{r['bytes_up_per_device_round']:.0f} | {r['ratio_vs_dense']:.1f} | "
-            f"{r['failed_rounds']} |"
+            f"done {name}: F1 {part} {r[part]['f1']:.3f} held-out {r['held_out']['f1']:.3f} "
+            f"({r['wall_s']:.0f} s)",
+            flush=True,
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    out = {"rounds": args.rounds, "clip_norm": CLIP, "noise_multiplier": z, "epsilon": eps}
-    args.out.write_text(json.dumps({**out, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=2) + "\n")
+    print_table(rows, seeds, part)
+    out_path.write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
