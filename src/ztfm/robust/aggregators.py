@@ -142,6 +142,26 @@ def _krum_scores_from(dist: Matrix, f: int) -> Vector:
     return np.asarray(nearest.sum(axis=1), dtype=np.float64)
 
 
+def tie_stable_order(scores: Vector, rtol: float = 1e-9) -> np.ndarray:
+    """Indices by ascending score, where scores equal up to rounding (within rtol of the
+    largest magnitude) count as ties and keep index order. Distances from the Gram identity
+    carry rounding error, so two rows at the same true distance may differ in the last bits,
+    and which one wins would otherwise depend on the scale of the inputs."""
+    s = np.asarray(scores, dtype=np.float64)
+    finite = s[np.isfinite(s)]
+    tol = rtol * float(np.abs(finite).max()) if finite.size else 0.0
+    order = np.argsort(s, kind="stable")
+    out: list[int] = []
+    i = 0
+    while i < len(order):
+        j = i + 1
+        while j < len(order) and s[order[j]] - s[order[i]] <= tol:
+            j += 1
+        out.extend(sorted(int(k) for k in order[i:j]))
+        i = j
+    return np.asarray(out, dtype=np.intp)
+
+
 def krum_scores(x: Matrix, f: int) -> Vector:
     """Krum score of each row: sum of squared distances to its n - f - 2 nearest other rows."""
     return _krum_scores_from(pairwise_sq_distances(x), f)
@@ -172,7 +192,7 @@ class Krum:
         if self.m > n - self.f:
             raise AggregationError(f"{self.name}: m={self.m} exceeds n - f = {n - self.f}")
         scores = krum_scores(x, self.f)
-        chosen = np.argsort(scores, kind="stable")[: self.m]
+        chosen = tie_stable_order(scores)[: self.m]
         cw = w[chosen]
         if cw.sum() <= _EPS:
             raise AggregationError(f"{self.name}: the selected updates all have weight 0")
@@ -210,14 +230,19 @@ class Bulyan:
         while len(chosen) < theta:
             idx = np.array(remaining)
             s = _krum_scores_from(dist[np.ix_(idx, idx)], f) if len(idx) > 1 else np.zeros(1)
-            pick = remaining[int(np.argmin(s))]
+            pick = remaining[int(tie_stable_order(s)[0])]
             chosen.append(pick)
             remaining.remove(pick)
         sel = np.array(sorted(chosen))
         xs = x[sel]
         beta = theta - 2 * f
         med = np.median(xs, axis=0)
-        order = np.argsort(np.abs(xs - med[None, :]), axis=0, kind="stable")[:beta]
+        # Values equally far from the median (common when theta is even) are ties; deviations
+        # are snapped to a grid far above rounding error so that ties keep row order whatever
+        # the offset or scale of the inputs.
+        dev = np.abs(xs - med[None, :])
+        grid = 1e-9 * np.maximum(np.abs(xs).max(axis=0), _EPS)
+        order = np.argsort(np.round(dev / grid[None, :]), axis=0, kind="stable")[:beta]
         v, share = _kept_mean(self.name, x, w, sel[order])
         return make_result(self.name, x, v, sel, share, first_scores)
 
