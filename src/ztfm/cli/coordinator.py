@@ -63,7 +63,10 @@ def network_metrics(
     security: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """``metrics.json`` of a networked run, in the shape ``ztfm simulate`` writes; ``security``
-    holds each round's ``excluded`` and security metrics (``CoordinatorScenario.rounds``)."""
+    holds each round's ``excluded`` and security metrics (``CoordinatorScenario.rounds``).
+
+    Each round's summary or failure is looked up by its round number, so a failed round (which
+    has no summary) does not shift the later rounds' summaries onto earlier rounds."""
     import numpy as np
 
     from ztfm.sim.runner import ROUND_PERIOD_S, summarise
@@ -72,21 +75,26 @@ def network_metrics(
     log = service.log
     rounds: list[dict[str, Any]] = []
     for i, evals in enumerate(log.evals):
-        s = log.summaries[i] if i < len(log.summaries) else None
-        rounds.append(
-            {
-                "round": i + 1,
-                "model_version": s.model_version if s is not None else None,
-                **summarise(evals, segments),
-                "excluded": {},
-                "accepted": list(s.accepted) if s is not None else [],
-                "rejected": dict(s.rejected) if s is not None else {},
-                "bytes_up": log.bytes_up[i] if i < len(log.bytes_up) else {},
-                "bytes_down": log.bytes_down[i] if i < len(log.bytes_down) else {},
-                "wall_s": {},
-                **(security[i] if i < len(security) else {}),
-            }
-        )
+        n = i + 1
+        s = log.closed.get(n)
+        # a failed round keeps the model: its version is the one its devices evaluated
+        versions = {e.model_version for e in evals.values()}
+        version = s.model_version if s is not None else min(versions, default=None)
+        rec: dict[str, Any] = {
+            "round": n,
+            "model_version": version,
+            **summarise(evals, segments),
+            "excluded": {},
+            "accepted": list(s.accepted) if s is not None else [],
+            "rejected": dict(s.rejected) if s is not None else {},
+            "bytes_up": log.bytes_up[i] if i < len(log.bytes_up) else {},
+            "bytes_down": log.bytes_down[i] if i < len(log.bytes_down) else {},
+            "wall_s": {},
+            **(security[i] if i < len(security) else {}),
+        }
+        if n in log.failed:
+            rec["failed"] = log.failed[n]
+        rounds.append(rec)
     comparison: dict[str, Any] = {}
     if rounds:
         comparison = {

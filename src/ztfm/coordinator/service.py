@@ -12,6 +12,10 @@ A networked transport (gRPC over mTLS) authenticates the caller and then calls `
     eval  (model v)       -> every registered device evaluated or deadline -> next round
     done                  -> after the last round
 
+A round that cannot open (fewer eligible devices than the strategy needs) or whose aggregation
+fails is recorded as failed (``RoundLog.failed``) and still evaluated, and the run goes on to
+the next round, as ``ztfm simulate`` does; the model is kept.
+
 The same ``Coordinator`` object is used as in simulation, so a fleet reaches the same model for
 the same seed over the network as in process.
 """
@@ -39,13 +43,28 @@ WAIT = b""  # "nothing for you yet": poll again later
 
 @dataclass(slots=True)
 class RoundLog:
-    """What happened in each round, for metrics and the final report."""
+    """What happened in each round, for metrics and the final report.
+
+    Rounds are numbered 1, 2, ... in the order the service runs them (simulate's ``round``);
+    a failed round keeps its number, so ``closed`` and ``failed`` are keyed by it. ``evals``,
+    ``bytes_up`` and ``bytes_down`` hold one entry per round run (index = round - 1);
+    ``summaries`` only the rounds that produced a model, in order."""
 
     summaries: list[RoundSummary] = field(default_factory=list)
     evals: list[dict[str, EvalReply]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     bytes_up: list[dict[str, int]] = field(default_factory=list)
     bytes_down: list[dict[str, int]] = field(default_factory=list)
+    closed: dict[int, RoundSummary] = field(default_factory=dict)  # round -> its summary
+    failed: dict[int, str] = field(default_factory=dict)  # round -> why it failed
+
+    def record_closed(self, round_no: int, summary: RoundSummary) -> None:
+        self.summaries.append(summary)
+        self.closed[round_no] = summary
+
+    def record_failed(self, round_no: int, reason: str) -> None:
+        self.failures.append(reason)
+        self.failed[round_no] = reason
 
 
 class RoundAttestation(Protocol):
@@ -172,14 +191,17 @@ class CoordinatorService:
         self.phase, self._phase_started = "attest", now
 
     def _open_train(self, now: float) -> None:
+        self._up, self._down = {}, {}
         try:
             tasks = self.coordinator.open_round(now)
         except RoundError as exc:
-            self.log.failures.append(str(exc))
-            self._finish()
+            # nobody to train (e.g. every device gated by trust or out of privacy budget): as
+            # in simulate, the round is failed, the kept model is still evaluated, and the run
+            # goes on
+            self.log.record_failed(self._round_no, str(exc))
+            self._after_train(now)
             return
         self._tasks = codec.encode_many(tasks)
-        self._up, self._down = {}, {}
         if self.secure is not None:
             rid = self.coordinator.next_round_id
             self._expect = {d: (rid, "train", t.nonce) for d, t in tasks.items()}
@@ -258,13 +280,18 @@ class CoordinatorService:
             now,
             server_lr=self.secure.settings.server_lr,
         )
-        self.log.summaries.append(summary)
+        self.log.record_closed(self._round_no, summary)
         self._after_train(now)
 
     def _secure_failed(self, reason: str, now: float) -> None:
         self.coordinator.abort_round(reason, now)
-        self.log.failures.append(reason)
+        self.log.record_failed(self._round_no, reason)
         self._after_train(now)
+
+    @property
+    def _round_no(self) -> int:
+        """The number of the round in progress (1, 2, ...; a failed round counts)."""
+        return self._done_round + 1
 
     def _after_train(self, now: float) -> None:
         self._phases = None
@@ -277,13 +304,10 @@ class CoordinatorService:
     def _close_train(self, now: float) -> None:
         self._tasks = {}
         try:
-            self.log.summaries.append(self.coordinator.close_round(now))
+            self.log.record_closed(self._round_no, self.coordinator.close_round(now))
         except RoundError as exc:
-            self.log.failures.append(str(exc))
-        self.log.bytes_up.append(dict(self._up))
-        self.log.bytes_down.append(dict(self._down))
-        self._tasks = codec.encode_many(self.coordinator.eval_tasks())
-        self.phase, self._phase_started = "eval", now
+            self.log.record_failed(self._round_no, str(exc))
+        self._after_train(now)
 
     def _close_eval(self, now: float) -> None:
         self._tasks = {}
