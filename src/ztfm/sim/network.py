@@ -45,7 +45,7 @@ from ztfm.fl.messages import EvalReply
 from ztfm.fl.strategy import Strategy
 from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import Fleet
-from ztfm.sim.runner import build_agent, summarise
+from ztfm.sim.runner import build_agent, security_metrics
 from ztfm.sim.scenario import Scenario, build_scenario, privacy_transforms
 from ztfm.sim.secure import device_rng, secure_settings, update_settings
 from ztfm.trust import TrustState
@@ -151,26 +151,6 @@ def file_device_transforms(cfg: SimConfig, fleet_size: int) -> list[UpdateTransf
     return privacy_transforms(cfg, max(r.min_devices, math.ceil(r.fraction * fleet_size)))
 
 
-def security_metrics(
-    scenario: Scenario, evals: Mapping[str, EvalReply], segments: Mapping[str, str], now: float
-) -> dict[str, Any]:
-    """Attackers, honest-only global metrics, trust scores, quarantined set and epsilon, in the
-    shape of simulate's round records."""
-    out: dict[str, Any] = {}
-    attackers = set(scenario.attackers)
-    if attackers:
-        honest = {d: e for d, e in evals.items() if d not in attackers}
-        out["attackers"] = sorted(attackers)
-        out["global_honest"] = summarise(honest, dict(segments))["global"]
-    if scenario.trust is not None:
-        recs = {d: scenario.trust.record(DeviceId(d), now) for d in sorted(segments)}
-        out["trust"] = {d: round(r.score, 4) for d, r in recs.items()}
-        out["quarantined"] = sorted(d for d, r in recs.items() if r.state is TrustState.QUARANTINED)
-    if scenario.accountant is not None:
-        out["epsilon"] = {d: round(e, 4) for d, e in scenario.accountant.epsilon_spent().items()}
-    return out
-
-
 @dataclass(slots=True)
 class CoordinatorScenario:
     """The coordinator's side of a scenario, plus the bookkeeping a networked run needs.
@@ -178,8 +158,8 @@ class CoordinatorScenario:
     Wire it as: ``build_coordinator(..., events=cs.on_event, strategy=cs.strategy,
     eligibility=cs.eligibility, reply_hooks=cs.reply_hooks)``, then
     ``CoordinatorService(..., on_round=cs.on_round)`` and ``cs.devices = coordinator.devices``.
-    ``rounds`` then holds, per completed round, what simulate adds to its round record
-    (``excluded`` and the security metrics).
+    ``rounds`` then holds, per round run (a failed round too, as in simulate), what simulate
+    adds to its round record (``excluded`` and the security metrics).
     """
 
     scenario: Scenario
