@@ -18,6 +18,8 @@ Two parts, both printed as tables and written to bench/results/robustness.json:
 
 Usage: python bench/robustness.py [--quick] [--rounds 5] [--epochs 1] [--jobs 1] [--dataset skab]
        [--canary 4] [--attacks a,b] [--defences d,e] [--fractions 0.1,0.2,0.3] [--skip-synthetic]
+An attack is a name of ``ATTACKS`` or ``name:key=value[:key=value]`` (``alie:z=1.5``): see
+``attack_spec``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ ATTACKS: dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {
     "ipm": (None, {"name": "ipm", "epsilon": 5.0}),
     "scaling": ({"name": "label_flip", "fraction": 0.5}, {"name": "scaling", "factor": 10.0}),
     "label_flip": ({"name": "label_flip", "fraction": 0.5}, None),
+    # both halves in one library attack: label flip 50% on its rows, update boosted n / k
+    "model_replacement": (None, {"name": "model_replacement"}),
     "sign_flip": (None, {"name": "sign_flip", "scale": 4.0}),
     "min_max": (None, {"name": "min_max"}),
     "sybil_noise": (None, {"name": "sybil", "inner": "gaussian", "inner_params": {"sigma": 0.05}}),
@@ -78,6 +82,31 @@ DEFENCES = [
     "trimmed_mean+trust",
     "median@k3",
 ]
+
+
+def attack_spec(
+    attack: str,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``name`` from ``ATTACKS``, or ``name:key=value[:key=value...]`` to override parameters of
+    its update part (its data part if it has none), e.g. ``alie:z=1.5``. Values are numbers, or
+    ``none`` for None."""
+    base, *pairs = attack.split(":")
+    if base not in ATTACKS:
+        raise SystemExit(f"unknown attack {base!r}; choose from {sorted(ATTACKS)}")
+    data_spec, update_spec = ATTACKS[base]
+    if not pairs:
+        return data_spec, update_spec
+    over: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, val = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"bad attack parameter {pair!r} in {attack!r} (want key=value)")
+        over[key] = None if val.lower() == "none" else float(val)
+    if update_spec is not None:
+        return data_spec, {**update_spec, **over}
+    if data_spec is None:
+        raise SystemExit(f"attack {base!r} takes no parameters")
+    return {**data_spec, **over}, None
 
 
 def _aggregator(defence: str, n: int, f: int, server_update: np.ndarray | None) -> Aggregator:
@@ -169,11 +198,22 @@ def run_fleet(
     chosen = sorted(rng.choice(devices, size=k, replace=False).tolist()) if k else []
     honest = [d for d in devices if d not in chosen]
     attackers = chosen if attack != "none" else []
-    data_spec, update_spec = ATTACKS[attack]
+    data_spec, update_spec = attack_spec(attack)
+    upd_atk: UpdateAttack | None = None
+    data_atk: DataAttack | None = None
+    if update_spec is not None:
+        params = dict(update_spec)
+        built = make_attack(params.pop("name"), **params)
+        assert isinstance(built, UpdateAttack)
+        upd_atk = built
+        if isinstance(built, DataAttack):  # model replacement: poisoned rows, boosted update
+            data_atk = built
     if data_spec is not None:
         params = dict(data_spec)
-        data_atk = make_attack(params.pop("name"), **params)
-        assert isinstance(data_atk, DataAttack)
+        built_data = make_attack(params.pop("name"), **params)
+        assert isinstance(built_data, DataAttack)
+        data_atk = built_data
+    if data_atk is not None:
         for i, d in enumerate(attackers):
             a = agents[d]
             own_attacks = a.data.test_x[a.data.test_y == 1]
@@ -191,12 +231,6 @@ def run_fleet(
                 target_far=a.target_far,
                 postprocess=a.postprocess,
             )
-    upd_atk: UpdateAttack | None = None
-    if update_spec is not None:
-        params = dict(update_spec)
-        built = make_attack(params.pop("name"), **params)
-        assert isinstance(built, UpdateAttack)
-        upd_atk = built
 
     # The coordinator's own clean root set (FLTrust's server update is trained on it): the
     # benign rows of its canary devices, which are not fleet members (one agent per canary
@@ -403,9 +437,6 @@ def add_canary_metrics(runs: list[dict[str, Any]], dataset: str, n_canary: int, 
         )
 
 
-TARGET_ATTACKS = ("alie", "ipm", "scaling", "label_flip")
-
-
 def targets(fleet: list[dict[str, Any]], best: str = "geometric_median+trust") -> dict[str, Any]:
     """Issue 8's targets from the grid: at 20% attackers, the F1 drop (points) against no attack
     for FedAvg and for ``best`` on the honest devices (fleet F1) and on the canary set (fixed
@@ -418,8 +449,9 @@ def targets(fleet: list[dict[str, Any]], best: str = "geometric_median+trust") -
         )
 
     rows = []
+    attacks = [a for a in dict.fromkeys(x["attack"] for x in fleet) if a != "none"]
     for fr in sorted({x["fraction"] for x in fleet}):
-        for a in TARGET_ATTACKS:
+        for a in attacks:
             for d in ("mean", best):
                 r, base = cell(a, d, fr), cell("none", d, fr)
                 if r is None or base is None:
@@ -454,7 +486,7 @@ def targets(fleet: list[dict[str, Any]], best: str = "geometric_median+trust") -
 
 def _progress(r: dict[str, Any]) -> None:
     print(
-        f"  {r['attack']:<11} {r['defence']:<24} {r['fraction']:.1f}  F1 {r['f1']:.3f}  "
+        f"  {r['attack']:<17} {r['defence']:<24} {r['fraction']:.1f}  F1 {r['f1']:.3f}  "
         f"recall {r['attack_recall']:.3f}  q {r['attackers_quarantined_by_r5']}/"
         f"{r['attackers']}  fq {r['honest_quarantined']}  err {r['agg_error_mean'] or -1:.3f}  "
         f"({r['wall_s']:.0f} s)",
@@ -608,7 +640,7 @@ def main() -> None:
             "fractions": fractions,
             "attacks": attacks,
             "defences": defences,
-            "attack_params": {a: ATTACKS[a] for a in attacks},
+            "attack_params": {a: attack_spec(a) for a in attacks},
         },
         "groups": groups,
         "speed": timing,
@@ -679,7 +711,7 @@ def print_fleet(
     for fr in fractions:
         print(f"\nattackers {fr:.0%}")
         width = 26 if canary else 18
-        print(f"{'attack':<12}" + "".join(f"{d[: width - 2]:>{width}}" for d in defences))
+        print(f"{'attack':<18}" + "".join(f"{d[: width - 2]:>{width}}" for d in defences))
         for a in ["none", *[x for x in attacks if x != "none"]]:
             cells = []
             for d in defences:
@@ -702,7 +734,7 @@ def print_fleet(
                 if a != "none" and "@k" not in d:
                     c += f" q{r['attackers_quarantined_by_r5']}"
                 cells.append(c)
-            print(f"{a:<12}" + "".join(f"{c:>{width}}" for c in cells))
+            print(f"{a:<18}" + "".join(f"{c:>{width}}" for c in cells))
 
 
 def print_targets(summary: dict[str, Any]) -> None:
@@ -711,11 +743,11 @@ def print_targets(summary: dict[str, Any]) -> None:
         "<= 2, FedAvg visibly worse"
     )
     print(
-        f"{'frac':>5} {'attack':<11} {'defence':<24} {'fleet F1':>9} {'canary F1':>10} {'AUC':>6}"
+        f"{'frac':>5} {'attack':<17} {'defence':<24} {'fleet F1':>9} {'canary F1':>10} {'AUC':>6}"
     )
     for r in summary["f1_drops"]:
         print(
-            f"{r['fraction']:>5.0%} {r['attack']:<11} {r['defence']:<24} "
+            f"{r['fraction']:>5.0%} {r['attack']:<17} {r['defence']:<24} "
             f"{r['fleet_f1_drop_pts']:>9.1f} "
             f"{r.get('canary_f1_fixed_drop_pts', float('nan')):>10.1f} "
             f"{r.get('canary_auc_drop_pts', float('nan')):>6.1f}"

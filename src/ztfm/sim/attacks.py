@@ -11,6 +11,9 @@ Two kinds:
   it trains honestly. The on-device model is an autoencoder trained on benign rows only, so
   "label flipping" means feeding attack traffic in as if it were benign: the model learns to
   reconstruct it and scores it as normal.
+* ``ModelReplacement`` is both: a data attack poisons the attacker's rows, it trains on them, and
+  the update it sends is boosted so that the aggregate becomes the attacker's model. Callers apply
+  every kind an attack has (``isinstance`` against both protocols, not one or the other).
 
 ``make_attack(name, **params)`` builds any of them by name (for TOML configs).
 """
@@ -52,7 +55,7 @@ class DataAttack(Protocol):
     ) -> np.ndarray: ...
 
 
-Attack = UpdateAttack | DataAttack
+Attack = UpdateAttack | DataAttack  # ModelReplacement is both
 
 
 def _check_stack(x: object, what: str) -> np.ndarray:
@@ -98,9 +101,9 @@ class SignFlip:
 
 @dataclass(frozen=True, slots=True)
 class Scaling:
-    """Boost the update by ``factor`` (model replacement, Bagdasaryan et al. 2020: a factor of
-    about n / server_lr replaces the global model with the attacker's). Combine with a data
-    attack (label flip, backdoor) so that what is boosted is poisoned."""
+    """Boost the attacker's own (honestly trained) update by ``factor``: a pure boost, nothing
+    poisoned. ``ModelReplacement`` (``"model_replacement"``) is the poisoned-then-boosted attack
+    of Bagdasaryan et al. 2020."""
 
     factor: float = 10.0
     name: str = field(default="scaling", init=False)
@@ -390,6 +393,54 @@ class Backdoor:
         return _mix_in(train, t, a, self.fraction, rng, self.stamp)
 
 
+# --- data + model poisoning -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ModelReplacement:
+    """Model replacement (Bagdasaryan et al. 2020): train on a poisoned objective, then boost
+    the update so that the global model becomes the attacker's.
+
+    Both a ``DataAttack`` and an ``UpdateAttack``: ``poison`` is the ``data`` attack (label flip
+    by default, or a backdoor) on the attacker's own training rows; ``craft`` sends
+    ``factor * own``. With ``factor=None`` the factor is ``n / (server_lr * k)`` for k attackers
+    among n participants of the round (``own`` plus ``benign``; without ``benign``, n = k): under
+    an equal-weight mean the k boosted updates then add the attackers' mean update in full, so
+    the new global model is the attackers' mean model plus the honest updates' 1/n share."""
+
+    data: DataAttack = field(default_factory=LabelFlip)
+    factor: float | None = None
+    server_lr: float = 1.0
+    name: str = field(default="model_replacement", init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, DataAttack) or isinstance(self.data, UpdateAttack):
+            raise ConfigError(f"model_replacement: data must be a data attack, got {self.data!r}")
+        if self.factor is not None:
+            _positive("factor", self.factor)
+        _positive("server_lr", self.server_lr)
+
+    def poison(
+        self,
+        train: np.ndarray,
+        attack_rows: np.ndarray,
+        rng: np.random.Generator,
+        attack_kinds: np.ndarray | None = None,
+    ) -> np.ndarray:
+        return self.data.poison(train, attack_rows, rng, attack_kinds=attack_kinds)
+
+    def boost(self, k: int, n: int) -> float:
+        """The factor applied to each of ``k`` attackers' updates among ``n`` participants."""
+        if self.factor is not None:
+            return self.factor
+        return n / (self.server_lr * k)
+
+    def craft(
+        self, own: np.ndarray, benign: np.ndarray | None, rng: np.random.Generator
+    ) -> np.ndarray:
+        o = _check_stack(own, "own updates")
+        n = o.shape[0] + (0 if benign is None else _reference(o, benign).shape[0])
+        return self.boost(o.shape[0], n) * o
+
+
 # --- registry -----------------------------------------------------------------------------------
 def _sybil(**params: Any) -> Sybil:
     inner = params.pop("inner", None)
@@ -417,10 +468,35 @@ def _backdoor(**params: Any) -> Backdoor:
     return Backdoor(trigger=pairs, **params)
 
 
+DATA_ATTACKS: dict[str, Callable[..., DataAttack]] = {
+    "label_flip": LabelFlip,
+    "backdoor": _backdoor,
+}
+
+
+def _model_replacement(**params: Any) -> ModelReplacement:
+    """``data`` names the data attack (``label_flip`` or ``backdoor``), ``data_params`` its
+    parameters; ``factor`` and ``server_lr`` as in ``ModelReplacement``."""
+    data = params.pop("data", "label_flip")
+    data_params = params.pop("data_params", {}) or {}
+    if not isinstance(data, str) or data not in DATA_ATTACKS:
+        raise ConfigError(
+            f"model_replacement: data must be one of {sorted(DATA_ATTACKS)}, got {data!r}"
+        )
+    if not isinstance(data_params, dict):
+        raise ConfigError("model_replacement: data_params must be a table of parameters")
+    unknown = set(params) - {"factor", "server_lr"}
+    if unknown:
+        raise ConfigError(f"model_replacement: unknown parameters {sorted(unknown)}")
+    built = make_attack(data, **data_params)
+    assert isinstance(built, DataAttack)
+    return ModelReplacement(data=built, **params)
+
+
 ATTACKS: dict[str, Callable[..., Attack]] = {
     "sign_flip": SignFlip,
     "scaling": Scaling,
-    "model_replacement": Scaling,
+    "model_replacement": _model_replacement,
     "gaussian": GaussianNoise,
     "alie": ALIE,
     "ipm": IPM,

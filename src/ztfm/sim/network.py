@@ -15,7 +15,8 @@ Model attacks that need the honest updates of the round (ALIE, IPM, min-max, sca
 omniscient: they are played, exactly as in simulate, by the coordinator-side ``Adversary`` hook
 that replaces the attackers' replies before aggregation. The attacker devices themselves train
 honestly; data attacks (label flip, backdoor) poison the attacker's own training rows in its own
-process.
+process. Model replacement is both halves: the device process trains on its poisoned rows and the
+coordinator-side hook boosts its reply (so, like every model attack, not with ``[secagg]``).
 
 Every exclusion from a round, every trust change and every quarantine decision goes to the audit
 log with its reason.

@@ -6,7 +6,8 @@ sections of the configuration.
   an attacker's training rows with its own attack traffic before it trains honestly. A model
   attack (``alie``, ``ipm``, ``scaling``, ...) is played by a colluding adversary who, at the
   coordinator's door, replaces the attackers' updates with crafted ones after seeing the honest
-  updates of the round (the omniscient case, the strongest).
+  updates of the round (the omniscient case, the strongest). ``model_replacement`` is both: the
+  attacker trains on label-flipped (or backdoored) rows, then the adversary boosts its update.
 * Defences: a robust aggregator over the updates; per-device trust that weights aggregation,
   gates participation and quarantines; device-side clipping with distributed Gaussian noise (or
   central noise at the coordinator) and a per-device privacy accountant whose budget gates
@@ -186,13 +187,16 @@ def build_scenario(
     if cfg.attacks.name != "none":
         attack = make_attack(cfg.attacks.name, **cfg.attacks.params)
         attackers = choose_attackers(fleet, cfg.attacks.fraction, cfg.seed)
+        # An attack may be both (model replacement: poisoned rows, then a boosted update).
         if isinstance(attack, DataAttack):
             fleet = poison_fleet(fleet, attackers, attack, cfg.seed)
-        elif isinstance(attack, UpdateAttack):
+        if isinstance(attack, UpdateAttack):
             adversary = Adversary(
                 frozenset(attackers), attack, np.random.default_rng([cfg.seed, 8])
             )
-        else:  # pragma: no cover - make_attack returns one of the two
+        if not isinstance(
+            attack, DataAttack | UpdateAttack
+        ):  # pragma: no cover - make_attack returns one of the two
             raise ConfigError(f"attack {cfg.attacks.name!r} is neither a data nor a model attack")
     r, p = cfg.rounds, cfg.privacy
     dp = p.clip_norm > 0 and p.noise_multiplier > 0

@@ -17,6 +17,7 @@ from ztfm.sim.attacks import (
     LabelFlip,
     MinMax,
     MinSum,
+    ModelReplacement,
     Scaling,
     SignFlip,
     Sybil,
@@ -50,7 +51,7 @@ def test_update_attacks_shape_finite_deterministic(name: str) -> None:
 
 
 # Attacks that never read the benign updates, so bad benign input cannot reach them.
-IGNORE_BENIGN = {"sign_flip", "scaling", "model_replacement", "gaussian", "free_rider", "sybil"}
+IGNORE_BENIGN = {"sign_flip", "scaling", "gaussian", "free_rider", "sybil"}
 OWN_CASES = ["nan_own", "1d_own", "empty_own", "int_own"]
 BENIGN_CASES = ["nan_benign", "mismatched_d"]
 BAD_INPUT_COMBOS = [
@@ -219,6 +220,17 @@ def test_data_attacks_reject_bad_rows(name: str) -> None:
         ("sybil", {"clones": 3}),
         ("scaling", {"boost": 3}),
         ("scaling", {"name": "x"}),
+        ("model_replacement", {"factor": 0.0}),
+        ("model_replacement", {"factor": float("nan")}),
+        ("model_replacement", {"factor": "10"}),
+        ("model_replacement", {"server_lr": -1.0}),
+        ("model_replacement", {"data": "alie"}),
+        ("model_replacement", {"data": "model_replacement"}),
+        ("model_replacement", {"data": 3}),
+        ("model_replacement", {"data_params": [0.5]}),
+        ("model_replacement", {"data_params": {"fraction": 1.0}}),
+        ("model_replacement", {"data": "backdoor", "data_params": {"trigger": [1]}}),
+        ("model_replacement", {"boost": 3}),
     ],
 )
 def test_make_attack_rejects(name: str, params: dict[str, object]) -> None:
@@ -229,3 +241,55 @@ def test_make_attack_rejects(name: str, params: dict[str, object]) -> None:
 def test_minmax_minsum_names() -> None:
     assert MinMax().name == "min_max" and MinSum().name == "min_sum"
     assert LabelFlip().name == "label_flip"
+
+
+def test_model_replacement_poisons_the_rows_then_boosts_the_update() -> None:
+    """Bagdasaryan et al.: the attacker trains on poisoned rows and boosts what it sends so that
+    the mean of the round becomes its model."""
+    atk = make_attack("model_replacement")
+    assert isinstance(atk, ModelReplacement) and atk.name == "model_replacement"
+    assert isinstance(atk, DataAttack) and isinstance(atk, UpdateAttack)  # both halves
+    # data half: exactly the label flip (50% default) on the attacker's own rows
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(300, 5)).astype(np.float32)
+    attack = (100.0 + rng.normal(size=(40, 5))).astype(np.float32)
+    poisoned = atk.poison(train, attack, np.random.default_rng(1))
+    assert poisoned.shape == (600, 5) and int((poisoned[:, 0] > 50).sum()) == 300
+    np.testing.assert_array_equal(
+        poisoned, LabelFlip(fraction=0.5).poison(train, attack, np.random.default_rng(1))
+    )
+    # update half: 4 attackers among 24 participants, boost n / k = 6
+    own, benign = _round()
+    sent = atk.craft(own, benign, np.random.default_rng(0))
+    np.testing.assert_allclose(sent, 6.0 * own)
+    # the mean the server applies (lr 1) is the attackers' mean update plus the honest 1/n share
+    applied = np.vstack([sent, benign]).mean(axis=0)
+    np.testing.assert_allclose(applied, own.mean(axis=0) + benign.sum(axis=0) / 24)
+    # a server learning rate of 0.5 doubles the boost; alone (no benign updates) n = k
+    half = make_attack("model_replacement", server_lr=0.5)
+    np.testing.assert_allclose(half.craft(own, benign, rng), 12.0 * own)  # type: ignore[union-attr]
+    np.testing.assert_allclose(atk.craft(own, None, rng), own)
+    # the former alias's key still works: a fixed factor
+    fixed = make_attack("model_replacement", factor=10.0)
+    np.testing.assert_allclose(fixed.craft(own, benign, rng), 10.0 * own)  # type: ignore[union-attr]
+
+
+def test_model_replacement_with_a_backdoor() -> None:
+    atk = make_attack(
+        "model_replacement",
+        data="backdoor",
+        data_params={"target_kind": "scan", "fraction": 0.5, "trigger": {"2": 7.0}},
+        factor=3.0,
+    )
+    assert isinstance(atk, ModelReplacement) and isinstance(atk.data, Backdoor)
+    train = np.zeros((100, 4))
+    attack = np.vstack([np.full((10, 4), 50.0), np.full((10, 4), -50.0)])
+    kinds = np.array(["ddos"] * 10 + ["scan"] * 10)
+    out = atk.poison(train, attack, np.random.default_rng(0), attack_kinds=kinds)
+    poisoned = out[np.abs(out[:, 0]) > 10]
+    assert len(poisoned) == 100 and (poisoned[:, 0] == -50.0).all()
+    assert (poisoned[:, 2] == 7.0).all()
+    with pytest.raises(DataError, match="attack_kinds"):
+        atk.poison(train, attack, np.random.default_rng(0))
+    with pytest.raises(ConfigError):
+        ModelReplacement(data=Scaling())  # type: ignore[arg-type]

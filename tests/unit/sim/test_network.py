@@ -10,15 +10,18 @@ import pytest
 from ztfm.audit import MemoryAuditSink
 from ztfm.errors import ConfigError
 from ztfm.fl.messages import RoundTask
-from ztfm.sim.config import SimConfig, TrustSimConfig
+from ztfm.sim.attacks import ModelReplacement
+from ztfm.sim.config import AttackConfig, SimConfig, TrustSimConfig
 from ztfm.sim.fleet import build_fleet
 from ztfm.sim.network import (
     UNSAFE_ATTESTATION,
     check_network_config,
+    check_network_scenario,
     coordinator_scenario,
     device_agent,
     file_device_transforms,
 )
+from ztfm.sim.scenario import build_scenario
 
 
 def _cfg(**sections: object) -> SimConfig:
@@ -77,3 +80,27 @@ def test_registration_exclusion_and_trust_changes_are_audited() -> None:
     assert change["inputs"] == {"detail": UNSAFE_ATTESTATION}
     sc.on_event({"event": "device_excluded", "device": known, "reason": "trust 0.2 < gate"})
     assert audit.of("round.device_excluded") == [{"device": known, "reason": "trust 0.2 < gate"}]
+
+
+def test_model_replacement_poisons_the_device_and_boosts_at_the_coordinator() -> None:
+    """Both halves of the composite attack run over the network: the attacker's device process
+    trains on label-flipped rows, the coordinator-side hook boosts its reply; with [secagg] the
+    boost has no plaintext to act on, so the config is refused."""
+    cfg = _cfg(attacks=AttackConfig("model_replacement", 0.5, {"factor": 5.0}))
+    fleet = build_fleet(cfg.fleet, cfg.detector)
+    scenario, poisoned = build_scenario(cfg, fleet, lambda: 0.0)
+    (attacker,) = scenario.attackers
+    assert scenario.adversary is not None
+    assert isinstance(scenario.adversary.attack, ModelReplacement)
+    assert scenario.adversary.attack.factor == 5.0
+    for i, dev in enumerate(fleet.devices):
+        agent = device_agent(cfg, fleet, i)
+        grew = len(agent.data.train) > len(dev.data.train)
+        assert grew == (dev.device_id == attacker)  # only the attacker's rows are poisoned
+        assert len(agent.data.train) == len(poisoned.devices[i].data.train)
+    cs = coordinator_scenario(cfg, fleet)
+    assert cs.reply_hooks == [cs.scenario.adversary]
+    check_network_scenario(cfg, fleet)
+    secure = replace(cfg, secagg=replace(SimConfig().secagg, enabled=True))
+    with pytest.raises(ConfigError, match=r"model_replacement.*simulation-only"):
+        check_network_scenario(secure, fleet)
