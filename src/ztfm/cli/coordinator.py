@@ -341,7 +341,12 @@ def serve(
     audit = AuditLog(out / "audit.log")
     fleet = LocalFleet.from_directory(ca_dir, time.time())
     # attacks, robust aggregation, trust and privacy: the scenario simulate builds (sim/network.py)
-    sc = coordinator_scenario(cfg, fl, audit, time.time) if fl is not None else None
+    # with --attestation tpm only TPM verdicts move trust (no attestation by fiat)
+    sc = (
+        coordinator_scenario(cfg, fl, audit, time.time, assume_attested=attestation != "tpm")
+        if fl is not None
+        else None
+    )
     releaser = _releaser(out, cfg.detector.name) if release else None
     attest = None  # TPM attestation: Attest RPC, a quote a round, first eligibility gate
     if attestation == "tpm":

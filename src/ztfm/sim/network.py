@@ -169,6 +169,7 @@ class CoordinatorScenario:
     devices: Mapping[str, str] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    assume_attested: bool = True
     _round_start: int = 0
     _trust_seen: int = 0
 
@@ -188,7 +189,7 @@ class CoordinatorScenario:
         """The coordinator's event sink (called under the service lock)."""
         self.events.append(record)
         event = record.get("event")
-        if event == "device_registered":
+        if event == "device_registered" and self.assume_attested:
             self._assume_attested(str(record["device"]))
         elif event == "device_excluded":
             self._audit(
@@ -250,9 +251,13 @@ def coordinator_scenario(
     fleet: Fleet,
     audit: AuditSink | None = None,
     clock: Callable[[], float] = lambda: 0.0,
+    *,
+    assume_attested: bool = True,
 ) -> CoordinatorScenario:
-    """The coordinator's scenario for ``fleet`` (the one ``ztfm simulate`` would build)."""
+    """The coordinator's scenario for ``fleet`` (the one ``ztfm simulate`` would build).
+    ``assume_attested=False`` when real attestation verdicts feed trust (``--attestation
+    tpm``): no device is then counted as attested by fiat, at start or on registration."""
     check_network_config(cfg)
-    scenario, _ = build_scenario(cfg, fleet, clock)
+    scenario, _ = build_scenario(cfg, fleet, clock, assume_attested=assume_attested)
     check_network_scenario_secure(cfg, scenario)
-    return CoordinatorScenario(scenario, audit, clock)
+    return CoordinatorScenario(scenario, audit, clock, assume_attested=assume_attested)

@@ -178,9 +178,12 @@ def central_noise(sigma_sum: float, seed: int) -> Callable[[np.ndarray, np.ndarr
 
 
 def build_scenario(
-    cfg: SimConfig, fleet: Fleet, now: Callable[[], float]
+    cfg: SimConfig, fleet: Fleet, now: Callable[[], float], *, assume_attested: bool = True
 ) -> tuple[Scenario, Fleet]:
-    """The scenario and the (possibly poisoned) fleet."""
+    """The scenario and the (possibly poisoned) fleet. With trust on and no attestation backend,
+    every device starts with one passing attestation by fiat (``assume_attested``); a caller
+    that feeds real TPM verdicts into trust (``coordinator serve --attestation tpm``) passes
+    ``assume_attested=False`` so that only evidence moves the scores."""
     n = len(fleet.devices)
     attackers: list[str] = []
     adversary = None
@@ -204,7 +207,8 @@ def build_scenario(
     trust = None
     if cfg.trust.enabled:
         trust = TrustManager(MemoryTrustStore(), TrustConfig(gate=cfg.trust.gate))
-        for d in fleet.devices if cfg.attestation.backend == "none" else ():
+        fiat = assume_attested and cfg.attestation.backend == "none"
+        for d in fleet.devices if fiat else ():
             trust.observe_attestation(
                 DeviceId(d.device_id), True, 0.0, detail="attestation not simulated in this run"
             )

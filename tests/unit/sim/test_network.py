@@ -82,6 +82,22 @@ def test_registration_exclusion_and_trust_changes_are_audited() -> None:
     assert audit.of("round.device_excluded") == [{"device": known, "reason": "trust 0.2 < gate"}]
 
 
+def test_with_real_attestation_no_device_is_attested_by_fiat() -> None:
+    """coordinator serve --attestation tpm: only TPM verdicts may move trust."""
+    cfg = _cfg(trust=TrustSimConfig(enabled=True))
+    fleet = build_fleet(cfg.fleet, cfg.detector)
+    audit = MemoryAuditSink()
+    sc = coordinator_scenario(cfg, fleet, audit, lambda: 5.0, assume_attested=False)
+    trust = sc.scenario.trust
+    assert trust is not None
+    assert all(trust.store.load(d.device_id) is None for d in fleet.devices)
+    for device in (fleet.devices[0].device_id, "cam-9"):
+        sc.on_event({"event": "device_registered", "device": device, "segment": "valve1"})
+        assert trust.store.load(device) is None
+    assert audit.of("trust.changed") == []
+    assert sc.scenario.trust_log == []
+
+
 def test_model_replacement_poisons_the_device_and_boosts_at_the_coordinator() -> None:
     """Both halves of the composite attack run over the network: the attacker's device process
     trains on label-flipped rows, the coordinator-side hook boosts its reply; with [secagg] the
