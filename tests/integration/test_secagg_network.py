@@ -314,3 +314,6 @@ def test_too_few_survivors_fail_the_round_in_one_line(tmp_path: Any) -> None:
     (reason,) = got["failures"]
     assert "\n" not in reason and reason.startswith("round 1: SecAgg group of 5 aborted")
     assert rig.coord.model_version == 0 and rig.coord.round is None
+    # the failed round is in the audit log with its reason
+    (failed,) = rig.audit.of("round.failed")
+    assert failed["round"] == 1 and "SecAgg group of 5 aborted" in failed["reason"]

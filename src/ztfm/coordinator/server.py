@@ -338,6 +338,7 @@ class CoordinatorServer:
 
     def _drive(self) -> None:
         seen = 0
+        failed_seen: set[int] = set()
         started = self.clock.now()
         try:
             while not self._stop.is_set():
@@ -389,6 +390,15 @@ class CoordinatorServer:
                             self.clock.now(),
                         )
                     seen += 1
+                for round_no in sorted(set(log_.failed) - failed_seen):
+                    # a failed round (no eligible device, SecAgg abort, refused aggregation):
+                    # the run goes on with the kept model, and the audit log says why
+                    self.audit.record(
+                        "round.failed",
+                        {"round": round_no, "reason": log_.failed[round_no]},
+                        self.clock.now(),
+                    )
+                    failed_seen.add(round_no)
                 if self.service.finished.is_set():
                     return
                 self._stop.wait(self.tick_s)
