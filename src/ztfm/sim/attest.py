@@ -116,4 +116,3 @@ def build_soft_attestation(
             ledger.record(EntryKind.ENROLMENT, enrolled.ledger_body(), now)
         out[dev_id] = dev
     return SoftAttestation(verifier, out, trust, ledger=ledger)
-

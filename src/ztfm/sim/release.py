@@ -68,9 +68,7 @@ class FleetReleases:
     def record(self, kind: EntryKind, body: Mapping[str, Any], now: float) -> int:
         return self.ledger.append(Entry.create(kind, body, now=max(0.0, now)))
 
-    def release(
-        self, params: Sequence[np.ndarray[Any, Any]], round_id: int, now: float
-    ) -> Bundle:
+    def release(self, params: Sequence[np.ndarray[Any, Any]], round_id: int, now: float) -> Bundle:
         """Publish ``params`` as the next version; every device verifies and installs it."""
         version = (self.latest.version + 1) if self.latest is not None else 1
         bundle = publish_bundle(
