@@ -38,6 +38,7 @@ from ztfm.policy import TrustContext, TrustSource
 from ztfm.transport.grpc_fleet import LocalFleet
 from ztfm.transport.grpc_roles import RoundRpcHandler, encode_model_update
 from ztfm.transport.grpc_server import EnrollmentServer, FleetServer
+from ztfm.trust import quarantine_decisions
 from ztfm.types import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -300,18 +301,9 @@ class CoordinatorServer:
             return
         changes = list(self.trust_log[self._trust_seen :])
         self._trust_seen += len(changes)
-        for c in changes:
-            entering = c["new_state"] == "quarantined" != c["old_state"]
-            leaving = c["old_state"] == "quarantined" != c["new_state"]
-            if entering or leaving:
-                body = {
-                    "device_id": c["device"],
-                    "action": "quarantine" if entering else "release",
-                    "reason": str(c["reason"]) or "trust",
-                    "round": round_id,
-                }
-                entry = Entry.create(EntryKind.QUARANTINE_DECISION, body, now=self.clock.now())
-                self.releaser.ledger.append(entry)
+        for body in quarantine_decisions(changes, round_id):
+            entry = Entry.create(EntryKind.QUARANTINE_DECISION, body, now=self.clock.now())
+            self.releaser.ledger.append(entry)
 
     def _released(self, bundle: Bundle) -> None:
         if self.attestation is not None:  # devices that load it must still attest

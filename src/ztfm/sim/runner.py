@@ -30,7 +30,7 @@ from ztfm.sim.release import FleetReleases
 from ztfm.sim.scenario import Scenario, build_scenario
 from ztfm.sim.secure import SecureRounds
 from ztfm.transport.inproc import InProcessTransport, LatencyModel
-from ztfm.trust import TrustState
+from ztfm.trust import TrustState, quarantine_decisions
 from ztfm.types import DeviceId
 
 ROUND_PERIOD_S = 3600.0  # simulated time between round starts (one round an hour)
@@ -264,17 +264,8 @@ class Simulation:
     def _ledger_round(self, round_id: int, summary: Any, changes: list[dict[str, Any]]) -> None:
         """Round contributors, quarantine decisions and the new release, on the ledger."""
         assert self.releases is not None
-        for c in changes:
-            entering = c["new_state"] == "quarantined" != c["old_state"]
-            leaving = c["old_state"] == "quarantined" != c["new_state"]
-            if entering or leaving:
-                body = {
-                    "device_id": c["device"],
-                    "action": "quarantine" if entering else "release",
-                    "reason": str(c["reason"]) or "trust",
-                    "round": round_id,
-                }
-                self.releases.record(EntryKind.QUARANTINE_DECISION, body, self.now)
+        for body in quarantine_decisions(changes, round_id):
+            self.releases.record(EntryKind.QUARANTINE_DECISION, body, self.now)
         if summary is not None:
             body = {
                 "round": round_id,

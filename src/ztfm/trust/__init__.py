@@ -8,7 +8,13 @@ from ztfm.trust.behaviour import (
     update_evidence,
 )
 from ztfm.trust.manager import CanaryEvaluator, CanaryResult, TrustManager
-from ztfm.trust.model import TrustChange, TrustConfig, TrustRecord, TrustState
+from ztfm.trust.model import (
+    TrustChange,
+    TrustConfig,
+    TrustRecord,
+    TrustState,
+    quarantine_decisions,
+)
 from ztfm.trust.ratelimit import TokenBucket
 from ztfm.trust.store import (
     JsonFileTrustStore,
@@ -35,5 +41,6 @@ __all__ = [
     "observe_groups",
     "observe_updates",
     "open_store",
+    "quarantine_decisions",
     "update_evidence",
 ]

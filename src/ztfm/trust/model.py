@@ -9,7 +9,7 @@ against 5.1 units of bad"), bounded, and recent behaviour dominates.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -263,3 +263,26 @@ def next_state(record: TrustRecord, config: TrustConfig) -> TrustState:
     if record.state is TrustState.SUSPICIOUS:
         return TrustState.ACTIVE if s >= config.active_above else TrustState.SUSPICIOUS
     return TrustState.SUSPICIOUS if s < config.suspicious_below else TrustState.ACTIVE
+
+
+def quarantine_decisions(
+    changes: Iterable[Mapping[str, Any]], round_id: int
+) -> list[dict[str, Any]]:
+    """The quarantine decisions among trust changes (``TrustChange.to_dict`` records), as ledger
+    entry bodies: a device entering quarantine (``action="quarantine"``) or leaving it
+    (``"release"``), with the change's reason and the round it is booked to."""
+    out: list[dict[str, Any]] = []
+    quarantined = TrustState.QUARANTINED.value
+    for c in changes:
+        entering = c["new_state"] == quarantined != c["old_state"]
+        leaving = c["old_state"] == quarantined != c["new_state"]
+        if entering or leaving:
+            out.append(
+                {
+                    "device_id": c["device"],
+                    "action": "quarantine" if entering else "release",
+                    "reason": str(c["reason"]) or "trust",
+                    "round": round_id,
+                }
+            )
+    return out
