@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from small_fleet import SMALL_FLEET_TOML
 
 from ztfm.audit import MemoryAuditSink
 from ztfm.cli.coordinator import network_metrics
@@ -33,15 +34,7 @@ from ztfm.sim.runner import Simulation, build_coordinator
 from ztfm.transport.grpc_fleet import LocalFleet
 
 N_ROUNDS, SEED = 3, 2
-BASE = """
-[detector]
-hidden = [16, 4]
-[rounds]
-local_epochs = 1
-[compare]
-local_only = false
-centralised = false
-"""
+BASE = SMALL_FLEET_TOML
 
 
 def _config(tmp: Any, text: str, devices: int) -> SimConfig:

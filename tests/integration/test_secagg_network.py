@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from small_fleet import SMALL_FLEET_TOML
 
 from ztfm.audit import MemoryAuditSink
 from ztfm.cli.coordinator import network_metrics
@@ -41,15 +42,7 @@ from ztfm.transport.grpc_client import RpcFailed
 from ztfm.transport.grpc_fleet import LocalFleet
 
 N_ROUNDS, SEED, N_DEVICES = 2, 3, 5
-BASE = """
-[detector]
-hidden = [16, 4]
-[rounds]
-local_epochs = 1
-[compare]
-local_only = false
-centralised = false
-"""
+BASE = SMALL_FLEET_TOML
 
 
 class _Crash(Exception):

@@ -21,18 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from small_fleet import SMALL_FLEET_TOML
 
 from ztfm.cli.main import main
 
 N_DEVICES, N_ROUNDS, SEED = 4, 3, 1
-CONFIG = """
-[detector]
-hidden = [16, 4]
-[rounds]
-local_epochs = 1
-[compare]
-local_only = false
-centralised = false
+CONFIG = (
+    SMALL_FLEET_TOML
+    + """
 [attacks]
 name = "scaling"
 fraction = 0.25
@@ -47,6 +43,7 @@ noise_multiplier = 0.5
 noise = "distributed"
 epsilon_budget = 100.0
 """
+)
 SECURITY_KEYS = ("excluded", "trust", "quarantined", "epsilon", "attackers")
 
 

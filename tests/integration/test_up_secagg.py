@@ -13,16 +13,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from small_fleet import SMALL_FLEET_TOML
 
 N_DEVICES, N_ROUNDS, SEED = 4, 2, 5
-CONFIG = """
-[detector]
-hidden = [16, 4]
-[rounds]
-local_epochs = 1
-[compare]
-local_only = false
-centralised = false
+CONFIG = (
+    SMALL_FLEET_TOML
+    + """
 [privacy]
 clip_norm = 0.5
 noise_multiplier = 0.8
@@ -32,6 +28,7 @@ enabled = true
 [compression]
 keep_ratio = 0.5
 """
+)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from small_fleet import SMALL_FLEET_TOML
 
 from ztfm.cli.coordinator import network_metrics
 from ztfm.coordinator.service import CoordinatorService
@@ -25,15 +26,7 @@ from ztfm.sim.network import coordinator_scenario, device_agent
 from ztfm.sim.runner import Simulation, build_agent, build_coordinator
 
 ROUNDS = 3
-BASE = """
-[detector]
-hidden = [16, 4]
-[rounds]
-local_epochs = 1
-[compare]
-local_only = false
-centralised = false
-"""
+BASE = SMALL_FLEET_TOML
 
 
 def _cfg(tmp: Path, text: str = "") -> SimConfig:
