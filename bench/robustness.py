@@ -65,6 +65,8 @@ ATTACKS: dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {
     "label_flip": ({"name": "label_flip", "fraction": 0.5}, None),
     # both halves in one library attack: label flip 50% on its rows, update boosted n / k
     "model_replacement": (None, {"name": "model_replacement"}),
+    # control for it: the library's pure boost of honest updates, x5.2 = n / k at 20% (26, 5)
+    "boost": (None, {"name": "scaling", "factor": 5.2}),
     "sign_flip": (None, {"name": "sign_flip", "scale": 4.0}),
     "min_max": (None, {"name": "min_max"}),
     "sybil_noise": (None, {"name": "sybil", "inner": "gaussian", "inner_params": {"sigma": 0.05}}),
