@@ -475,8 +475,9 @@ DATA_ATTACKS: dict[str, Callable[..., DataAttack]] = {
 
 
 def _model_replacement(**params: Any) -> ModelReplacement:
-    """``data`` names the data attack (``label_flip`` or ``backdoor``), ``data_params`` its
-    parameters; ``factor`` and ``server_lr`` as in ``ModelReplacement``."""
+    """``data`` names the data attack (``label_flip`` or ``backdoor``); its parameters go in
+    ``data_params`` or, for flat TOML tables, next to ``factor`` and ``server_lr`` (every key
+    other than those is the data attack's)."""
     data = params.pop("data", "label_flip")
     data_params = params.pop("data_params", {}) or {}
     if not isinstance(data, str) or data not in DATA_ATTACKS:
@@ -485,12 +486,13 @@ def _model_replacement(**params: Any) -> ModelReplacement:
         )
     if not isinstance(data_params, dict):
         raise ConfigError("model_replacement: data_params must be a table of parameters")
-    unknown = set(params) - {"factor", "server_lr"}
-    if unknown:
-        raise ConfigError(f"model_replacement: unknown parameters {sorted(unknown)}")
-    built = make_attack(data, **data_params)
+    boost = {k: params.pop(k) for k in ("factor", "server_lr") if k in params}
+    twice = set(params) & set(data_params)
+    if twice:
+        raise ConfigError(f"model_replacement: {sorted(twice)} given twice")
+    built = make_attack(data, **data_params, **params)
     assert isinstance(built, DataAttack)
-    return ModelReplacement(data=built, **params)
+    return ModelReplacement(data=built, **boost)
 
 
 ATTACKS: dict[str, Callable[..., Attack]] = {

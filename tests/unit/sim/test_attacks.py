@@ -231,6 +231,8 @@ def test_data_attacks_reject_bad_rows(name: str) -> None:
         ("model_replacement", {"data_params": {"fraction": 1.0}}),
         ("model_replacement", {"data": "backdoor", "data_params": {"trigger": [1]}}),
         ("model_replacement", {"boost": 3}),
+        ("model_replacement", {"fraction": 0.2, "data_params": {"fraction": 0.3}}),
+        ("model_replacement", {"fraction": 1.5}),
     ],
 )
 def test_make_attack_rejects(name: str, params: dict[str, object]) -> None:
@@ -269,6 +271,10 @@ def test_model_replacement_poisons_the_rows_then_boosts_the_update() -> None:
     half = make_attack("model_replacement", server_lr=0.5)
     np.testing.assert_allclose(half.craft(own, benign, rng), 12.0 * own)  # type: ignore[union-attr]
     np.testing.assert_allclose(atk.craft(own, None, rng), own)
+    # flat parameters (a TOML [attacks] params table) go to the data attack
+    flat = make_attack("model_replacement", fraction=0.3, factor=4.0)
+    assert isinstance(flat, ModelReplacement) and flat.data == LabelFlip(fraction=0.3)
+    assert flat.factor == 4.0
     # the former alias's key still works: a fixed factor
     fixed = make_attack("model_replacement", factor=10.0)
     np.testing.assert_allclose(fixed.craft(own, benign, rng), 10.0 * own)  # type: ignore[union-attr]

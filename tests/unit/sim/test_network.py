@@ -11,7 +11,7 @@ from ztfm.audit import MemoryAuditSink
 from ztfm.errors import ConfigError
 from ztfm.fl.messages import RoundTask
 from ztfm.sim.attacks import ModelReplacement
-from ztfm.sim.config import AttackConfig, SimConfig, TrustSimConfig
+from ztfm.sim.config import SimConfig, TrustSimConfig, from_mapping
 from ztfm.sim.fleet import build_fleet
 from ztfm.sim.network import (
     UNSAFE_ATTESTATION,
@@ -102,7 +102,8 @@ def test_model_replacement_poisons_the_device_and_boosts_at_the_coordinator() ->
     """Both halves of the composite attack run over the network: the attacker's device process
     trains on label-flipped rows, the coordinator-side hook boosts its reply; with [secagg] the
     boost has no plaintext to act on, so the config is refused."""
-    cfg = _cfg(attacks=AttackConfig("model_replacement", 0.5, {"factor": 5.0}))
+    attacks = {"name": "model_replacement", "fraction": 0.5, "params": {"factor": 5.0}}
+    cfg = replace(from_mapping({"attacks": attacks}), fleet=replace(SimConfig().fleet, devices=2))
     fleet = build_fleet(cfg.fleet, cfg.detector)
     scenario, poisoned = build_scenario(cfg, fleet, lambda: 0.0)
     (attacker,) = scenario.attackers
