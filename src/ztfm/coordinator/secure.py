@@ -28,7 +28,7 @@ from ztfm.crypto.prg import MaskExpander
 from ztfm.crypto.signing import VerifyKey
 from ztfm.errors import AggregationError, CryptoError, RoundError, SecAggError, UpdateRejected
 from ztfm.fl import codec as fl_codec
-from ztfm.fl.messages import SecureRoundConfig
+from ztfm.fl.messages import EndorsedKey, SecureRoundConfig
 from ztfm.privacy.compress import k_for_ratio
 from ztfm.privacy.noise import DistributedGaussian
 from ztfm.robust import make_aggregator
@@ -346,7 +346,9 @@ class SecurePhases:
     """One secure round over pull/push transport, phase by phase.
 
     Built after the ``train`` phase from the devices that trained (``keys``: device -> its
-    SecAgg identity key, learned over its own authenticated channel). ``tasks()`` gives this
+    SecAgg identity key endorsed by its device certificate, learned over its own authenticated
+    channel); each device's ``advertise`` task relays its neighbours' endorsed keys, which the
+    device checks itself against the fleet CA. ``tasks()`` gives this
     phase's payload per live device; ``receive`` takes one device's reply payload; ``advance``
     closes the phase (whoever has not replied is a dropout) and returns False once the last
     phase has run, when ``outcomes`` hold each group's sum or failure."""
@@ -356,14 +358,17 @@ class SecurePhases:
         aggregator: SecureAggregator,
         round_id: int,
         selected: Sequence[str],
-        keys: Mapping[str, VerifyKey],
+        keys: Mapping[str, EndorsedKey],
     ) -> None:
         self.aggregator = aggregator
         self.round_id = round_id
         self.phase_index = 0
         self.groups: list[_Group] = []
         self.group_of: dict[str, _Group] = {}
-        identities = {DeviceId(d): k for d, k in keys.items()}
+        try:
+            identities = {DeviceId(d): VerifyKey(k.key) for d, k in keys.items()}
+        except CryptoError as exc:
+            raise RoundError(f"a SecAgg identity key is invalid: {exc}") from exc
         for members in aggregator.groups(sorted(selected)):
             roster = tuple(d for d in members if d in keys)
             missing = {d: "no reply before the deadline (train)" for d in members if d not in keys}
@@ -392,7 +397,7 @@ class SecurePhases:
                         p.degree,
                         p.threshold,
                         p.min_survivors,
-                        {n: keys[n].raw for n in nbrs},
+                        {n: keys[n] for n in nbrs},
                     )
                 )
                 self.group_of[d] = g

@@ -208,6 +208,10 @@ class CoordinatorServer:
         self._trust_seen = 0
         self._keys: dict[str, str] = {}  # identity URI -> key fingerprint on the ledger
         self._keys_lock = threading.Lock()
+        if service.secure is not None and service.endorsements is None:
+            # early refusal of a SecAgg key its sender's certificate does not endorse (devices
+            # check their neighbours' endorsements themselves; this only fails them sooner)
+            service.endorsements = fleet.validator()
         self.handler = RoundRpcHandler(
             service, clock=self.clock, model=releaser, attest=attestation
         )

@@ -32,9 +32,10 @@ from typing import Any, Protocol
 from ztfm.coordinator.core import Coordinator, RoundSummary
 from ztfm.coordinator.secure import SecureAggregator, SecurePhases
 from ztfm.crypto.signing import VerifyKey
-from ztfm.errors import CryptoError, RoundError, UpdateRejected, ZtfmError
+from ztfm.errors import CryptoError, IdentityError, RoundError, UpdateRejected, ZtfmError
 from ztfm.fl import codec
-from ztfm.fl.messages import EvalReply, SecAggReply, SecAggTask
+from ztfm.fl.messages import EndorsedKey, EvalReply, SecAggReply, SecAggTask
+from ztfm.identity import CertValidator, verify_secagg_endorsement
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +92,21 @@ class CoordinatorService:
         attest_deadline_s: float = 30.0,
         secure: SecureAggregator | None = None,
         secure_deadline_s: float = 30.0,
+        endorsements: CertValidator | None = None,
     ) -> None:
         """With ``attestation``, each round starts with an ``attest`` phase (at most
         ``attest_deadline_s``): its gate then admits only devices that passed. With ``secure``,
         rounds run SecAgg+ (each protocol phase at most ``secure_deadline_s``): devices keep
-        their updates and the coordinator is handed only the aggregate."""
+        their updates and the coordinator is handed only the aggregate. ``endorsements`` (the
+        fleet CA validator; ``CoordinatorServer`` sets it) refuses a train reply whose SecAgg
+        key is not endorsed by the sender's certificate: an early, audited refusal only, since
+        every device checks its neighbours' endorsements itself."""
         self.secure = secure
         self.secure_deadline_s = secure_deadline_s
+        self.endorsements = endorsements
         self._phases: SecurePhases | None = None
         self._expect: dict[str, tuple[int, str, bytes]] = {}  # device -> (round, phase, nonce)
-        self._keys: dict[str, VerifyKey] = {}  # this round's SecAgg identity keys
+        self._keys: dict[str, EndorsedKey] = {}  # this round's endorsed SecAgg identity keys
         self.coordinator = coordinator
         self.attestation = attestation
         self.attest_deadline_s = attest_deadline_s
@@ -138,7 +144,7 @@ class CoordinatorService:
         """A reply from ``device_id``; raises ``UpdateRejected`` with the reason if refused."""
         with self._lock:
             if self.secure is not None and self.phase in ("train", "secure"):
-                self._secure_submit(device_id, data)
+                self._secure_submit(device_id, data, now)
                 return
             if self._tasks.pop(device_id, None) is None:
                 raise UpdateRejected(f"{device_id} has no open task")
@@ -209,7 +215,7 @@ class CoordinatorService:
         self.phase, self._phase_started = "train", now
 
     # --- secure rounds -------------------------------------------------------------------------
-    def _secure_submit(self, device_id: str, data: bytes) -> None:
+    def _secure_submit(self, device_id: str, data: bytes, now: float) -> None:
         """A reply of a secure round: it must be a ``SecAggReply`` from the authenticated
         device, for the task it holds (round, phase and that task's fresh nonce); only then is
         the task used up. Anything else is refused and the task stays open."""
@@ -227,16 +233,40 @@ class CoordinatorService:
                 f"phase {expected[1]}): stale or replayed"
             )
         if msg.phase == "train":
-            try:
-                self._keys[device_id] = VerifyKey(msg.payload)
-            except CryptoError as exc:
-                raise UpdateRejected("train reply must carry a 32-byte identity key") from exc
+            self._keys[device_id] = self._endorsed_key(device_id, msg.round_id, msg.payload, now)
         else:
             assert self._phases is not None
             self._phases.receive(device_id, msg.payload)
         del self._tasks[device_id]
         del self._expect[device_id]
         self._up[device_id] = self._up.get(device_id, 0) + len(data)
+
+    def _endorsed_key(
+        self, device_id: str, round_id: int, payload: bytes, now: float
+    ) -> EndorsedKey:
+        """The train reply's endorsed SecAgg key; with ``endorsements``, refused unless the
+        sender's certificate endorses it for this round."""
+        ek = codec.decode_endorsed_key(payload)
+        try:
+            VerifyKey(ek.key)
+        except CryptoError as exc:
+            raise UpdateRejected("train reply must carry a valid 32-byte identity key") from exc
+        if self.endorsements is not None:
+            try:
+                verify_secagg_endorsement(
+                    self.endorsements,
+                    ek.cert,
+                    ek.signature,
+                    device_id=device_id,
+                    round_id=round_id,
+                    secagg_key=ek.key,
+                    now=now,
+                )
+            except IdentityError as exc:
+                raise UpdateRejected(
+                    f"SecAgg key of {device_id} is not endorsed by its device certificate: {exc}"
+                ) from exc
+        return ek
 
     def _secure_tasks(self, round_id: int) -> None:
         assert self._phases is not None

@@ -9,7 +9,8 @@
 3. polls ``GetRound``; an empty answer means "wait": it sleeps with exponential backoff and full
    jitter (seeded ``rng``) and resets to the shortest delay after each task; a task goes through
    the ``Endpoint`` (the ``DeviceAgent``) and the reply goes back with ``SubmitUpdate``;
-4. renews its certificate (same key) in the last part of its lifetime;
+4. renews its certificate (same key) in the last part of its lifetime, and fetches the signed
+   revocation list again once half of its validity has passed;
 5. stops on ``done``, on ``stop`` being set, or after ``give_up_s`` without reaching the
    coordinator (a clear ``TransportError``).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,8 +35,15 @@ from ztfm.bundle import Bundle, BundleRejected, InstalledModel, Reason
 from ztfm.crypto.pki import Certificate
 from ztfm.crypto.signing import VerifyKey
 from ztfm.device.attest import AttestingEndpoint, enrol_tpm
+from ztfm.device.secure import CertCredentials, SecureEndpoint
 from ztfm.errors import LedgerError, RoundError, TransportError, ZtfmError
-from ztfm.identity import CertValidator, Identity, MemoryKeyStore, needs_renewal
+from ztfm.identity import (
+    CertValidator,
+    Identity,
+    MemoryKeyStore,
+    RevocationChecker,
+    needs_renewal,
+)
 from ztfm.ledger import ConsistencyProof, SignedTreeHead
 from ztfm.transport.grpc_client import FleetClient, RetryPolicy, RpcFailed, enroll
 from ztfm.transport.grpc_roles import DeviceLoop, PollResult, decode_model_update
@@ -43,6 +52,7 @@ from ztfm.types import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
+REVOCATION_RETRY_S = 30.0  # fewest seconds between two fetches of the revocation list
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
@@ -135,6 +145,7 @@ class RunStats:
 
     tasks: int = 0
     refused: int = 0
+    aborted: int = 0  # secure rounds this device aborted (e.g. a neighbour key not endorsed)
     polls: int = 0
     renewals: int = 0
     enrolled: bool = False
@@ -207,6 +218,13 @@ class DeviceRunner:
         self._unverified_since: float | None = None
         self.client: FleetClient | None = None
         self.validator: CertValidator | None = None
+        self._revocations_fetched = -math.inf
+        if isinstance(endpoint, SecureEndpoint):
+            # SecAgg rounds: the device certificate endorses the device's SecAgg identity key,
+            # and neighbours' keys are checked against this device's own CA and revocation list
+            endpoint.credentials = CertCredentials(
+                identity, keystore, lambda: self.cert, lambda: self.validator, self.clock
+            )
 
     # --- steps -------------------------------------------------------------------------------
     def enrol(self) -> Certificate:
@@ -258,6 +276,22 @@ class DeviceRunner:
             cert = self.client.renew(self.validator)
             self._set_cert(cert)
             self.stats.renewals += 1
+        self.maybe_refresh_revocations()
+
+    def maybe_refresh_revocations(self) -> None:
+        """Fetch the CA-signed revocation list again once three quarters of the held one's
+        validity have passed (the coordinator republishes at half; a stale list fails every
+        certificate check closed), at most every ``REVOCATION_RETRY_S``. The held checker
+        takes it, so a list older than the one held is refused (no rollback)."""
+        assert self.client is not None
+        checker = self.validator.revocations if self.validator is not None else None
+        if not isinstance(checker, RevocationChecker) or checker.current is None:
+            return
+        cur, now = checker.current, self.clock.now()
+        due = cur.issued_at + 0.75 * (cur.next_update - cur.issued_at)
+        if now >= due and now >= self._revocations_fetched + REVOCATION_RETRY_S:
+            self._revocations_fetched = now
+            checker.update(self.client.get_revocations(), now)
 
     def _accept(self, task: object) -> bool:
         """Train/evaluate only on parameters that are a verified, ledger-recorded bundle."""
@@ -330,6 +364,7 @@ class DeviceRunner:
                 if isinstance(endpoint, AttestingEndpoint):
                     self.stats.quotes = endpoint.quotes
                 self.stats.refused = loop.refused
+                self.stats.aborted = loop.aborted
                 if result is PollResult.DONE:
                     self.stats.finished = True
                     if self.installer is not None:

@@ -7,33 +7,49 @@ plaintext update never leaves it.
 ``SecureEndpoint`` is the networked ``Endpoint`` (``bytes -> bytes``) around it:
 
 * a ``RoundTask`` is trained on; the update is kept on the device and the reply is a
-  ``SecAggReply(phase="train")`` carrying only the device's SecAgg identity key;
-* ``SecAggTask(advertise)`` carries the round's SecAgg parameters and the neighbours' identity
-  keys: the device checks them against its own settings (field bits, vector length, that it is
-  in the roster and the round is the one it trained for), builds its ``UpdateCodec`` from its
-  *own* clip, noise and compression settings and answers with its signed key advertisement;
+  ``SecAggReply(phase="train")`` carrying only the device's SecAgg identity key, endorsed for
+  this round by its device certificate (``SecAggCredentials.endorse``);
+* ``SecAggTask(advertise)`` carries the round's SecAgg parameters and the neighbours' endorsed
+  identity keys: the device checks them against its own settings (field bits, vector length,
+  that it is in the roster and the round is the one it trained for), checks every neighbour's
+  endorsement against the fleet CA it trusts (``SecAggCredentials.check``: a coordinator that
+  substitutes a key is caught here), builds its ``UpdateCodec`` from its *own* clip, noise and
+  compression settings and answers with its signed key advertisement;
 * ``share`` / ``mask`` / ``confirm`` / ``unmask`` go through the SecAgg+ client; just before
   masking, the update is compressed, clipped, noised and encoded;
 * anything else (evaluation) goes to the agent.
+
+A ``SecAggError`` in any secure phase aborts this device's part in the round: the update it
+holds is dropped (no masked input can follow), the one-line reason is kept in ``aborts`` and
+logged, and the error goes up to the caller (the ``DeviceLoop`` then sends no reply).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from ztfm.crypto.kex import KexPublicKey
+from ztfm.crypto.pki import Certificate
 from ztfm.crypto.prg import MaskExpander
 from ztfm.crypto.signing import SigningKey, VerifyKey
 from ztfm.device.agent import DeviceAgent
-from ztfm.errors import CryptoError, RoundError, SecAggError, UpdateRejected
+from ztfm.errors import CryptoError, IdentityError, RoundError, SecAggError, UpdateRejected
 from ztfm.fl import codec as fl_codec
-from ztfm.fl.messages import RoundTask, SecAggReply, SecAggTask, UpdateReply
+from ztfm.fl.messages import EndorsedKey, RoundTask, SecAggReply, SecAggTask, UpdateReply
 from ztfm.fl.params import ParamSpec
+from ztfm.identity import (
+    CertValidator,
+    Identity,
+    KeyStore,
+    endorse_secagg_key,
+    verify_secagg_endorsement,
+)
 from ztfm.privacy.compress import ErrorFeedback, k_for_ratio
 from ztfm.privacy.noise import DistributedGaussian
 from ztfm.secagg import SecAggClient, SecAggParams, UpdateCodec
@@ -44,9 +60,63 @@ from ztfm.secagg.messages import (
     SurvivorsRequest,
     UnmaskRequest,
 )
-from ztfm.types import DeviceId
+from ztfm.types import Clock, DeviceId
 
 log = logging.getLogger(__name__)
+
+
+class SecAggCredentials(Protocol):
+    """How a networked device endorses its own SecAgg identity key and checks its neighbours'
+    (``CertCredentials``: its device certificate and the fleet CA it trusts)."""
+
+    def endorse(self, round_id: int, secagg_key: bytes) -> EndorsedKey: ...
+
+    def check(self, device_id: str, endorsed: EndorsedKey, round_id: int) -> None: ...
+
+
+@dataclass(slots=True)
+class CertCredentials:
+    """``SecAggCredentials`` from the device's certificate, key store and fleet CA validator.
+
+    ``cert`` and ``validator`` are read at each use (the device runner renews the certificate
+    and refreshes the signed revocation list the validator checks)."""
+
+    identity: Identity
+    keystore: KeyStore
+    cert: Callable[[], Certificate | None]
+    validator: Callable[[], CertValidator | None]
+    clock: Clock
+
+    def endorse(self, round_id: int, secagg_key: bytes) -> EndorsedKey:
+        cert = self.cert()
+        if cert is None:
+            raise SecAggError("no device certificate to endorse the SecAgg identity key with")
+        try:
+            sig = endorse_secagg_key(self.keystore, self.identity, round_id, secagg_key)
+        except IdentityError as exc:
+            raise SecAggError(f"cannot endorse the SecAgg identity key: {exc}") from exc
+        return EndorsedKey(secagg_key, cert.der, sig)
+
+    def check(self, device_id: str, endorsed: EndorsedKey, round_id: int) -> None:
+        """None if ``device_id``'s certificate validates against the fleet CA now and endorses
+        ``endorsed.key`` for ``round_id``; ``SecAggError`` (one line) otherwise."""
+        validator = self.validator()
+        if validator is None:
+            raise SecAggError("no fleet CA validator to check the neighbours' certificates")
+        try:
+            verify_secagg_endorsement(
+                validator,
+                endorsed.cert,
+                endorsed.signature,
+                device_id=device_id,
+                round_id=round_id,
+                secagg_key=endorsed.key,
+                now=self.clock.now(),
+            )
+        except IdentityError as exc:
+            raise SecAggError(
+                f"neighbour {device_id!r}: SecAgg key not endorsed by its device certificate: {exc}"
+            ) from exc
 
 
 @dataclass(slots=True)
@@ -166,9 +236,13 @@ class SecureEndpoint:
         rng: np.random.Generator,
         *,
         signing: SigningKey | None = None,
+        credentials: SecAggCredentials | None = None,
     ) -> None:
         """``rng`` draws this device's SecAgg key material, Shamir coefficients, noise share
-        and stochastic rounding; ``signing`` is its SecAgg identity key (fresh if None)."""
+        and stochastic rounding; ``signing`` is its SecAgg identity key (fresh if None).
+        ``credentials`` endorse that key and check the neighbours' (the ``DeviceRunner`` sets
+        them from its certificate and CA); without them the device refuses secure rounds."""
+        self.credentials = credentials
         self.agent = agent
         self.settings = settings
         self.length = ParamSpec.of(agent.model.get_params()).size
@@ -179,6 +253,7 @@ class SecureEndpoint:
         self._round: int | None = None  # the round of the update held
         self._update: np.ndarray | None = None
         self.rounds_masked = 0
+        self.aborts: list[tuple[int, str]] = []  # (round, one-line reason)
 
     @property
     def device_id(self) -> str:
@@ -187,29 +262,47 @@ class SecureEndpoint:
     def handle(self, data: bytes) -> bytes:
         kind = fl_codec.kind_of(data)
         if kind is RoundTask:
+            credentials = self.credentials
+            if credentials is None:
+                raise SecAggError("no device certificate to endorse a SecAgg identity key")
             reply = self.device.train(data)
             spec = ParamSpec.of(reply.delta)
             self._round = reply.round_id
             self._update = spec.flatten(reply.delta).astype(np.float64)
             key = self.device.signing.verify_key.raw
-            return self._reply(reply.round_id, "train", reply.nonce, key)
+            endorsed = credentials.endorse(reply.round_id, key)
+            payload = fl_codec.encode_endorsed_key(endorsed)
+            return self._reply(reply.round_id, "train", reply.nonce, payload)
         if kind is not SecAggTask:
             return self.agent.handle(data)
         task = fl_codec.decode(data)
         assert isinstance(task, SecAggTask)
         if task.round_id != self._round or self._update is None:
             raise UpdateRejected(f"no update held for secure round {task.round_id}")
-        if task.phase == "advertise":
-            out = self._advertise(task)
-        else:
-            if task.phase == "mask":
-                self.device.prepare(self._update, honest=True)
-            out = self.device.deliver(task.payload)
-            if task.phase == "mask":
-                self.rounds_masked += 1
-            if task.phase == "unmask":
-                self._update = None  # the round is over for this device
+        try:
+            if task.phase == "advertise":
+                out = self._advertise(task)
+            else:
+                if task.phase == "mask":
+                    self.device.prepare(self._update, honest=True)
+                out = self.device.deliver(task.payload)
+                if task.phase == "mask":
+                    self.rounds_masked += 1
+                if task.phase == "unmask":
+                    self._update = None  # the round is over for this device
+        except SecAggError as exc:
+            self._abort(task.round_id, task.phase, exc)
+            raise
         return self._reply(task.round_id, task.phase, task.nonce, out)
+
+    def _abort(self, round_id: int, phase: str, exc: SecAggError) -> None:
+        """This device leaves the round: its update and protocol state are dropped, so no
+        masked input (or any later message) of this round can come from it."""
+        self._update, self._round = None, None
+        self.device.client, self.device.field_vector = None, None
+        reason = " ".join(str(exc).split())
+        self.aborts.append((round_id, reason))
+        log.warning("secure round %s (%s): %s aborts: %s", round_id, phase, self.device_id, reason)
 
     def _reply(self, round_id: int, phase: str, nonce: bytes, payload: bytes) -> bytes:
         return fl_codec.encode(SecAggReply(round_id, self.device_id, phase, nonce, payload))
@@ -238,12 +331,41 @@ class SecureEndpoint:
                 threshold=cfg.threshold,
                 min_survivors=cfg.min_survivors,
             )
-            identities = {DeviceId(d): VerifyKey(k) for d, k in cfg.identities.items()}
         except CryptoError as exc:
             raise SecAggError(f"secure round config carries an invalid key: {exc}") from exc
+        identities = self._neighbour_keys(cfg.identities, params)
         codec = s.codec(self.length, len(params.roster), params.min_survivors)
         expander = MaskExpander(params.length, params.dtype)
         return self.device.join(params, codec, identities, expander)
 
+    def _neighbour_keys(
+        self, endorsed: Mapping[str, EndorsedKey], params: SecAggParams
+    ) -> dict[DeviceId, VerifyKey]:
+        """Exactly this device's neighbours' SecAgg keys, each checked against its device
+        certificate before it is used; ``SecAggError`` on the first that fails."""
+        if self.credentials is None:
+            raise SecAggError("no fleet CA to check the neighbours' SecAgg keys against")
+        nbrs = params.neighbours[DeviceId(self.device_id)]
+        extra = sorted(set(endorsed) - set(nbrs))
+        if extra:
+            raise SecAggError(f"secure round config carries a key for non-neighbour {extra[0]!r}")
+        out: dict[DeviceId, VerifyKey] = {}
+        for n in sorted(nbrs):
+            ek = endorsed.get(n)
+            if ek is None:
+                raise SecAggError(f"secure round config has no key for neighbour {n!r}")
+            self.credentials.check(n, ek, params.round_id)
+            try:
+                out[n] = VerifyKey(ek.key)
+            except CryptoError as exc:
+                raise SecAggError(f"neighbour {n!r} has an invalid SecAgg key: {exc}") from exc
+        return out
 
-__all__ = ["SecureDevice", "SecureEndpoint", "UpdateSettings"]
+
+__all__ = [
+    "CertCredentials",
+    "SecAggCredentials",
+    "SecureDevice",
+    "SecureEndpoint",
+    "UpdateSettings",
+]

@@ -21,6 +21,7 @@ from ztfm.fl.messages import (
     SECURE_PHASES,
     AttestReply,
     AttestTask,
+    EndorsedKey,
     EvalReply,
     EvalTask,
     RoundTask,
@@ -246,17 +247,57 @@ def _decode_arrays(data: bytes, offset: int, shapes: list[Any]) -> list[np.ndarr
     return arrays
 
 
+# --- endorsed SecAgg identity keys (the ``train`` reply's payload, and per neighbour below) ---
+_EK_MAGIC = b"ZEK1"
+KEY_BYTES = 32
+MAX_CERT_BYTES = 8 * 1024  # a device certificate is ~0.6 KB; the PKI layer allows 16 KiB
+MAX_SIGNATURE_BYTES = 160  # what ``PublicKey.verify`` accepts (P-256 DER <= 72, Ed25519 64)
+
+
+def _endorsed_parts(ek: EndorsedKey) -> list[bytes]:
+    if len(ek.key) != KEY_BYTES:
+        raise UpdateRejected(f"a SecAgg identity key is {KEY_BYTES} bytes")
+    if not 0 < len(ek.cert) <= MAX_CERT_BYTES:
+        raise UpdateRejected(f"an endorsing certificate is 1..{MAX_CERT_BYTES} bytes")
+    if not 0 < len(ek.signature) <= MAX_SIGNATURE_BYTES:
+        raise UpdateRejected(f"an endorsement signature is 1..{MAX_SIGNATURE_BYTES} bytes")
+    return [
+        ek.key,
+        struct.pack(">H", len(ek.cert)),
+        ek.cert,
+        struct.pack(">B", len(ek.signature)),
+        ek.signature,
+    ]
+
+
+def encode_endorsed_key(ek: EndorsedKey) -> bytes:
+    """The ``train`` reply's payload: magic, key (32 B), cert (u16 length), signature (u8
+    length)."""
+    return b"".join([_EK_MAGIC, *_endorsed_parts(ek)])
+
+
+def decode_endorsed_key(data: bytes) -> EndorsedKey:
+    """Parse ``encode_endorsed_key``; ``UpdateRejected`` if malformed, oversized or trailing."""
+    if not data.startswith(_EK_MAGIC):
+        raise UpdateRejected("not an endorsed SecAgg key (bad magic)")
+    r = _Reader(data, len(_EK_MAGIC), "endorsed SecAgg key")
+    ek = r.endorsed()
+    if r.pos != len(data):
+        raise UpdateRejected("endorsed SecAgg key has trailing bytes")
+    return ek
+
+
 # --- the secure round's configuration (the binary payload of the ``advertise`` task) ----------
-_CFG_MAGIC = b"ZSC1"
+_CFG_MAGIC = b"ZSC2"  # 2: every neighbour's key comes with its certificate and endorsement
 _CFG_HEAD = struct.Struct(">4sQIBIII")  # magic, round, length, bits, degree, threshold, m
 MAX_ROSTER = 100_000
 MAX_ID_BYTES = 256
-KEY_BYTES = 32
+MAX_ENDORSED = 4_096  # neighbours whose endorsed keys one config may carry (k is far smaller)
 
 
 def encode_secure_config(cfg: SecureRoundConfig) -> bytes:
     """Compact binary form of a ``SecureRoundConfig`` (it can be far larger than the 64 KiB JSON
-    header allows: the roster and the neighbours' keys grow with the group)."""
+    header allows: the roster and the neighbours' endorsed keys grow with the group)."""
     out = [
         _CFG_HEAD.pack(
             _CFG_MAGIC,
@@ -276,19 +317,19 @@ def encode_secure_config(cfg: SecureRoundConfig) -> bytes:
         raw = d.encode()
         out += [struct.pack(">H", len(raw)), raw]
     out.append(struct.pack(">I", len(cfg.identities)))
-    for d, key in sorted(cfg.identities.items()):
+    for d, ek in sorted(cfg.identities.items()):
         raw = d.encode()
-        out += [struct.pack(">H", len(raw)), raw, key]
+        out += [struct.pack(">H", len(raw)), raw, *_endorsed_parts(ek)]
     return b"".join(out)
 
 
 class _Reader:
-    def __init__(self, data: bytes, pos: int) -> None:
-        self.data, self.pos = data, pos
+    def __init__(self, data: bytes, pos: int, what: str = "secure round config") -> None:
+        self.data, self.pos, self.what = data, pos, what
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise UpdateRejected("secure round config is truncated")
+            raise UpdateRejected(f"{self.what} is truncated")
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -301,11 +342,22 @@ class _Reader:
     def ident(self) -> str:
         n = self.u(">H")
         if not 0 < n <= MAX_ID_BYTES:
-            raise UpdateRejected("secure round config has a malformed device id")
+            raise UpdateRejected(f"{self.what} has a malformed device id")
         try:
             return self.take(n).decode()
         except UnicodeDecodeError as exc:
-            raise UpdateRejected("secure round config has a malformed device id") from exc
+            raise UpdateRejected(f"{self.what} has a malformed device id") from exc
+
+    def endorsed(self) -> EndorsedKey:
+        key = self.take(KEY_BYTES)
+        n = self.u(">H")
+        if not 0 < n <= MAX_CERT_BYTES:
+            raise UpdateRejected(f"{self.what} has a certificate of {n} bytes")
+        cert = self.take(n)
+        n = self.u(">B")
+        if not 0 < n <= MAX_SIGNATURE_BYTES:
+            raise UpdateRejected(f"{self.what} has an endorsement signature of {n} bytes")
+        return EndorsedKey(key, cert, self.take(n))
 
 
 def decode_secure_config(data: bytes) -> SecureRoundConfig:
@@ -314,7 +366,7 @@ def decode_secure_config(data: bytes) -> SecureRoundConfig:
         raise UpdateRejected("secure round config is truncated")
     magic, round_id, length, bits, degree, threshold, m = _CFG_HEAD.unpack_from(data)
     if magic != _CFG_MAGIC:
-        raise UpdateRejected("not a secure round config (bad magic)")
+        raise UpdateRejected("not a secure round config (bad magic or version)")
     r = _Reader(data, _CFG_HEAD.size)
     session = r.take(r.u(">B"))
     server_key = r.take(KEY_BYTES)
@@ -325,12 +377,14 @@ def decode_secure_config(data: bytes) -> SecureRoundConfig:
     k = r.u(">I")
     if k > n:
         raise UpdateRejected("secure round config has more identities than roster members")
-    identities: dict[str, bytes] = {}
+    if k > MAX_ENDORSED:
+        raise UpdateRejected("secure round config carries too many endorsed keys")
+    identities: dict[str, EndorsedKey] = {}
     for _ in range(k):
         d = r.ident()
         if d in identities:
             raise UpdateRejected("secure round config lists an identity twice")
-        identities[d] = r.take(KEY_BYTES)
+        identities[d] = r.endorsed()
     if r.pos != len(data):
         raise UpdateRejected("secure round config has trailing bytes")
     return SecureRoundConfig(

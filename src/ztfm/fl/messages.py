@@ -109,8 +109,9 @@ class SecAggTask:
 class SecAggReply:
     """Device -> coordinator: this device's message for one phase of a secure round.
 
-    For ``train`` the payload is the device's SecAgg identity key (32-byte Ed25519 public key):
-    the update itself stays on the device. Otherwise it is the SecAgg+ message of the phase.
+    For ``train`` the payload is the device's ``EndorsedKey`` (``fl.codec.encode_endorsed_key``:
+    its SecAgg identity key, device certificate and the certificate key's endorsement): the
+    update itself stays on the device. Otherwise it is the SecAgg+ message of the phase.
     """
 
     round_id: int
@@ -121,9 +122,21 @@ class SecAggReply:
 
 
 @dataclass(frozen=True, slots=True)
+class EndorsedKey:
+    """A device's SecAgg identity key (raw Ed25519 public key, 32 bytes) with its device
+    certificate (DER) and the certificate key's signature over (purpose, fleet, device id,
+    round id, SecAgg key) (``identity.endorse``). The coordinator relays it; whoever uses the
+    key checks the endorsement itself (``identity.verify_secagg_endorsement``)."""
+
+    key: bytes
+    cert: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class SecureRoundConfig:
     """What a device needs to join one SecAgg+ instance (the ``SecAggParams`` fields) and the
-    identity keys of its neighbours (device id -> raw Ed25519 public key)."""
+    endorsed identity keys of its neighbours (device id -> ``EndorsedKey``)."""
 
     round_id: int
     session: bytes
@@ -134,4 +147,4 @@ class SecureRoundConfig:
     degree: int
     threshold: int
     min_survivors: int
-    identities: dict[str, bytes] = field(default_factory=dict)
+    identities: dict[str, EndorsedKey] = field(default_factory=dict)

@@ -11,6 +11,11 @@ from ztfm.identity.binding import (
     sign_request,
 )
 from ztfm.identity.ca import FleetCA
+from ztfm.identity.endorse import (
+    endorse_secagg_key,
+    secagg_endorsement_message,
+    verify_secagg_endorsement,
+)
 from ztfm.identity.keystore import FileKeyStore, KeyStore, MemoryKeyStore
 from ztfm.identity.renewal import Renewer
 from ztfm.identity.revocation import RevocationChecker, RevocationList, SignedRevocationList
@@ -35,6 +40,9 @@ __all__ = [
     "RevocationList",
     "SignedRevocationList",
     "UnsafeNoRevocation",
+    "endorse_secagg_key",
     "needs_renewal",
+    "secagg_endorsement_message",
     "sign_request",
+    "verify_secagg_endorsement",
 ]

@@ -30,7 +30,7 @@ from typing import Final, Protocol
 
 import grpc
 
-from ztfm.errors import RoundError
+from ztfm.errors import RoundError, SecAggError
 from ztfm.fl import codec
 from ztfm.identity import Identity
 from ztfm.transport.grpc_client import FleetClient, RpcFailed
@@ -131,7 +131,7 @@ class RoundRpcHandler:
 class PollResult(Enum):
     HANDLED = "handled"  # a task was run and its reply accepted
     WAIT = "wait"  # nothing to do yet
-    REFUSED = "refused"  # a task was run but the coordinator refused the reply (e.g. too late)
+    REFUSED = "refused"  # the coordinator refused the reply (e.g. too late), or the device aborted
     DONE = "done"  # training is over
 
 
@@ -150,6 +150,7 @@ class DeviceLoop:
         self.accept = accept
         self.tasks_done = 0
         self.refused = 0
+        self.aborted = 0  # secure rounds this device aborted (``SecAggError`` from the endpoint)
         self.done = False
         self._last_task: bytes | None = None
 
@@ -170,7 +171,16 @@ class DeviceLoop:
         msg = codec.decode(task)
         if self.accept is not None and not self.accept(msg):
             return PollResult.WAIT
-        reply = self.endpoint.handle(task)
+        try:
+            reply = self.endpoint.handle(task)
+        except SecAggError as exc:
+            # the endpoint aborted its part in a secure round (e.g. a neighbour's key is not
+            # endorsed by its certificate): no reply, so the coordinator counts it as a
+            # dropout of that phase; the device goes on with the next task
+            self._last_task = task
+            self.aborted += 1
+            log.warning("secure round %s: this device aborts: %s", msg.round_id, exc)
+            return PollResult.REFUSED
         self._last_task = task
         try:
             self.client.call("SubmitUpdate", reply, round_id=int(msg.round_id))

@@ -9,10 +9,12 @@ import pytest
 
 from ztfm.errors import UpdateRejected
 from ztfm.fl import codec
-from ztfm.fl.messages import SecAggReply, SecAggTask, SecureRoundConfig
+from ztfm.fl.messages import EndorsedKey, SecAggReply, SecAggTask, SecureRoundConfig
 
+EK_B = EndorsedKey(b"1" * 32, b"C" * 600, b"S" * 71)
+EK_C = EndorsedKey(b"2" * 32, b"D" * 601, b"T" * 64)
 CFG = SecureRoundConfig(
-    4, b"s" * 16, ("a", "b", "c"), 100, b"k" * 32, 32, 2, 2, 2, {"b": b"1" * 32, "c": b"2" * 32}
+    4, b"s" * 16, ("a", "b", "c"), 100, b"k" * 32, 32, 2, 2, 2, {"b": EK_B, "c": EK_C}
 )
 
 
@@ -56,10 +58,10 @@ def test_malformed_secure_configs_are_refused(mutate: object, match: str) -> Non
 def test_config_with_a_duplicate_or_surplus_identity_is_refused() -> None:
     data = codec.encode_secure_config(CFG)
     dup = codec.encode_secure_config(
-        SecureRoundConfig(**{**_fields(CFG), "identities": {"b": b"1" * 32}})
+        SecureRoundConfig(**{**_fields(CFG), "identities": {"b": EK_B}})
     )
     # rewrite the one identity entry twice, count 2
-    entry = struct.pack(">H", 1) + b"b" + b"1" * 32
+    entry = struct.pack(">H", 1) + b"b" + codec.encode_endorsed_key(EK_B)[4:]
     head = dup[: -len(entry) - 4]
     with pytest.raises(UpdateRejected, match="twice"):
         codec.decode_secure_config(head + struct.pack(">I", 2) + entry + entry)
@@ -71,3 +73,41 @@ def test_config_with_a_duplicate_or_surplus_identity_is_refused() -> None:
 
 def _fields(cfg: SecureRoundConfig) -> dict[str, object]:
     return {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+
+
+def test_endorsed_key_round_trips_and_every_malformed_variant_is_refused() -> None:
+    data = codec.encode_endorsed_key(EK_B)
+    assert codec.decode_endorsed_key(data) == EK_B
+    assert len(data) == 4 + 32 + 2 + 600 + 1 + 71
+    for bad, match in [
+        (data[:-1], "truncated"),
+        (data + b"\0", "trailing"),
+        (b"ZEK9" + data[4:], "magic"),
+        (data[:36] + struct.pack(">H", 0) + data[38:], "certificate of 0 bytes"),
+        (data[:36] + struct.pack(">H", 9000) + data[38:], "certificate of 9000 bytes"),
+        (data[: 38 + 600] + b"\0" + data[39 + 600 :], "signature of 0 bytes"),
+        (data[: 38 + 600] + b"\xa1" + data[39 + 600 :], "signature of 161 bytes"),
+        (data[:20], "truncated"),
+    ]:
+        with pytest.raises(UpdateRejected, match=match):
+            codec.decode_endorsed_key(bad)
+    for ek, match in [
+        (EndorsedKey(b"1" * 31, b"C", b"S"), "32 bytes"),
+        (EndorsedKey(b"1" * 32, b"", b"S"), "certificate"),
+        (EndorsedKey(b"1" * 32, b"C" * 8193, b"S"), "certificate"),
+        (EndorsedKey(b"1" * 32, b"C", b""), "signature"),
+        (EndorsedKey(b"1" * 32, b"C", b"S" * 161), "signature"),
+    ]:
+        with pytest.raises(UpdateRejected, match=match):
+            codec.encode_endorsed_key(ek)
+        with pytest.raises(UpdateRejected, match=match):
+            codec.encode_secure_config(
+                SecureRoundConfig(**{**_fields(CFG), "identities": {"b": ek}})
+            )
+
+
+def test_config_of_the_previous_version_is_refused() -> None:
+    # version 1 carried bare keys the coordinator vouched for: a device must not accept it
+    data = codec.encode_secure_config(CFG)
+    with pytest.raises(UpdateRejected, match="magic or version"):
+        codec.decode_secure_config(b"ZSC1" + data[4:])
