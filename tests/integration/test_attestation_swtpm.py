@@ -190,13 +190,19 @@ def test_real_tpm_attacks_are_rejected(rig: Rig) -> None:
 def test_ak_not_bound_to_the_ek_cannot_enrol(rig: Rig) -> None:
     victim, attacker = rig.devices["good"], rig.devices["other"]
     req = replace(victim.enrolment_request(), ak_public=attacker.tpm.ak_public())
-    challenge = rig.verifier.begin_enrolment(DeviceId("mallory"), "gateway", req, T0)
+    # another identity cannot borrow the victim's (already enrolled) EK at all
+    with pytest.raises(AttestationError, match="already enrolled for device good"):
+        rig.verifier.begin_enrolment(DeviceId("mallory"), "gateway", req, T0)
+    # under the victim's own identity, the foreign AK cannot be bound
+    before = rig.verifier.enrolled(DeviceId("good"))
+    challenge = rig.verifier.begin_enrolment(DeviceId("good"), "gateway", req, T0)
     with pytest.raises(TpmError):  # wrapped to the victim's EK: the attacker's TPM can't open it
         attacker.activate(challenge)
     with pytest.raises(TpmError):  # the victim's TPM does not hold an object with that AK name
         victim.activate(challenge)
     with pytest.raises(AttestationError, match="not bound"):
-        rig.verifier.finish_enrolment(DeviceId("mallory"), b"\x00" * 32, T0 + 1)
+        rig.verifier.finish_enrolment(DeviceId("good"), b"\x00" * 32, T0 + 1)
+    assert rig.verifier.enrolled(DeviceId("good")) == before  # the victim's binding is kept
 
 
 def test_ek_cert_from_unknown_ca_is_rejected(

@@ -33,7 +33,7 @@ from ztfm.attestation.evidence import (
     KeyCertification,
     QuoteEvidence,
 )
-from ztfm.attestation.nonce import NonceBook, NonceSource
+from ztfm.attestation.nonce import NONCE_BYTES, NonceBook, NonceSource
 from ztfm.attestation.reference import ReferenceValues
 from ztfm.attestation.structures import (
     ALG_ECDSA,
@@ -224,6 +224,7 @@ class _Pending:
     hardware_backed: bool
     secret: bytes
     issued_at: float
+    nonce: bytes  # the enrolment quote must be over exactly this nonce
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +318,10 @@ class AttestationVerifier:
         current = self._enrolled.get(device_id)
         if current is not None and current.ek_fingerprint != cert.fingerprint:
             raise AttestationError("device is enrolled with another EK: revoke it first")
+        # one TPM, one device: a clean box must not attest for other identities' tampered code
+        for other, enrolled in self._enrolled.items():
+            if other != device_id and enrolled.ek_fingerprint == cert.fingerprint:
+                raise AttestationError(f"this TPM's EK is already enrolled for device {other}")
         secret = self.nonces.token(_SECRET_BYTES)
         try:
             if isinstance(ek.key, RsaPublicNumbers):
@@ -326,13 +331,16 @@ class AttestationVerifier:
                 wrapped = make_credential_ecc(ek.key, ak.name, secret, self.nonces.token(48))
         except CryptoError as exc:
             raise AttestationError(f"cannot make credential for this EK: {exc}") from exc
+        # the enrolment nonce is not in the book of round nonces: it is good only for the
+        # quote that finishes this enrolment, never for a round
+        nonce = self.nonces.token(NONCE_BYTES)
+        if len(nonce) != NONCE_BYTES:
+            raise AttestationError("nonce source returned the wrong number of bytes")
         self._pending[device_id] = _Pending(
-            device_type, ak, cert.fingerprint, root.subject, hardware, secret, now
+            device_type, ak, cert.fingerprint, root.subject, hardware, secret, now, nonce
         )
         if not hardware:
             log.info("device %s enrols with a software TPM (not hardware-backed)", device_id)
-        assert self._book is not None
-        nonce = self._book.issue(device_id, now)
         return CredentialChallenge(wrapped.credential_blob, wrapped.encrypted_secret, nonce)
 
     def finish_enrolment(
@@ -365,10 +373,12 @@ class AttestationVerifier:
         )
         previous = self._enrolled.get(device_id)
         self._enrolled[device_id] = device
-        self._clocks.pop(device_id, None)
+        if previous is None or previous.ak.name != device.ak.name:
+            # a new AK starts a new clock history; the same AK keeps its rollback mark
+            self._clocks.pop(device_id, None)
         if quote is not None:
             try:
-                self.check_quote(device_id, quote, now)
+                self._check_enrolment_quote(device_id, quote, pending, now)
             except QuoteRejected:
                 if previous is None:
                     self._enrolled.pop(device_id, None)
@@ -376,6 +386,18 @@ class AttestationVerifier:
                     self._enrolled[device_id] = previous
                 raise
         return device
+
+    def _check_enrolment_quote(
+        self, device_id: DeviceId, quote: QuoteEvidence, pending: _Pending, now: float
+    ) -> None:
+        if not 0 <= now - pending.issued_at <= self.max_quote_age_s:
+            raise QuoteRejected("stale", "enrolment quote is older than max_quote_age_s")
+        try:
+            self._verdicts[device_id] = self._check(device_id, quote, now, enrolment=pending.nonce)
+        except QuoteRejected:
+            raise
+        except AttestationError as exc:
+            raise QuoteRejected("evidence", str(exc)) from exc
 
     def enrolled(self, device_id: DeviceId) -> EnrolledDevice:
         device = self._enrolled.get(device_id)
@@ -419,11 +441,18 @@ class AttestationVerifier:
         return self._book.issue(device_id, now)
 
     def check_quote(
-        self, device_id: DeviceId, evidence: QuoteEvidence, now: float
+        self,
+        device_id: DeviceId,
+        evidence: QuoteEvidence,
+        now: float,
+        expected_nonce: bytes | None = None,
     ) -> AttestationVerdict:
-        """Return a passing verdict, or raise ``QuoteRejected`` with a reason code."""
+        """Return a passing verdict, or raise ``QuoteRejected`` with a reason code.
+
+        ``expected_nonce``: the quote must be over exactly this nonce (the one the caller issued
+        for this challenge), not merely over some nonce the device still holds."""
         try:
-            verdict = self._check(device_id, evidence, now)
+            verdict = self._check(device_id, evidence, now, expected=expected_nonce)
         except QuoteRejected:
             raise
         except AttestationError as exc:
@@ -432,11 +461,15 @@ class AttestationVerifier:
         return verdict
 
     def assess_quote(
-        self, device_id: DeviceId, evidence: QuoteEvidence, now: float
+        self,
+        device_id: DeviceId,
+        evidence: QuoteEvidence,
+        now: float,
+        expected_nonce: bytes | None = None,
     ) -> AttestationVerdict:
         """Like ``check_quote`` but a failure becomes a failing verdict (also recorded)."""
         try:
-            return self.check_quote(device_id, evidence, now)
+            return self.check_quote(device_id, evidence, now, expected_nonce)
         except QuoteRejected as exc:
             device = self._enrolled.get(device_id)
             verdict = AttestationVerdict(
@@ -480,7 +513,15 @@ class AttestationVerifier:
 
         return gate
 
-    def _check(self, device_id: DeviceId, ev: QuoteEvidence, now: float) -> AttestationVerdict:
+    def _check(
+        self,
+        device_id: DeviceId,
+        ev: QuoteEvidence,
+        now: float,
+        *,
+        expected: bytes | None = None,
+        enrolment: bytes | None = None,
+    ) -> AttestationVerdict:
         device = self._enrolled.get(device_id)
         if device is None:
             raise QuoteRejected("unknown_device", "quote from a device that is not enrolled")
@@ -501,12 +542,16 @@ class AttestationVerifier:
             raise QuoteRejected("signature", "quote signature does not verify") from exc
         if info.selection != QUOTE_SELECTION:
             raise QuoteRejected("selection", f"quote must cover {QUOTE_SELECTION}")
-        assert self._book is not None
-        try:
-            self._book.consume(device_id, info.extra_data, now, self.max_quote_age_s)
-        except AttestationError as exc:
-            reason = "stale" if "stale" in str(exc) else "nonce"
-            raise QuoteRejected(reason, str(exc)) from exc
+        wanted = enrolment if enrolment is not None else expected
+        if wanted is not None and not hmac.compare_digest(info.extra_data, wanted):
+            raise QuoteRejected("nonce", "quote is not over the nonce of this challenge")
+        if enrolment is None:  # a round nonce: single use, from this device's book, fresh
+            assert self._book is not None
+            try:
+                self._book.consume(device_id, info.extra_data, now, self.max_quote_age_s)
+            except AttestationError as exc:
+                reason = "stale" if "stale" in str(exc) else "nonce"
+                raise QuoteRejected(reason, str(exc)) from exc
         self._check_clock(device_id, info)
         fw_log = [m.digest for m in ev.log if m.pcr == PCR_FIRMWARE]
         model_log = [m.digest for m in ev.log if m.pcr == PCR_MODEL]

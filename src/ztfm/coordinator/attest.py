@@ -94,7 +94,11 @@ class FleetAttestation:
         self._trust_pending: list[tuple[AttestationVerdict, float]] = []
         self.require_hardware = require_hardware
         self.round_id = 0
-        self._passed: dict[str, int] = {}  # device -> round whose nonce it answered correctly
+        # each attest phase (a round, or its retry after the round failed to open) has its own
+        # number; a pass counts only in the phase whose nonce it answered
+        self._phase = 0
+        self._passed: dict[str, int] = {}  # device -> attest phase it passed
+        self._nonces: dict[str, bytes] = {}  # device -> the nonce of the current phase
         self._models: list[bytes] = []
         self._lock = threading.Lock()
 
@@ -196,6 +200,8 @@ class FleetAttestation:
         with self._lock:
             self._flush_trust()
             self.round_id = round_id
+            self._phase += 1
+            self._nonces = {}
             tasks: dict[str, bytes] = {}
             for dev in devices:
                 did = DeviceId(dev)
@@ -203,6 +209,7 @@ class FleetAttestation:
                     nonce = self.verifier.issue_nonce(did, now)
                 except AttestationError:
                     continue  # not enrolled (revoked): the gate leaves it out
+                self._nonces[dev] = nonce
                 tasks[dev] = codec.encode(AttestTask(round_id, nonce))
             return tasks
 
@@ -217,16 +224,22 @@ class FleetAttestation:
         with self._lock:
             if msg.round_id != self.round_id:
                 raise UpdateRejected(f"attestation reply is for round {msg.round_id}")
+            expected = self._nonces.get(device_id)
+            if expected is None:
+                raise UpdateRejected("no attestation challenge is open for this device")
             try:
                 evidence = QuoteEvidence.from_dict(json.loads(msg.evidence))
             except (ValueError, TypeError, KeyError, AttestationError) as exc:
                 verdict = AttestationVerdict(did, False, "evidence", f"malformed: {exc}", now, b"")
             else:
-                verdict = self.verifier.assess_quote(did, evidence, now)
+                # the quote must be over this phase's nonce: a quote held back from an
+                # earlier challenge (made while the device was clean) is refused
+                verdict = self.verifier.assess_quote(did, evidence, now, expected_nonce=expected)
             self._record_verdict(verdict, now)
             self._flush_trust()
             if verdict.ok:
-                self._passed[device_id] = self.round_id
+                self._nonces.pop(device_id, None)  # answered: one pass per challenge
+                self._passed[device_id] = self._phase
                 return
             self._passed.pop(device_id, None)
         raise UpdateRejected(f"attestation failed: {verdict.reason}: {verdict.detail}")
@@ -234,7 +247,7 @@ class FleetAttestation:
     def gate(self, device_id: str, now: float) -> str | None:
         """Eligibility: a passing quote over this round's nonce (None), else the reason."""
         with self._lock:
-            if self._passed.get(device_id) == self.round_id:
+            if self._passed.get(device_id) == self._phase:
                 return None
             verdict = self.verifier.latest_verdict(DeviceId(device_id))
         if verdict is None:

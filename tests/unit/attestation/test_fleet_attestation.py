@@ -164,13 +164,14 @@ def test_only_devices_attest_and_only_for_themselves() -> None:
         f.fa.submit("cam-0", junk, T0 + 6)
     with pytest.raises(UpdateRejected, match="expected an attestation reply"):
         f.fa.submit("cam-0", codec.encode(AttestTask(1, b"\x01" * 32)), T0 + 6)
-    # replaying a quote that already passed: its nonce was consumed
+    # replaying a quote that already passed: its challenge is closed (the RPC layer audits the
+    # refusal as rpc.handler_error); quote checks that fail are failing verdicts
     ok = _answer(dev, "cam-0", tasks["cam-0"])
     f.fa.submit("cam-0", ok, T0 + 7)
-    with pytest.raises(UpdateRejected, match="attestation failed: nonce"):
+    with pytest.raises(UpdateRejected, match="no attestation challenge is open"):
         f.fa.submit("cam-0", ok, T0 + 8)
     verdicts = [fields for e, fields, _t in f.audit.events if e == "attest.verdict"]
-    assert sum(not v["ok"] for v in verdicts) >= 3  # each refusal is in the audit log
+    assert sum(not v["ok"] for v in verdicts) >= 2
 
 
 def _answer(dev: AttestingDevice, name: str, task: bytes) -> bytes:
@@ -181,3 +182,89 @@ def _answer(dev: AttestingDevice, name: str, task: bytes) -> bytes:
 class _NoTraining:
     def handle(self, data: bytes) -> bytes:
         raise AssertionError("only attestation tasks are expected here")
+
+
+def _challenge(f: _Fleet, name: str, dev: AttestingDevice, now: float) -> CredentialChallenge:
+    req = {"op": "enrol", "request": dev.enrolment_request().to_dict()}
+    return CredentialChallenge.from_dict(
+        json.loads(f.fa(_ident(name), json.dumps(req).encode(), now))["challenge"]
+    )
+
+
+def _answer(dev: AttestingDevice, name: str, task: bytes) -> bytes:
+    return AttestingEndpoint(None, dev, name).handle(task)
+
+
+EVIL = hashlib.sha256(b"implant").digest()
+
+
+def test_a_quote_held_back_from_another_challenge_is_refused() -> None:
+    """A clean device mints a spare nonce (the always-permitted enrol op), quotes it, loads an
+    implant, then answers the next round with the held quote: refused, gate closed."""
+    f = _Fleet()
+    dev = f.device("cam-0")
+    f.enrol("cam-0", dev)
+    t1 = f.fa.round_tasks(["cam-0"], 1, T0 + 10)
+    f.fa.submit("cam-0", _answer(dev, "cam-0", t1["cam-0"]), T0 + 11)
+    assert f.fa.gate("cam-0", T0 + 12) is None
+    spare = _challenge(f, "cam-0", dev, T0 + 12).nonce
+    held = dev.quote(spare)
+    dev.measure_model(EVIL)
+    t2 = f.fa.round_tasks(["cam-0"], 2, T0 + 20)
+    task = codec.decode(t2["cam-0"])
+    assert isinstance(task, AttestTask)
+    forged = codec.encode(AttestReply(2, "cam-0", json.dumps(held.to_dict()), task.nonce))
+    with pytest.raises(UpdateRejected, match="nonce: quote is not over the nonce"):
+        f.fa.submit("cam-0", forged, T0 + 21)
+    assert f.fa.gate("cam-0", T0 + 22) is not None
+    # naming the spare nonce in the reply does not help either
+    forged = codec.encode(AttestReply(2, "cam-0", json.dumps(held.to_dict()), spare))
+    with pytest.raises(UpdateRejected, match="nonce: quote is not over the nonce"):
+        f.fa.submit("cam-0", forged, T0 + 21)
+
+
+def test_a_pass_does_not_carry_over_to_the_retry_of_the_same_round() -> None:
+    """A round that fails to open is retried under the same round id: every device must quote
+    the retry's fresh nonce; a pass from the failed attempt does not count."""
+    f = _Fleet()
+    dev = f.device("cam-0")
+    f.enrol("cam-0", dev)
+    t = f.fa.round_tasks(["cam-0"], 1, T0 + 10)
+    f.fa.submit("cam-0", _answer(dev, "cam-0", t["cam-0"]), T0 + 11)
+    assert f.fa.gate("cam-0", T0 + 12) is None
+    retry = f.fa.round_tasks(["cam-0"], 1, T0 + 20)  # same round id, new attest phase
+    assert f.fa.gate("cam-0", T0 + 21) == "attestation: no quote for this round"
+    # the first attempt's reply (same round id, old nonce) is refused too
+    with pytest.raises(UpdateRejected):
+        f.fa.submit("cam-0", _answer(dev, "cam-0", t["cam-0"]), T0 + 21)
+    f.fa.submit("cam-0", _answer(dev, "cam-0", retry["cam-0"]), T0 + 22)
+    assert f.fa.gate("cam-0", T0 + 23) is None
+    # one pass per challenge: the same (now answered) challenge cannot be answered again
+    with pytest.raises(UpdateRejected, match="no attestation challenge"):
+        f.fa.submit("cam-0", _answer(dev, "cam-0", retry["cam-0"]), T0 + 24)
+
+
+def test_one_tpm_cannot_attest_for_two_device_identities() -> None:
+    f = _Fleet()
+    dev = f.device("cam-0")
+    f.enrol("cam-0", dev)
+    with pytest.raises(RoundError, match="already enrolled for device cam-0"):
+        f.enrol("cam-1", dev)
+    (refusal,) = f.audit.of("attest.refused")
+    assert refusal["device"] == "cam-1" and "already enrolled" in refusal["reason"]
+
+
+def test_the_enrolment_quote_must_be_over_the_challenge_nonce() -> None:
+    f = _Fleet()
+    dev = f.device("cam-0")
+    f.enrol("cam-0", dev)
+    f.fa.round_tasks(["cam-0"], 1, T0 + 10)  # a round nonce is outstanding for cam-0
+    round_nonce = f.fa._nonces["cam-0"]
+    challenge = _challenge(f, "cam-0", dev, T0 + 11)
+    act = {
+        "op": "activate",
+        "secret": dev.activate(challenge).hex(),
+        "quote": dev.quote(round_nonce).to_dict(),  # over another outstanding nonce
+    }
+    with pytest.raises(RoundError, match="nonce"):
+        f.fa(_ident("cam-0"), json.dumps(act).encode(), T0 + 12)
