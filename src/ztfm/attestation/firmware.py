@@ -3,11 +3,12 @@
 On a real device the boot loader measures the firmware image into PCR 8 and the vendor publishes
 the golden digest per device type and version. A ztfm device process (``ztfm device run``) has no
 boot loader, so it measures the code it actually runs: every ``.py``, ``.cedar``, ``.toml`` and
-``.proto`` file of the installed ``ztfm`` package, in path order. Any change to that code (an
-implant, a patched check) changes the digest, and the coordinator, which computes the golden value
-from its own reviewed install, refuses the quote. ``--firmware FILE`` measures a given image
-instead (a real firmware file, or a test's tampered one).
-"""
+``.proto`` file of the installed ``ztfm`` package, in path order. Any change to that code changes
+the digest, and the coordinator, which computes the golden value from its own reviewed install,
+refuses the quote. The digest is computed by the process being measured, so an attacker who
+patches this function too can report the golden value: only a boot chain that measures the agent
+before it runs closes that (``--firmware FILE`` measures a given image instead: a real firmware
+file, or a test's tampered one)."""
 
 from __future__ import annotations
 
