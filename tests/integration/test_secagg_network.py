@@ -10,7 +10,10 @@ unmasked sums, hence the model and every metric, equal ``ztfm simulate``'s:
   the model equals simulate's with that device dropping before the unmask phase;
 * a device cannot reply in another device's name, nor replay an earlier phase's reply, nor slip
   another device's protocol message into its own reply: each is refused and the round goes on;
-* too few survivors: the round fails with a one-line reason in the round log.
+* too few survivors: the round fails with a one-line reason in the round log;
+* a malicious coordinator that substitutes a neighbour's SecAgg identity key is caught by the
+  device (the key is not endorsed by the neighbour's certificate): it sits the round out and
+  goes on; a train reply whose key its own certificate does not endorse is refused and audited.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ztfm.audit import MemoryAuditSink
 from ztfm.cli.coordinator import network_metrics
 from ztfm.coordinator.server import CoordinatorServer, UnsafeAssumeAttested
 from ztfm.coordinator.service import CoordinatorService
+from ztfm.crypto.signing import SigningKey
 from ztfm.device.runner import DeviceRunner, PollBackoff
 from ztfm.device.secure import SecureEndpoint
 from ztfm.fl import codec
@@ -67,7 +71,12 @@ class _Rig:
     """What ``ztfm coordinator serve`` + ``ztfm device run --fleet-index K`` do, in threads."""
 
     def __init__(
-        self, cfg: SimConfig, *, phase_deadline_s: float = 20.0, linger_s: float = 5.0
+        self,
+        cfg: SimConfig,
+        *,
+        phase_deadline_s: float = 20.0,
+        linger_s: float = 5.0,
+        service_cls: type[CoordinatorService] = CoordinatorService,
     ) -> None:
         self.cfg = cfg
         self.linger_s = linger_s
@@ -86,7 +95,7 @@ class _Rig:
         )
         sc.devices = self.coord.devices
         self.sc = sc
-        self.service = CoordinatorService(
+        self.service = service_cls(
             self.coord,
             rounds=cfg.rounds.rounds,
             expected_devices=len(self.fleet.devices),
@@ -310,3 +319,96 @@ def test_too_few_survivors_fail_the_round_in_one_line(tmp_path: Any) -> None:
     # the failed round is in the audit log with its reason
     (failed,) = rig.audit.of("round.failed")
     assert failed["round"] == 1 and "SecAgg group of 5 aborted" in failed["reason"]
+
+
+class _SwappingCoordinator(CoordinatorService):
+    """A malicious coordinator: in the ``advertise`` task of ``victim`` it replaces the first
+    neighbour's SecAgg identity key with a key of its own (keeping that neighbour's genuine
+    certificate and endorsement), to sit in the middle of their key agreement."""
+
+    victim = ""
+    own_key = SigningKey.generate().verify_key.raw
+
+    def next_task(self, device_id: str) -> bytes:
+        data = super().next_task(device_id)
+        if device_id != self.victim or codec.kind_of(data) is not SecAggTask:
+            return data
+        task = codec.decode(data)
+        assert isinstance(task, SecAggTask)
+        if task.phase != "advertise":
+            return data
+        cfg = codec.decode_secure_config(task.payload)
+        nb = sorted(cfg.identities)[0]
+        ids = {**cfg.identities, nb: replace(cfg.identities[nb], key=self.own_key)}
+        payload = codec.encode_secure_config(replace(cfg, identities=ids))
+        return codec.encode(replace(task, payload=payload))
+
+
+def test_substituted_neighbour_key_is_caught_and_the_device_sits_the_round_out(
+    tmp_path: Any,
+) -> None:
+    cfg = _config(tmp_path, NOISE)
+    cfg = replace(cfg, rounds=replace(cfg.rounds, rounds=1))
+    rig = _Rig(cfg, phase_deadline_s=2.0, linger_s=0.5, service_cls=_SwappingCoordinator)
+    victim = sorted(d.device_id for d in rig.fleet.devices)[0]
+    assert isinstance(rig.service, _SwappingCoordinator)
+    rig.service.victim = victim
+    got = rig.run()
+    k = [d.device_id for d in rig.fleet.devices].index(victim)
+    ep, runner = rig.endpoints[k], rig.runners[k]
+    # the device refused the substituted key before using it, and produced no masked input
+    ((round_id, reason),) = ep.aborts
+    assert round_id == 1 and "not endorsed by its device certificate" in reason
+    assert "does not verify" in reason and ep.rounds_masked == 0
+    # it sent nothing for that phase (a dropout for the coordinator) and went on to the end
+    assert runner.stats.aborted == 1 and runner.stats.finished and not rig.crashed
+    (rec,) = got["rounds"]
+    assert victim not in rec["accepted"] and len(rec["accepted"]) == N_DEVICES - 1
+    assert "advertise" in rec["rejected"][victim]
+    assert all(e.rounds_masked == 1 for i, e in enumerate(rig.endpoints) if i != k)
+
+
+class _UnendorsedFirst:
+    """A device whose first train reply carries a SecAgg key its certificate did not endorse
+    (then it answers honestly)."""
+
+    def __init__(self, inner: SecureEndpoint, runner: DeviceRunner) -> None:
+        self.inner, self.runner = inner, runner
+        self.refusals: list[str] = []
+
+    def handle(self, data: bytes) -> bytes:
+        reply = self.inner.handle(data)
+        msg = codec.decode(reply)
+        if isinstance(msg, SecAggReply) and msg.phase == "train" and not self.refusals:
+            ek = codec.decode_endorsed_key(msg.payload)
+            bad = replace(ek, key=SigningKey.generate().verify_key.raw)
+            forged = codec.encode(replace(msg, payload=codec.encode_endorsed_key(bad)))
+            client = self.runner.client
+            assert client is not None
+            try:
+                client.call("SubmitUpdate", forged, round_id=msg.round_id)
+            except RpcFailed as exc:
+                assert exc.status == grpc.StatusCode.FAILED_PRECONDITION
+                self.refusals.append(exc.details)
+        return reply
+
+
+def test_train_reply_with_an_unendorsed_key_is_refused_and_audited(
+    tmp_path: Any, simulated: Any
+) -> None:
+    cfg = _config(tmp_path, NOISE)
+    cfg = replace(cfg, rounds=replace(cfg.rounds, rounds=1))
+    rig = _Rig(cfg)
+    wrappers: list[_UnendorsedFirst] = []
+
+    def wrap(ep: SecureEndpoint, runner: DeviceRunner) -> _UnendorsedFirst:
+        wrappers.append(_UnendorsedFirst(ep, runner))
+        return wrappers[-1]
+
+    got = rig.run({2: wrap})
+    assert len(wrappers[0].refusals) == 1
+    reasons = " | ".join(str(r["detail"]) for r in rig.audit.of("rpc.handler_error"))
+    assert "not endorsed by its device certificate" in reasons
+    # the refusal changed nothing: the genuine reply went through, model as simulate
+    assert not got["failures"]
+    _assert_same_model(rig, simulated[1][0], 1)

@@ -288,6 +288,7 @@ def run(
             f"{device_id}: {stats.tasks} tasks, {stats.refused} refused, {stats.renewals} renewals"
             + (f", verified model v{stats.model_version} installed" if stats.model_version else "")
             + (f", {stats.quotes} TPM quotes" if stats.tpm_enrolled else "")
+            + (f", {stats.aborted} secure rounds aborted" if stats.aborted else "")
             + (", done" if stats.finished else ", stopped"),
             err=True,
         )

@@ -393,3 +393,52 @@ def test_device_loop_sends_nothing_for_an_aborted_round_and_goes_on() -> None:
     assert loop.poll() is PollResult.REFUSED
     assert loop.aborted == 1 and client.sent == 0
     assert loop.poll() is PollResult.WAIT  # the same task is not run again
+
+
+class _RevocationClient:
+    def __init__(self, ca: LocalFleet, clock: FixedClock) -> None:
+        self.ca, self.clock, self.fetched = ca, clock, 0
+
+    def get_revocations(self) -> Any:
+        self.fetched += 1
+        return self.ca.revocations.current(self.clock.now())
+
+
+def test_runner_refreshes_its_revocation_list_before_it_goes_stale() -> None:
+    # the neighbours' certificates are checked against the list the runner holds; a stale list
+    # fails every check closed, so the runner fetches a newer one in time (and not every poll)
+    from ztfm.device.runner import REVOCATION_RETRY_S, DeviceRunner
+
+    t0 = time.time()
+    clock = FixedClock(t0)
+    ca = LocalFleet.create(FLEET, t0)
+    creds = ca.enroll("valve1", "dev-1", t0)
+    runner = DeviceRunner(
+        creds.identity, creds.keystore, ca.ca.cert, _Aborting(), "unused:1", None, cert=creds.cert,
+        clock=clock,
+    )  # type: ignore[arg-type]  # fmt: skip
+    client = _RevocationClient(ca, clock)
+    runner.client = client  # type: ignore[assignment]
+    runner.validator = _device_validator(ca, t0)
+    checker = runner.validator.revocations
+    assert isinstance(checker, RevocationChecker) and checker.current is not None
+    life = checker.current.next_update - checker.current.issued_at
+    clock.t = t0 + 0.5 * life
+    runner.maybe_refresh_revocations()
+    assert client.fetched == 0  # still fresh
+    clock.t = t0 + 0.8 * life  # the coordinator has republished (at half the lifetime)
+    runner.maybe_refresh_revocations()
+    runner.maybe_refresh_revocations()  # at most one fetch per REVOCATION_RETRY_S
+    assert client.fetched == 1 and checker.current.issued_at > t0
+    # a later revocation reaches the device's checks with the next fetch
+    other = ca.enroll("valve1", "dev-2", t0)
+    ca.revoke(other, clock.t)
+    clock.t += REVOCATION_RETRY_S + 0.8 * life
+    runner.maybe_refresh_revocations()
+    assert client.fetched == 2
+    sig = endorse_secagg_key(other.keystore, other.identity, 1, bytes(32))
+    ek = EndorsedKey(bytes(32), other.cert.der, sig)
+    with pytest.raises(SecAggError, match="revoked"):
+        CertCredentials(
+            creds.identity, creds.keystore, lambda: creds.cert, lambda: runner.validator, clock
+        ).check("dev-2", ek, 1)
