@@ -73,16 +73,22 @@ class Rig:
     def __init__(self, tmp: Path, ca: SwtpmCa, factory: Callable[[], SwtpmProcess]) -> None:
         from ztfm.attestation.tpm import Tpm
 
-        self.tmp, self.factory, self.tpm_cls = tmp, factory, Tpm
+        self.tmp, self.factory, self.tpm_cls, self.ca = tmp, factory, Tpm, ca
         self._spare = [factory()]  # swtpm_localca writes its root on the first provisioning
         self.now = time.time()
         self.fleet = LocalFleet.create("fleet.local", self.now, cert_ttl_s=3600)
         self.audit = MemoryAuditSink()
         self.log_key, self.release_key = SigningKey.generate(), SigningKey.generate()
         self.ledger = Ledger(MemoryLedgerStore(), self.log_key)
+        self.tpms: list[Any] = []
+        self.start_coordinator()
+
+    def start_coordinator(self, expected_devices: int = 3) -> None:
+        """A coordinator on this rig's fleet CA and ledger, with attestation state from
+        scratch (a restarted coordinator keeps its ledger and keys, not its memory)."""
         verifier = AttestationVerifier(
-            manufacturer_roots=[ca.root_cert_pem],
-            intermediates=[ca.issuer_cert_pem],
+            manufacturer_roots=[self.ca.root_cert_pem],
+            intermediates=[self.ca.issuer_cert_pem],
             reference=ReferenceValues().with_firmware("cams", "2.0", FW),
             nonces=SystemNonceSource(),
         )
@@ -97,7 +103,7 @@ class Rig:
         self.service = CoordinatorService(
             self.coord,
             rounds=2,
-            expected_devices=3,
+            expected_devices=expected_devices,
             attestation=self.attestation,
             eval_deadline_s=3.0,  # a device refused mid-run never evaluates: do not wait long
         )
@@ -111,7 +117,6 @@ class Rig:
             releaser=releaser,
             attestation=self.attestation,
         )
-        self.tpms: list[Any] = []
         self.endpoint = self.server.start().fleet
 
     def device(
@@ -220,6 +225,29 @@ def test_three_swtpm_devices_enrol_attest_every_round_and_install_bundles(rig: R
     # the quotes covered the model each device really loaded: PCR 9 replays the 3 releases
     rels = [rig.ledger.entry(i) for i in range(rig.ledger.size)]
     assert [e.body["version"] for e in rels if e.kind == EntryKind.MODEL_RELEASE] == [1, 2, 3]
+
+
+def test_devices_attest_again_after_the_coordinator_and_they_restart(rig: Rig) -> None:
+    """After a restart both sides have lost their memory (TPM PCRs from zero, coordinator's
+    allowed models from zero) but keep their disks: the device must measure only the bundle it
+    will run, the newest release, not the one it installed before (unknown to the new
+    coordinator, which would refuse the quote: 'an unknown model bundle was loaded')."""
+    first = [rig.device(f"cam-{i}")[0] for i in range(2)]
+    rig.service.expected_devices = 2
+    assert not _run_all(first) and rig.server.wait(5)
+    assert all(r.stats.model_version == 3 for r in first)
+    rig.server.stop()
+    for tpm in rig.tpms:
+        tpm.close()
+    rig.start_coordinator(expected_devices=2)  # same ledger: release versions continue
+    again = [rig.device(f"cam-{i}")[0] for i in range(2)]  # same model dirs, fresh TPMs
+    errors = _run_all(again)
+    assert rig.server.wait(5) and not errors, errors
+    for r in again:
+        assert r.stats.tpm_enrolled and r.stats.quotes == 2
+        assert r.stats.model_version == 6  # 3 before, then 4 (initial of the restart), 5, 6
+    failed = [f for e, f, _t in rig.audit.events if e == "attest.verdict" and not f["ok"]]
+    assert failed == []
 
 
 @pytest.mark.parametrize("tamper", ["firmware", "model"])

@@ -109,8 +109,11 @@ class ModelInstaller:
             proof = ConsistencyProof.from_json(json.loads(proof_b)) if proof_b else None
         except (ValueError, TypeError, KeyError, LedgerError) as exc:
             raise RoundError(f"model update carries a malformed tree head or proof: {exc}") from exc
-        if not self.witness.has_head or head.tree_size != self.witness.head.tree_size:
-            self.witness.update(head, proof)
+        # every head goes through the witness, even at an unchanged size: a second root for
+        # the same size is a fork, and only update() compares the roots
+        before = self.witness.head if self.witness.has_head else None
+        self.witness.update(head, proof)
+        if self.witness.head != before:
             self.model.save_witness(self.witness)
         bundle = Bundle.from_bytes(bundle_b)
         if bundle.version == self.model.installed_version:
@@ -328,13 +331,14 @@ class DeviceRunner:
         endpoint = self.endpoint
         if self.attestation is not None:
             if self.installer is not None:
+                # fetch first and measure only the bundle that will run: a newer one is measured
+                # by the install hook; the one installed before this start only if it stays
+                # (a restarted coordinator allows only what it released since its restart)
+                fetched = self.installer.fetch(self.client)
                 current = self.installer.model.current
-                if current is not None and not self._measured_current:
-                    # the bundle installed before this start is what runs: measure it again
-                    # (the TPM's PCRs started from zero), then fetch anything newer
+                if fetched is None and current is not None and not self._measured_current:
                     self.attestation.measure_model(current.measurement(), "model:installed")
-                    self._measured_current = True
-                self.installer.fetch(self.client)  # the model PCR must hold a released bundle
+                self._measured_current = True
             self.stats.hardware_backed = enrol_tpm(self.client, self.attestation)
             self.stats.tpm_enrolled = True
             endpoint = AttestingEndpoint(endpoint, self.attestation, self.identity.device_id)
