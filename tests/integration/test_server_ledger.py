@@ -103,3 +103,43 @@ def test_a_revocation_is_served_at_once_audited_and_on_the_ledger() -> None:
     assert [e for e, _f, _t in audit.events] == ["identity.revoked"]
     with pytest.raises(IdentityError):  # the served list already names it
         fleet.validator().validate(creds.cert, time.time())
+    # the revocation is under a signed tree head at once (provable before the next release)
+    head = ledger.latest_tree_head()
+    assert head is not None and head.tree_size == ledger.size
+    ledger.inclusion_proof(ledger.size - 1, head.tree_size)
+
+
+def test_releases_survive_a_clock_step_back_and_stop_signs_the_last_entries() -> None:
+    now = [2_000_000_000.0]
+
+    class _Clock:
+        def now(self) -> float:
+            return now[0]
+
+    ledger = Ledger(MemoryLedgerStore(), SigningKey.generate())
+    releaser = ModelReleaser(ledger, SigningKey.generate(), model_id="m", architecture="x")
+    releaser.release([np.zeros(2, np.float32)], 0, 1, now[0])
+    # the wall clock steps back by a minute (NTP): the next release must not end the run
+    second = releaser.release([np.ones(2, np.float32)], 1, 2, now[0] - 60)
+    assert second.version == 2
+    heads = ledger.tree_heads()
+    assert heads[-1].head.timestamp_ms >= heads[-2].head.timestamp_ms
+    # entries appended after the last release are signed when the server stops
+    coord = Coordinator(
+        [np.zeros(2, np.float32)], FedAvg(), RoundSettings(), rng=np.random.default_rng(0)
+    )
+    server = CoordinatorServer(
+        LocalFleet.create("fleet.local", now[0]),
+        CoordinatorService(coord, rounds=1, expected_devices=1),
+        MemoryAuditSink(),
+        UnsafeAssumeAttested(),
+        releaser=releaser,
+        trust_log=[_change("cam-2", "active", "quarantined", "behaviour")],
+        clock=_Clock(),
+    )
+    server._ledger_quarantine(3)
+    latest = ledger.latest_tree_head()
+    assert latest is not None and latest.tree_size == ledger.size - 1
+    server.stop()
+    latest = ledger.latest_tree_head()
+    assert latest is not None and latest.tree_size == ledger.size

@@ -105,6 +105,7 @@ class ModelReleaser:
         self, params: Sequence[np.ndarray[Any, Any]], version: int, round_id: int, now: float
     ) -> Bundle:
         with self._lock:
+            now = self._not_before_latest_head(now)
             parent = self.latest.version if self.latest is not None else None
             bundle = publish_bundle(
                 self.ledger,
@@ -120,6 +121,23 @@ class ModelReleaser:
             )
             self.latest = bundle
             return bundle
+
+    def _not_before_latest_head(self, now: float) -> float:
+        """``now``, or the latest head's time if the wall clock stepped back since: a head
+        older than the previous one is refused, and that must not end the run."""
+        latest = self.ledger.latest_tree_head()
+        if latest is not None and now * 1000 < latest.head.timestamp_ms:
+            log.warning("wall clock is behind the latest signed tree head; using the head's time")
+            return latest.head.timestamp_ms / 1000
+        return now
+
+    def seal(self, now: float) -> None:
+        """Sign a tree head over entries appended since the last one (revocations, enrolments,
+        verdicts, quarantine decisions), so none of them stays outside every signed head."""
+        with self._lock:
+            latest = self.ledger.latest_tree_head()
+            if latest is None or latest.tree_size != self.ledger.size:
+                self.ledger.sign_tree_head(now=self._not_before_latest_head(now))
 
     def __call__(self, identity: Identity, payload: bytes) -> bytes:
         if len(payload) != 8:
@@ -275,6 +293,7 @@ class CoordinatorServer:
         self.audit.record("identity.revoked", fields, now)
         if self.releaser is not None:
             self.releaser.ledger.append(Entry.create(EntryKind.REVOCATION, fields, now=now))
+            self.releaser.seal(now)  # provable to devices at once, not at the next release
 
     def _issued(self, identity: Identity, cert: Certificate, how: str, now: float) -> None:
         """A certificate was issued: a first key is an ``enrolment`` on the ledger, a device
@@ -395,6 +414,8 @@ class CoordinatorServer:
                         self.clock.now(),
                     )
                     failed_seen.add(round_no)
+                    if self.releaser is not None:  # no release follows: sign what it appended
+                        self.releaser.seal(self.clock.now())
                 if self.service.finished.is_set():
                     return
                 self._stop.wait(self.tick_s)
@@ -430,6 +451,11 @@ class CoordinatorServer:
         for srv in (self._fleet_server, self._enroll_server):
             if srv is not None:
                 srv.stop(grace_s)
+        if self.releaser is not None:
+            try:  # entries after the last release (verdicts, quarantines) get a signed head
+                self.releaser.seal(self.clock.now())
+            except ZtfmError as exc:
+                log.error("could not sign the final tree head: %s", exc)
         self.audit.record(
             "coordinator.stopped",
             {
