@@ -101,7 +101,7 @@ class _Rig:
             expected_devices=len(self.fleet.devices),
             on_round=sc.on_round,
             eval_deadline_s=phase_deadline_s,
-            secure=secure_aggregator(cfg, self.coord.spec.size),
+            secure=secure_aggregator(cfg, self.coord.spec.size, sc.scenario),
             secure_deadline_s=phase_deadline_s,
         )
         self.server = CoordinatorServer(
@@ -206,15 +206,21 @@ def test_secure_rounds_with_distributed_noise_equal_simulate(tmp_path: Any, simu
     _assert_equal_to_simulate(rig, rig.run(), *simulated)
 
 
-def test_groups_median_and_topk_in_a_16_bit_field_equal_simulate(tmp_path: Any) -> None:
+def test_groups_median_topk_16_bit_and_group_trust_equal_simulate(tmp_path: Any) -> None:
     cfg = _config(
         tmp_path,
         secagg="group_size = 2\nbits = 16\n",
-        tail='[robust]\naggregator = "median"\n[compression]\nkeep_ratio = 0.25\n',
+        tail='[robust]\naggregator = "median"\n[compression]\nkeep_ratio = 0.25\n'
+        "[trust]\nenabled = true\n",
     )
     rig = _Rig(cfg)
     got = rig.run()
-    _assert_equal_to_simulate(rig, got, *_simulate(cfg))
+    expected, models = _simulate(cfg)
+    _assert_equal_to_simulate(rig, got, expected, models)
+    # group-level trust: the same scores as simulate, moved by group means only
+    for e, g in zip(expected, got["rounds"], strict=True):
+        assert g["trust"] == pytest.approx(e["trust"], rel=1e-12)
+    assert len(set(expected[-1]["trust"].values())) > 1  # the group observations moved them
     assert all(r["bytes_up"] for r in got["rounds"])
 
 

@@ -41,6 +41,36 @@ def test_model_poisoning_attackers_are_caught_by_trust() -> None:
     assert all(last["trust"][d] < cfg.trust.gate for d in attackers)
 
 
+def test_group_level_trust_under_secagg_separates_attackers_without_seeing_an_update() -> None:
+    """[trust] with SecAgg groups: only group means are visible; groups are re-drawn every
+    round, so attackers are flagged every round and honest devices only when they share a group
+    with one (measured over seeds 0-4 in docs/robustness.md)."""
+    cfg = _cfg(
+        fleet={"devices": 30},
+        rounds={"rounds": 6, "local_epochs": 1},
+        attacks={"name": "sign_flip", "fraction": 0.2, "params": {"scale": 5.0}},
+        robust={"aggregator": "median"},
+        trust={"enabled": True},
+        privacy={"clip_norm": 0.5},
+        secagg={"enabled": True, "group_size": 3},
+    )
+    m = run_simulation(cfg).metrics
+    last = m["rounds"][-1]
+    attackers = set(last["attackers"])
+    assert len(attackers) == 6
+    trust = last["trust"]
+    honest = sorted(t for d, t in trust.items() if d not in attackers)
+    # every attacker is below the participation gate after 6 rounds; few honest devices are
+    assert all(trust[d] < cfg.trust.gate for d in attackers)
+    assert sum(t < cfg.trust.gate for t in honest) <= 2
+    assert np.mean([trust[d] for d in attackers]) < np.median(honest) - 0.1
+
+
+def test_trust_with_one_secagg_group_is_refused() -> None:
+    with pytest.raises(ConfigError, match="group_size > 0"):
+        _cfg(trust={"enabled": True}, privacy={"clip_norm": 0.5}, secagg={"enabled": True})
+
+
 def _final_model(cfg) -> np.ndarray:  # type: ignore[no-untyped-def]
     sim = Simulation(cfg)
     for r in range(cfg.rounds.rounds):

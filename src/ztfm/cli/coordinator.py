@@ -375,7 +375,7 @@ def serve(
         on_round=sc.on_round if sc is not None else None,
         attestation=attest,
         # [secagg]: SecAgg+ phases over the same RPCs, each at most the round deadline
-        secure=secure_aggregator(cfg, coord.spec.size),
+        secure=secure_aggregator(cfg, coord.spec.size, sc.scenario if sc is not None else None),
         secure_deadline_s=cfg.rounds.deadline_s,
     )
     server = CoordinatorServer(

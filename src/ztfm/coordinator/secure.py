@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ from ztfm.secagg.messages import (
     SurvivorsConfirmation,
     UnmaskResponse,
 )
+from ztfm.trust import TrustChange, TrustManager, observe_groups
 from ztfm.types import DeviceId
 
 NOISE_TAIL = 4.0  # noise allowance of the group-sum norm check: sigma * (sqrt(d) + NOISE_TAIL)
@@ -198,6 +199,10 @@ class SecureAggregator:
             params = {"f": settings.f} if name not in ("mean", "fedavg") else {}
             self.aggregator = make_aggregator(name, **params)
         self.last: dict[str, Any] = {}
+        # group-level trust (``[trust]`` with SecAgg groups): every member of a group inherits a
+        # share of its group mean's observation against the robust aggregate (group testing)
+        self.trust: TrustManager | None = None
+        self.on_trust_change: Callable[[TrustChange], None] | None = None
 
     @property
     def sent(self) -> int:
@@ -268,9 +273,11 @@ class SecureAggregator:
         round_id: int,
         outcomes: Sequence[GroupOutcome],
         dropouts: Mapping[str, str] | None = None,
+        now: float = 0.0,
     ) -> tuple[np.ndarray, tuple[str, ...]]:
         """The round's step and the devices it covers; ``RoundError`` (one line) if every group
-        failed, too few inputs remain, or the robust rule refuses the group sums."""
+        failed, too few inputs remain, or the robust rule refuses the group sums. With
+        ``trust``, the group means are then observed against that step (at ``now``)."""
         good = [o for o in outcomes if o.failed is None and o.total is not None]
         included = tuple(sorted(d for o in good for d in o.included))
         self.last = {
@@ -290,7 +297,25 @@ class SecureAggregator:
             step = self.combine(good)
         except RoundError as exc:
             raise RoundError(f"round {round_id}: {exc}") from exc
+        self._observe_groups(round_id, good, step, now)
         return step, included
+
+    def _observe_groups(
+        self, round_id: int, groups: Sequence[GroupOutcome], step: np.ndarray, now: float
+    ) -> None:
+        """Group testing: a group mean far from (or against) the robust step flags all of its
+        members, each with evidence 1/size; groups are re-drawn every round, so an attacker is
+        flagged every round and an honest device only when it shares a group with one. Groups
+        that broke the clipping bound are observed too (their mean is far off by definition)."""
+        if self.trust is None or self.aggregator is None or len(groups) < 2:
+            return
+        members = [tuple(DeviceId(d) for d in g.included) for g in groups]
+        means = np.stack([np.asarray(g.total) / len(g.included) for g in groups])
+        observations = observe_groups(members, means, np.asarray(step))
+        changes = self.trust.observe_round(round_id, observations, now)
+        if self.on_trust_change is not None:
+            for change in changes:
+                self.on_trust_change(change)
 
     def combine(self, groups: Sequence[GroupOutcome]) -> np.ndarray:
         s = self.settings

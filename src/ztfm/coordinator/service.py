@@ -299,7 +299,7 @@ class CoordinatorService:
             return
         self._tasks, self._expect = {}, {}
         try:
-            step, included = self.secure.finish(phases.round_id, phases.outcomes)
+            step, included = self.secure.finish(phases.round_id, phases.outcomes, now=now)
         except RoundError as exc:
             self._secure_failed(str(exc), now)
             return

@@ -311,8 +311,9 @@ def _secagg_checks(cfg: SimConfig) -> list[tuple[bool, str]]:
             "[secagg] a robust aggregator needs group_size > 0 (it runs over group sums)",
         ),
         (
-            not s.enabled or not cfg.trust.enabled,
-            "[secagg] per-device trust needs visible updates; turn [trust] off with [secagg]",
+            not s.enabled or not cfg.trust.enabled or s.group_size > 0,
+            "[trust] with [secagg] needs group_size > 0: trust is judged from group sums "
+            "(one group hides every single update)",
         ),
         (0.0 < c.keep_ratio <= 1.0, "[compression] keep_ratio must be in (0, 1]"),
         (

@@ -48,7 +48,7 @@ from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import Fleet
 from ztfm.sim.runner import build_agent, security_metrics
 from ztfm.sim.scenario import Scenario, build_scenario, privacy_transforms
-from ztfm.sim.secure import device_rng, secure_settings, update_settings
+from ztfm.sim.secure import attach_trust, device_rng, secure_settings, update_settings
 from ztfm.trust import TrustState
 from ztfm.types import DeviceId
 
@@ -128,12 +128,17 @@ def file_secure_endpoint(cfg: SimConfig, agent: DeviceAgent) -> SecureEndpoint:
     return SecureEndpoint(agent, update_settings(cfg), np.random.default_rng())
 
 
-def secure_aggregator(cfg: SimConfig, n_params: int) -> SecureAggregator | None:
+def secure_aggregator(
+    cfg: SimConfig, n_params: int, scenario: Scenario | None = None
+) -> SecureAggregator | None:
     """The coordinator's SecAgg+ server side (None without ``[secagg]``), seeded like
-    simulate's, so group draws, server keys, sessions and central noise are the same."""
+    simulate's, so group draws, server keys, sessions and central noise are the same; with the
+    ``scenario``'s trust manager, group-level trust as in simulate."""
     if not cfg.secagg.enabled:
         return None
-    return SecureAggregator(secure_settings(cfg), n_params, np.random.default_rng([cfg.seed, 20]))
+    server = SecureAggregator(secure_settings(cfg), n_params, np.random.default_rng([cfg.seed, 20]))
+    attach_trust(server, scenario)
+    return server
 
 
 def file_device_transforms(cfg: SimConfig, fleet_size: int) -> list[UpdateTransform]:

@@ -87,6 +87,15 @@ def secure_settings(cfg: SimConfig) -> SecureSettings:
     )
 
 
+def attach_trust(server: SecureAggregator, scenario: Scenario | None) -> None:
+    """Group-level trust: the scenario's trust manager observes each round's group means, and
+    its changes go to the scenario's trust log (then the audit log), as in plain rounds."""
+    if scenario is None or scenario.trust is None:
+        return
+    server.trust = scenario.trust
+    server.on_trust_change = lambda change: scenario.trust_log.append(change.to_dict())
+
+
 def update_settings(cfg: SimConfig) -> UpdateSettings:
     """A device's own settings from the simulation config."""
     p, c = cfg.privacy, cfg.compression
@@ -138,6 +147,7 @@ class SecureRounds:
         self.net_rng = np.random.default_rng([seed, 23])
         d = coordinator.spec.size
         self.server = SecureAggregator(secure_settings(cfg), d, self.rng)
+        attach_trust(self.server, scenario)
         keyring = np.random.default_rng([seed, 22])
         self.devices: dict[str, SecureDevice] = {}
         for i, (dev, agent) in enumerate(sorted(agents.items())):
@@ -244,7 +254,7 @@ class SecureRounds:
                 )
         secure_s = clock() - b
         traffic.wall_s = {"local_training": train_s, "secure_aggregation": secure_s}
-        step, included = self.server.finish(round_id, outcomes, drops)
+        step, included = self.server.finish(round_id, outcomes, drops, now)
         return step, included, rejected
 
     def _craft(
