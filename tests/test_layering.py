@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ztfm"
 LAYERS: dict[str, int] = {
     "errors": 0,
     "types": 0,
+    "process": 0,
     "__init__": 0,
     "crypto": 1,
     "data": 1,

@@ -33,6 +33,7 @@ from ztfm.coordinator.core import Coordinator, RoundSettings
 from ztfm.coordinator.server import CoordinatorServer, ModelReleaser
 from ztfm.coordinator.service import CoordinatorService
 from ztfm.crypto.signing import SigningKey
+from ztfm.device.attest import open_measured_device
 from ztfm.device.runner import DeviceRunner, ModelInstaller, PollBackoff
 from ztfm.errors import AttestationError
 from ztfm.fl import codec
@@ -81,6 +82,7 @@ class Rig:
         self.log_key, self.release_key = SigningKey.generate(), SigningKey.generate()
         self.ledger = Ledger(MemoryLedgerStore(), self.log_key)
         self.tpms: list[Any] = []
+        self.kept: dict[str, SwtpmProcess] = {}
         self.start_coordinator()
 
     def start_coordinator(self, expected_devices: int = 3) -> None:
@@ -120,15 +122,26 @@ class Rig:
         self.endpoint = self.server.start().fleet
 
     def device(
-        self, name: str, fw: bytes = FW, implant_at: int | None = None
+        self, name: str, fw: bytes = FW, implant_at: int | None = None, *, keep_tpm: bool = False
     ) -> tuple[DeviceRunner, AttestingDevice]:
         """A swtpm-backed device; ``implant_at=v``: when it installs bundle v, malware also
-        loads an unknown model (measured into PCR 9 like any model load)."""
-        proc = self._spare.pop() if self._spare else self.factory()
+        loads an unknown model (measured into PCR 9 like any model load). ``keep_tpm``: like
+        ``device run`` on a hardware TPM, reuse this name's TPM (no reset: PCRs kept) and its
+        measurement log saved in its state folder."""
+        proc = self.kept.get(name) if keep_tpm else None
+        if proc is None:
+            proc = self._spare.pop() if self._spare else self.factory()
+        if keep_tpm:
+            self.kept[name] = proc
         tpm = self.tpm_cls(proc.tcti)
         self.tpms.append(tpm)
-        dev = AttestingDevice(tpm)
-        dev.measure_firmware(fw, "firmware:2.0")
+        if keep_tpm:
+            state = self.tmp / f"{name}-state"
+            state.mkdir(exist_ok=True)
+            dev = open_measured_device(tpm, state, fw, "firmware:2.0")
+        else:
+            dev = AttestingDevice(tpm)
+            dev.measure_firmware(fw, "firmware:2.0")
         installer = ModelInstaller(
             self.tmp / name,
             model_id="m",
@@ -248,6 +261,26 @@ def test_devices_attest_again_after_the_coordinator_and_they_restart(rig: Rig) -
         assert r.stats.model_version == 6  # 3 before, then 4 (initial of the restart), 5, 6
     failed = [f for e, f, _t in rig.audit.events if e == "attest.verdict" and not f["ok"]]
     assert failed == []
+
+
+def test_a_device_agent_restarted_without_a_tpm_reset_attests_again(rig: Rig) -> None:
+    """cam-0's agent registers and enrols, then restarts; its TPM keeps PCRs 8/9. The new agent
+    continues the saved log (no second firmware extend), enrols again and attests every round
+    (before: every quote, the enrolment one first, failed 'pcr_log')."""
+    rig.service.expected_devices = 2
+    early, _ = rig.device("cam-0", keep_tpm=True)
+    early.run(max_polls=2)  # registered and TPM enrolled; then the process "exits"
+    assert early.stats.tpm_enrolled
+    restarted, dev = rig.device("cam-0", keep_tpm=True)
+    assert [m.label for m in dev.log] == ["firmware:2.0", "model:v1"]  # continued, not re-made
+    other, _ = rig.device("cam-1")
+    errors = _run_all([restarted, other])
+    assert rig.server.wait(5) and not errors, errors
+    assert restarted.stats.tpm_enrolled and restarted.stats.quotes == 2
+    assert restarted.stats.model_version == 3
+    failed = [f for e, f, _t in rig.audit.events if e == "attest.verdict" and not f["ok"]]
+    assert failed == []
+    assert [sorted(s.accepted) for s in rig.service.log.summaries] == [["cam-0", "cam-1"]] * 2
 
 
 @pytest.mark.parametrize("tamper", ["firmware", "model"])

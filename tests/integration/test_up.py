@@ -59,6 +59,23 @@ def _gone(pid: int) -> bool:
     return status.exists() and "\nState:\tZ" in status.read_text()
 
 
+def _swtpms_under(work: Path) -> list[int]:
+    """Live swtpm processes whose state folder is under ``work`` (by command line, not name)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            d.name.isdigit()
+            and any(f"dir={work}/".encode() in a for a in cmd)
+            and not _gone(int(d.name))
+        ):
+            found.append(int(d.name))
+    return found
+
+
 @pytest.fixture(scope="module")
 def up_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("up")
@@ -231,6 +248,9 @@ def test_sigint_tears_everything_down(tmp_path: Path) -> None:
     cfg_file = tmp_path / "small.toml"
     cfg_file.write_text(CONFIG)
     work = tmp_path / "work"
+    (work / "devices").mkdir(parents=True, mode=0o755)  # a reused --work DIR: tightened
+    for d in (work, work / "devices"):
+        d.chmod(0o755)
     proc = _ztfm(
         "up",
         "--devices",
@@ -266,6 +286,12 @@ def test_sigint_tears_everything_down(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 130
     assert all(_gone(pid) for pid in pids.values()), pids
+    assert not _swtpms_under(work)  # every device's swtpm stopped with it
+    # TPM states, device keys and CA keys: no group or other access
+    for d in (work, work / "devices", *(work / "devices").iterdir(), work / "tpm-ca", work / "ca"):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    for f in (*(work / "devices").glob("*/tpm/*"), *(work / "tpm-ca").glob("*key*.pem")):
+        assert f.stat().st_mode & 0o077 == 0, f
     res = subprocess.run(
         [sys.executable, "-m", "ztfm.cli.main", "audit", "verify", str(tmp_path / "out/audit.log")],
         capture_output=True,

@@ -7,7 +7,14 @@ NOT hardware-backed, for large simulations). ``ztfm.attestation.swtpm`` provisio
 swtpm processes. See docs/attestation.md.
 """
 
-from ztfm.attestation.device import QUOTE_PCRS, AttestingDevice, TpmBackend, TpmSigningBackend
+from ztfm.attestation.device import (
+    QUOTE_PCRS,
+    AttestingDevice,
+    BootCounts,
+    MeasurementJournal,
+    TpmBackend,
+    TpmSigningBackend,
+)
 from ztfm.attestation.evidence import (
     PCR_FIRMWARE,
     PCR_MODEL,
@@ -35,11 +42,13 @@ __all__ = [
     "AttestationVerdict",
     "AttestationVerifier",
     "AttestingDevice",
+    "BootCounts",
     "CredentialChallenge",
     "EnrolledDevice",
     "EnrolmentRequest",
     "KeyCertification",
     "Measurement",
+    "MeasurementJournal",
     "NonceBook",
     "NonceSource",
     "QuoteEvidence",

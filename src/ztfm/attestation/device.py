@@ -7,6 +7,8 @@ keeps the measurement log, answers enrolment challenges and produces quotes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from ztfm.attestation.evidence import (
@@ -19,11 +21,27 @@ from ztfm.attestation.evidence import (
     QuoteEvidence,
 )
 from ztfm.attestation.nonce import NONCE_BYTES
-from ztfm.attestation.structures import PcrSelection
+from ztfm.attestation.structures import PcrSelection, replay
 from ztfm.errors import AttestationError
 
 #: What every quote covers.
 QUOTE_PCRS = PcrSelection((PCR_FIRMWARE, PCR_MODEL))
+_PCR_RESET_VALUE = b"\x00" * 32
+
+#: Called with the log *including* a measurement about to be extended (write-ahead).
+MeasurementJournal = Callable[[tuple[Measurement, ...]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BootCounts:
+    """TPMS_CLOCK_INFO ``resetCount`` / ``restartCount``: which TPM boot the PCRs belong to.
+
+    ``reset_count`` goes up on every TPM Reset (power cycle, Startup(CLEAR) without a saved
+    state), which zeroes the PCRs; ``restart_count`` on TPM Restart/Resume (a resume from
+    suspend keeps the PCRs)."""
+
+    reset_count: int
+    restart_count: int
 
 
 class TpmBackend(Protocol):
@@ -46,6 +64,8 @@ class TpmBackend(Protocol):
 
     def quote(self, nonce: bytes, selection: PcrSelection) -> tuple[bytes, bytes]: ...
 
+    def boot_counts(self) -> BootCounts: ...
+
 
 class TpmSigningBackend(TpmBackend, Protocol):
     """A TPM that also holds a request-signing key (unrestricted ECDSA-P256, fixedTPM)."""
@@ -60,15 +80,56 @@ class TpmSigningBackend(TpmBackend, Protocol):
 class AttestingDevice:
     """Measures firmware and models into the TPM and answers the verifier.
 
-    The log is kept in memory since boot (the PCRs reset with the TPM); a device agent that
-    restarts without a TPM reset must measure again from a fresh TPM boot.
+    The log covers the TPM's PCRs since its last reset. An agent that restarts while the TPM
+    keeps its PCRs (a hardware TPM, no reboot) continues from its saved log with ``resume``;
+    ``journal`` (optional) is called with the log plus each new measurement *before* it is
+    extended, so a saved log is never behind the PCRs by more than the last, unextended, event.
     """
 
-    __slots__ = ("_log", "tpm")
+    __slots__ = ("_journal", "_log", "tpm")
 
-    def __init__(self, tpm: TpmBackend) -> None:
+    def __init__(self, tpm: TpmBackend, *, journal: MeasurementJournal | None = None) -> None:
         self.tpm = tpm
         self._log: list[Measurement] = []
+        self._journal = journal
+
+    @staticmethod
+    def pcrs_at_reset(tpm: TpmBackend) -> bool:
+        """Are the measured PCRs (8, 9) at their reset value (all zero), i.e. unmeasured?"""
+        values = tpm.read_pcrs(QUOTE_PCRS)
+        return all(values[p] == _PCR_RESET_VALUE for p in QUOTE_PCRS.pcrs)
+
+    @classmethod
+    def resume(
+        cls,
+        tpm: TpmBackend,
+        log: Sequence[Measurement],
+        *,
+        journal: MeasurementJournal | None = None,
+    ) -> AttestingDevice:
+        """Continue with ``log``, made since the TPM's last reset by an earlier agent.
+
+        Accepted only if it replays exactly to the PCR values read from the TPM, or does so
+        without its last event (written ahead, then the agent stopped before extending it:
+        that event is dropped). Raises ``AttestationError`` otherwise: something this log
+        does not account for extended the PCRs.
+        """
+        values = tpm.read_pcrs(QUOTE_PCRS)
+
+        def replays(events: Sequence[Measurement]) -> bool:
+            return all(
+                replay([m.digest for m in events if m.pcr == p]) == values[p]
+                for p in QUOTE_PCRS.pcrs
+            )
+
+        events = list(log)
+        if not replays(events):
+            if not events or not replays(events[:-1]):
+                raise AttestationError("the saved measurement log does not replay to the PCRs")
+            events.pop()
+        device = cls(tpm, journal=journal)
+        device._log = events
+        return device
 
     @property
     def log(self) -> tuple[Measurement, ...]:
@@ -89,6 +150,8 @@ class AttestingDevice:
         self._measure(Measurement(PCR_MODEL, bundle_digest, label))
 
     def _measure(self, m: Measurement) -> None:
+        if self._journal is not None:
+            self._journal((*self._log, m))
         self.tpm.extend_pcr(m.pcr, m.digest)
         self._log.append(m)
 

@@ -13,6 +13,7 @@ import logging
 
 import numpy as np
 
+from ztfm.attestation.device import BootCounts
 from ztfm.attestation.structures import (
     ADMIN_WITH_POLICY,
     ALG_AES,
@@ -157,6 +158,9 @@ class SoftTpm:
         """TPM reset: PCRs back to zero, reset counter up (like a power cycle)."""
         self._pcrs.clear()
         self._reset += 1
+
+    def boot_counts(self) -> BootCounts:
+        return BootCounts(self._reset, 0)
 
     def quote(self, nonce: bytes, selection: PcrSelection) -> tuple[bytes, bytes]:
         if len(nonce) > 64:

@@ -6,7 +6,12 @@
 * ``provision_swtpm``: ``swtpm_setup --tpm2 --create-ek-cert --create-platform-cert`` into a
   state directory, with EK certificates issued by that CA.
 * ``SwtpmProcess``: runs ``swtpm socket`` bound to 127.0.0.1 on two free consecutive ports
-  (server, control = server + 1, as the tpm2-tss swtpm TCTI expects) and stops it by PID.
+  (server, control = server + 1, as the tpm2-tss swtpm TCTI expects) and stops it by PID; it
+  gets SIGTERM if the process that started it dies (``PR_SET_PDEATHSIG``), so a killed device
+  leaves no swtpm holding the state folder's lock.
+
+State folders and the CA folder are created 0700 and everything in them is written 0600: they
+hold the TPM's secrets (EK seed) and the CA's private keys.
 
 This is an I/O adapter (processes, files); the verifier never imports it.
 """
@@ -23,8 +28,29 @@ from pathlib import Path
 from types import TracebackType
 
 from ztfm.errors import ConfigError, TpmError
+from ztfm.process import die_with_parent
 
 _LOOPBACK = "127.0.0.1"
+_PRIVATE_UMASK = 0o077  # swtpm_setup / swtpm_localca would write state and keys 0640
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` 0700 (missing parents with the default mode), tighten it if it existed."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+
+
+def _restrict_files(directory: Path) -> None:
+    """Drop group/other permissions from everything directly in ``directory``."""
+    for f in directory.iterdir():
+        try:  # a parallel swtpm_localca may be replacing a file right now
+            if f.is_symlink():
+                continue
+            mode = f.stat().st_mode & 0o777
+            if mode & 0o077:
+                f.chmod(mode & 0o700)
+        except FileNotFoundError:
+            continue
 
 
 def _tool(name: str) -> str:
@@ -48,7 +74,7 @@ class SwtpmCa:
             raise ConfigError("swtpm CA directory path must not contain spaces, '=' or newlines")
         if not manufacturer.replace("-", "").isalnum():
             raise ConfigError("manufacturer must be alphanumeric (dashes allowed)")
-        directory.mkdir(parents=True, exist_ok=True)
+        _private_dir(directory)
         ca = cls(directory)
         ca.localca_conf.write_text(
             f"statedir = {directory}\n"
@@ -100,7 +126,7 @@ class SwtpmCa:
 def provision_swtpm(state_dir: Path, ca: SwtpmCa, timeout_s: float = 60.0) -> None:
     """Manufacture a TPM 2.0 state in ``state_dir``: EKs, EK and platform certificates."""
     state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(state_dir)
     cmd = [
         _tool("swtpm_setup"),  # finds swtpm on PATH
         "--tpm2",
@@ -113,12 +139,21 @@ def provision_swtpm(state_dir: Path, ca: SwtpmCa, timeout_s: float = 60.0) -> No
         "--overwrite",
     ]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        res = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            umask=_PRIVATE_UMASK,
+        )
     except subprocess.TimeoutExpired as exc:
         raise TpmError(f"swtpm_setup timed out after {timeout_s:g} s") from exc
     if res.returncode != 0:
         last = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
         raise TpmError(f"swtpm_setup failed ({res.returncode}): {last[0]}")
+    _restrict_files(state_dir)
+    _restrict_files(ca.directory)  # swtpm_localca creates the CA keys on first use
 
 
 def _port_free(port: int) -> bool:
@@ -175,7 +210,7 @@ class SwtpmProcess:
                 "socket",
                 "--tpm2",
                 "--tpmstate",
-                f"dir={self.state_dir}",
+                f"dir={self.state_dir},mode=0600",
                 "--server",
                 f"type=tcp,port={port},bindaddr={_LOOPBACK}",
                 "--ctrl",
@@ -184,9 +219,14 @@ class SwtpmProcess:
                 "not-need-init,startup-clear",
             ]
             # stderr goes to a file: a pipe nobody reads could fill up and block swtpm
-            with self.log_path.open("ab") as log_file:
+            log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(log_fd, "ab") as log_file:
                 proc = subprocess.Popen(
-                    cmd, stdout=subprocess.DEVNULL, stderr=log_file, env=dict(os.environ)
+                    cmd,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log_file,
+                    env=dict(os.environ),
+                    preexec_fn=die_with_parent(),  # no orphan holding the state's lock
                 )
             if self._wait_ready(proc, port):
                 self._proc, self.port = proc, port

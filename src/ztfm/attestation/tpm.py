@@ -22,6 +22,7 @@ import re
 from types import TracebackType
 from typing import Any
 
+from ztfm.attestation.device import BootCounts
 from ztfm.attestation.soft import AK_ATTRIBUTES, SIGNER_ATTRIBUTES
 from ztfm.attestation.structures import PcrSelection, TpmPublic
 from ztfm.errors import TpmError
@@ -222,6 +223,14 @@ class Tpm:
         except TSS2_Exception as exc:
             raise TpmError(f"Quote failed: {exc}") from exc
         return bytes(attest), bytes(sig.marshal())
+
+    def boot_counts(self) -> BootCounts:
+        """TPM2_ReadClock's resetCount / restartCount."""
+        try:
+            info = self._ctx.read_clock().clockInfo
+        except TSS2_Exception as exc:
+            raise TpmError(f"ReadClock failed: {exc}") from exc
+        return BootCounts(int(info.resetCount), int(info.restartCount))
 
     # --- request-signing key (TpmSigningBackend) ------------------------------------------------
     def _signing_key(self) -> Any:

@@ -226,6 +226,7 @@ def run(
             )
         agent = _agent_from_file(config_path, path, identity, devices, seed)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state_dir.chmod(0o700)  # an existing folder too: it holds the key and the TPM's log
     keys = FileKeyStore(state_dir / "key.pem")
     cert_path = state_dir / "cert.pem"
     cert = None
@@ -254,19 +255,25 @@ def run(
     use_tpm = tpm_tcti is not None or swtpm_state is not None
     if use_tpm and installer is None:
         raise ConfigError("attestation needs --release-key and --log-key (measured bundles)")
+    stop = threading.Event()
+    running = threading.Event()
+
+    def on_signal(_s: int, _f: FrameType | None) -> None:
+        stop.set()
+        if not running.is_set():  # still setting up (e.g. starting swtpm): unwind now
+            raise SystemExit(130)
+
+    # installed before swtpm starts: a SIGTERM then unwinds the stack, which stops swtpm
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     with contextlib.ExitStack() as stack:
-        attesting = _open_tpm(stack, tpm_tcti, swtpm_state, firmware) if use_tpm else None
+        attesting = (
+            _open_tpm(stack, tpm_tcti, swtpm_state, firmware, state_dir) if use_tpm else None
+        )
         if attesting is not None and installer is not None:
             installer.on_install = lambda b: attesting.measure_model(
                 b.measurement(), f"model:v{b.version}"
             )
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
-
-        def on_int(_s: int, _f: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGINT, on_int)
         runner = DeviceRunner(
             identity,
             keys,
@@ -283,6 +290,9 @@ def run(
             installer=installer,
             attestation=attesting,
         )
+        running.set()
+        if stop.is_set():
+            sys.exit(130)
         stats = runner.run()
         click.echo(
             f"{device_id}: {stats.tasks} tasks, {stats.refused} refused, {stats.renewals} renewals"
@@ -297,12 +307,17 @@ def run(
 
 
 def _open_tpm(
-    stack: contextlib.ExitStack, tcti: str | None, swtpm_state: Path | None, firmware: Path | None
+    stack: contextlib.ExitStack,
+    tcti: str | None,
+    swtpm_state: Path | None,
+    firmware: Path | None,
+    state_dir: Path,
 ) -> Any:
-    """Open the device's TPM (starting a swtpm for --swtpm-state) and measure the firmware."""
-    from ztfm.attestation import AttestingDevice
+    """Open the device's TPM (starting a swtpm for --swtpm-state) and measure the firmware,
+    or continue the measurement log of an earlier run if the TPM kept its PCRs."""
     from ztfm.attestation.firmware import file_image_digest, package_image_digest
     from ztfm.attestation.swtpm import SwtpmProcess
+    from ztfm.device.attest import open_measured_device
 
     try:
         from ztfm.attestation.tpm import Tpm
@@ -316,9 +331,8 @@ def _open_tpm(
     assert tcti is not None
     tpm = Tpm(tcti)
     stack.callback(tpm.close)
-    device = AttestingDevice(tpm)
     if firmware is not None:
-        device.measure_firmware(file_image_digest(firmware), f"firmware:{firmware.name}")
+        digest, label = file_image_digest(firmware), f"firmware:{firmware.name}"
     else:
-        device.measure_firmware(package_image_digest(), "firmware:ztfm")
-    return device
+        digest, label = package_image_digest(), "firmware:ztfm"
+    return open_measured_device(tpm, state_dir, digest, label)

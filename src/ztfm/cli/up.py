@@ -9,7 +9,6 @@ OUT/report.html. Every child is tracked by PID and terminated on exit, failure o
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -25,18 +24,21 @@ from typing import Any
 import click
 
 from ztfm.errors import ConfigError, TransportError, ZtfmError
+from ztfm.process import die_with_parent
 
-_PR_SET_PDEATHSIG = 1
 
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM if ``ztfm up`` dies (even by SIGKILL): no orphans."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _private_dir(path: Path) -> Path:
+    """Create ``path`` 0700, and tighten it if it already existed (``--work DIR`` reused)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
 
 
 class Children:
-    """Child processes by PID; ``terminate_all`` is SIGTERM, a grace period, then SIGKILL."""
+    """Child processes by PID, each the leader of its own session and process group.
+
+    ``terminate_all`` is SIGTERM to each child, a grace period, then SIGKILL to the child's
+    whole process group (a device's swtpm goes with it)."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
@@ -51,7 +53,7 @@ class Children:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's Ctrl-C reaches ztfm up only
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent(),
             )
         finally:
             log.close()
@@ -78,6 +80,9 @@ class Children:
             try:
                 p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                # not reaped yet, so its group id cannot have been reused: kill the group
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, signal.SIGKILL)
                 with contextlib.suppress(ProcessLookupError):
                     p.kill()
                 p.wait()
@@ -171,8 +176,9 @@ def up(
         raise ConfigError(f"cannot create output folder {out}: {exc}") from exc
     keep_work = work is not None
     work_dir = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="ztfm-up-"))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "logs").mkdir(exist_ok=True)
+    _private_dir(work_dir)  # CA, TPM states and device keys: 0700 from the start
+    _private_dir(work_dir / "logs")
+    _private_dir(work_dir / "devices")
     ca_dir = work_dir / "ca"
     now = time.time()
     init_ca(ca_dir, "fleet.local", now)
@@ -217,8 +223,7 @@ def up(
         _write_pids(work_dir, children)
         ends = json.loads(_wait_file(ready, coord, 120.0))
         for k, d in enumerate(fleet.devices):
-            state = work_dir / "devices" / d.device_id
-            state.mkdir(parents=True, exist_ok=True, mode=0o700)
+            state = _private_dir(work_dir / "devices" / d.device_id)
             token_file = state / "token"
             write_atomic(token_file, tokens[d.device_id])
             os.chmod(token_file, 0o600)
@@ -360,7 +365,7 @@ def _provision_tpms(work_dir: Path, device_ids: list[str]) -> tuple[list[str], d
             "or run with --attestation none (UNSAFE: no attestation)"
         ) from exc
     ca = SwtpmCa.create(work_dir / "tpm-ca")
-    states = {d: work_dir / "devices" / d / "tpm" for d in device_ids}
+    states = {d: _private_dir(work_dir / "devices" / d) / "tpm" for d in device_ids}
     t0 = time.perf_counter()
     provision_swtpm(states[device_ids[0]], ca)  # the first one creates the CA's root
     with ThreadPoolExecutor(max_workers=4) as pool:
