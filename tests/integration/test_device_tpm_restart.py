@@ -213,3 +213,22 @@ def test_tpm_states_and_ca_keys_are_private_in_a_reused_work_dir(tmp_path: Path)
         pass
     for f in (work / "devices" / "d0" / "tpm").iterdir():
         assert f.stat().st_mode & 0o077 == 0, f"{f} is {f.stat().st_mode & 0o777:o}"
+
+
+def test_a_device_restarted_many_times_on_one_swtpm_state_still_enrols(
+    swtpm_ca: SwtpmCa, swtpm: SwtpmProcess
+) -> None:
+    """stop() shuts the TPM down orderly: before, every stop was a non-orderly shutdown that
+    counted a dictionary-attack failure at the next start, and from the fourth start on the EK
+    was locked out (ActivateCredential: 'DA lockout mode')."""
+    from ztfm.attestation.tpm import Tpm
+
+    v = _verifier(swtpm_ca)
+    for _ in range(5):
+        swtpm.stop()
+        swtpm.start()
+        with Tpm(swtpm.tcti) as tpm:
+            dev = AttestingDevice(tpm)
+            dev.measure_firmware(FW)
+            dev.measure_model(M1)
+            _enrol_and_quote(v, dev)

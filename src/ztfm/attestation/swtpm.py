@@ -18,6 +18,7 @@ This is an I/O adapter (processes, files); the verifier never imports it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -31,6 +32,8 @@ from ztfm.errors import ConfigError, TpmError
 from ztfm.process import die_with_parent
 
 _LOOPBACK = "127.0.0.1"
+# TPM2_Shutdown(TPM_SU_CLEAR): tag NO_SESSIONS, size 12, TPM_CC_Shutdown 0x145, TPM_SU_CLEAR
+_TPM2_SHUTDOWN_CLEAR = bytes.fromhex("80010000000c000001450000")
 _PRIVATE_UMASK = 0o077  # swtpm_setup / swtpm_localca would write state and keys 0640
 
 
@@ -270,10 +273,26 @@ class SwtpmProcess:
                 proc.wait(timeout=5)
 
     def stop(self) -> None:
-        """Stop this swtpm (SIGTERM, then SIGKILL) by its PID; idempotent."""
+        """Stop this swtpm (TPM2_Shutdown, then SIGTERM, then SIGKILL) by its PID; idempotent.
+
+        The TPM2_Shutdown makes the next start an orderly one: after a non-orderly stop the TPM
+        counts a dictionary-attack failure at startup, and three of them lock the EK out
+        (ActivateCredential fails "DA lockout mode") so the device could not enrol again."""
         proc, self._proc = self._proc, None
         if proc is not None:
+            if proc.poll() is None:
+                self._orderly_shutdown()
             self._reap(proc)
+
+    def _orderly_shutdown(self) -> None:
+        """Send TPM2_Shutdown(TPM_SU_CLEAR) on the command port; best effort (every TPM client
+        must have disconnected: swtpm serves one connection at a time)."""
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((_LOOPBACK, self.port), timeout=2.0) as s,
+        ):
+            s.sendall(_TPM2_SHUTDOWN_CLEAR)
+            s.recv(64)  # the 10-byte response; its code does not matter here
 
     def __enter__(self) -> SwtpmProcess:
         return self.start() if self._proc is None else self
