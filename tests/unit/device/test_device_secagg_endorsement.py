@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from small_fleet import SMALL_FLEET_TOML
 
 from ztfm.coordinator.service import CoordinatorService
 from ztfm.crypto.signing import SigningKey
@@ -39,19 +40,15 @@ from ztfm.types import FixedClock
 
 N_DEVICES = 4
 FLEET = "fleet.local"
-CONFIG = """
-[detector]
-hidden = [16, 4]
-[rounds]
-local_epochs = 1
-[compare]
-local_only = false
-centralised = false
+CONFIG = (
+    SMALL_FLEET_TOML
+    + """
 [privacy]
 clip_norm = 0.5
 [secagg]
 enabled = true
 """
+)
 
 
 def _config(tmp: Path) -> SimConfig:
