@@ -113,6 +113,7 @@ class FleetCA:
             raise IdentityError("CSR does not name exactly the identity being enrolled")
         if identity.uri in self.revoked_identities:
             raise IdentityError(f"identity {identity.uri} is revoked")
+        self._check_unique_device_id(identity)
         if not 0 < ttl_s <= MAX_CERT_TTL_S:
             raise IdentityError(f"certificate TTL must be in (0, {MAX_CERT_TTL_S:.0f}] s")
         if now + ttl_s > self.cert.not_after:
@@ -136,6 +137,26 @@ class FleetCA:
         )
         return cert
 
+    def _check_unique_device_id(self, identity: Identity) -> None:
+        """A device id names one device in the fleet, whatever its segment: peers (SecAgg
+        neighbours, the coordinator) know each other by device id, so a second certificate for
+        the same id under another segment (or after the first was revoked) would let its holder
+        speak for that device."""
+        if identity.role != "device":
+            return
+        uris = {c.identity.uri for c in self.issued.values()} | set(self.revoked_identities)
+        for uri in uris:
+            try:
+                other = Identity.from_uri(uri)
+            except IdentityError:
+                continue
+            same_id = other.role == "device" and other.device_id == identity.device_id
+            if same_id and other.uri != identity.uri:
+                raise IdentityError(
+                    f"device id {identity.device_id!r} is already issued as {other.uri}: "
+                    "device ids are unique in a fleet"
+                )
+
     # --- enrolment ------------------------------------------------------------------------------
     def create_token(
         self, identity: Identity, now: float, ttl_s: float = DEFAULT_TOKEN_TTL_S
@@ -143,6 +164,7 @@ class FleetCA:
         """A one-time enrolment token for ``identity`` (secret: from the OS CSPRNG)."""
         if identity.fleet != self.fleet:
             raise IdentityError("token identity is for another fleet")
+        self._check_unique_device_id(identity)
         token = secrets.token_urlsafe(24)
         digest = hashlib.sha256(token.encode()).hexdigest()
         self.tokens[digest] = EnrollmentToken(digest, identity, now + ttl_s)

@@ -273,3 +273,20 @@ def test_directory_lock_does_not_lose_cli_changes(tmp_path: Path) -> None:
     init_ca(other, FLEET, T0)
     with pytest.raises(IdentityError, match="different CA"), CaDirectoryLock(held, other):
         pass
+
+
+def test_a_device_id_is_unique_across_segments_even_after_revocation(fresh_ca: FleetCA) -> None:
+    """Peers know a device by its id (SecAgg neighbours check endorsements by id): a second
+    certificate for the same id in another segment would speak for the first device."""
+    token = fresh_ca.create_token(IDENT, T0)
+    fresh_ca.enroll(MemoryKeyStore().make_csr(IDENT, token), T0)
+    twin = Identity(FLEET, "lab", "device", "cam-42")
+    with pytest.raises(IdentityError, match="unique in a fleet"):
+        fresh_ca.create_token(twin, T0)
+    with pytest.raises(IdentityError, match="unique in a fleet"):
+        fresh_ca.issue(MemoryKeyStore().make_csr(twin), twin, T0)
+    fresh_ca.revoke_identity(IDENT)
+    with pytest.raises(IdentityError, match="unique in a fleet"):
+        fresh_ca.create_token(twin, T0)
+    # the same device id under another role is another principal (a gateway named alike)
+    fresh_ca.create_token(Identity(FLEET, "lab", "gateway", "cam-42"), T0)
