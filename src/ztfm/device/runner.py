@@ -36,7 +36,7 @@ from ztfm.crypto.pki import Certificate
 from ztfm.crypto.signing import VerifyKey
 from ztfm.device.attest import AttestingEndpoint, enrol_tpm
 from ztfm.device.secure import CertCredentials, SecureEndpoint
-from ztfm.errors import LedgerError, RoundError, TransportError, ZtfmError
+from ztfm.errors import IdentityError, LedgerError, RoundError, TransportError, ZtfmError
 from ztfm.identity import (
     CertValidator,
     Identity,
@@ -294,7 +294,12 @@ class DeviceRunner:
         due = cur.issued_at + 0.75 * (cur.next_update - cur.issued_at)
         if now >= due and now >= self._revocations_fetched + REVOCATION_RETRY_S:
             self._revocations_fetched = now
-            checker.update(self.client.get_revocations(), now)
+            try:
+                checker.update(self.client.get_revocations(), now)
+            except IdentityError as exc:
+                # a rolled-back, forked or stale list from the coordinator: keep the held one
+                # (checks fail closed once it is stale) instead of ending the device
+                log.warning("revocation list refused, keeping the held one: %s", exc)
 
     def _accept(self, task: object) -> bool:
         """Train/evaluate only on parameters that are a verified, ledger-recorded bundle."""

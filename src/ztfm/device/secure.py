@@ -226,6 +226,10 @@ class UpdateSettings:
         )
 
 
+MAX_ROSTER = 10_000  # devices in one SecAgg instance (use [secagg] group_size beyond this)
+MAX_DEGREE = 512  # neighbours per device (SecAgg+ needs about 2 log2 n)
+
+
 class SecureEndpoint:
     """A networked device's ``Endpoint`` for ``[secagg]`` rounds (see the module docstring)."""
 
@@ -278,7 +282,9 @@ class SecureEndpoint:
         task = fl_codec.decode(data)
         assert isinstance(task, SecAggTask)
         if task.round_id != self._round or self._update is None:
-            raise UpdateRejected(f"no update held for secure round {task.round_id}")
+            # e.g. a task still open from a round this device left (or restarted in): nothing
+            # to answer with; an abort, not a crash of the device process
+            raise SecAggError(f"no update held for secure round {task.round_id}")
         try:
             if task.phase == "advertise":
                 out = self._advertise(task)
@@ -293,6 +299,12 @@ class SecureEndpoint:
         except SecAggError as exc:
             self._abort(task.round_id, task.phase, exc)
             raise
+        except (UpdateRejected, ValueError) as exc:
+            # a malformed or unexpected secure task from the coordinator: leave the round (the
+            # update is dropped) instead of ending the device process
+            abort = SecAggError(f"malformed secure task: {exc}")
+            self._abort(task.round_id, task.phase, abort)
+            raise abort from exc
         return self._reply(task.round_id, task.phase, task.nonce, out)
 
     def _abort(self, round_id: int, phase: str, exc: SecAggError) -> None:
@@ -319,6 +331,13 @@ class SecureEndpoint:
             raise SecAggError(f"round asks for {cfg.length} coordinates, this device sends {sent}")
         if self.device_id not in cfg.roster:
             raise SecAggError("this device is not in the round's roster")
+        # the graph costs the device O(roster x degree) before any key is checked: bound what a
+        # coordinator may ask of it
+        if len(cfg.roster) > MAX_ROSTER or min(cfg.degree, len(cfg.roster) - 1) > MAX_DEGREE:
+            raise SecAggError(
+                f"secure round of {len(cfg.roster)} devices, degree {cfg.degree}: this device "
+                f"takes part in at most {MAX_ROSTER} devices and degree {MAX_DEGREE}"
+            )
         try:
             params = SecAggParams(
                 round_id=cfg.round_id,

@@ -292,7 +292,7 @@ def _assert_aborted_without_masking(r: _Rig, victim: str, task: bytes, match: st
     assert len(ep.aborts) == before + 1 and ep.aborts[-1][0] == 1
     # nothing of this round can follow: no masked input is ever produced
     mask = codec.encode(SecAggTask(1, "mask", b"n" * 16, b""))
-    with pytest.raises(UpdateRejected, match="no update held"):
+    with pytest.raises(SecAggError, match="no update held"):
         ep.handle(mask)
     assert ep.rounds_masked == 0 and ep.device.field_vector is None
 
@@ -392,6 +392,43 @@ def test_device_loop_sends_nothing_for_an_aborted_round_and_goes_on() -> None:
     assert loop.poll() is PollResult.WAIT  # the same task is not run again
 
 
+@pytest.mark.parametrize("payload", [b"ZSC1", b"ZSC2\x00", b""])
+def test_a_malformed_secure_task_aborts_the_round_not_the_device(
+    tmp_path: Path, payload: bytes
+) -> None:
+    """A coordinator's malformed (or downgraded) advertise task: the device leaves that round
+    (update dropped, no reply) and keeps polling, instead of ending its process."""
+    rig = _Rig.build(tmp_path)
+    first = rig.train()
+    victim = _victim(rig)
+    msg = codec.decode(first[victim])
+    assert isinstance(msg, SecAggTask)
+    bad = payload + msg.payload[4:] if payload == b"ZSC1" else payload
+    ep = rig.endpoints[victim]
+    client = _Client(codec.encode(replace(msg, payload=bad)))
+    loop = DeviceLoop(client, ep)
+    assert loop.poll() is PollResult.REFUSED
+    assert loop.aborted == 1 and client.sent == 0
+    assert ep.aborts and ep.aborts[-1][1].startswith("malformed secure task")
+    assert ep.device.field_vector is None and ep.rounds_masked == 0
+
+
+def test_a_roster_too_large_for_a_device_is_refused_before_any_graph_work(tmp_path: Path) -> None:
+    rig = _Rig.build(tmp_path)
+    first = rig.train()
+    victim = _victim(rig)
+    msg = codec.decode(first[victim])
+    assert isinstance(msg, SecAggTask)
+    cfg = codec.decode_secure_config(msg.payload)
+    padded = replace(
+        cfg, roster=tuple(sorted((*cfg.roster, *(f"pad-{i:04d}" for i in range(600))))), degree=600
+    )
+    task = codec.encode(replace(msg, payload=codec.encode_secure_config(padded)))
+    with pytest.raises(SecAggError, match="at most 10000 devices and degree 512"):
+        rig.endpoints[victim].handle(task)
+    assert rig.endpoints[victim].device.field_vector is None
+
+
 class _RevocationClient:
     def __init__(self, ca: LocalFleet, clock: FixedClock) -> None:
         self.ca, self.clock, self.fetched = ca, clock, 0
@@ -419,6 +456,7 @@ def test_runner_refreshes_its_revocation_list_before_it_goes_stale() -> None:
     runner.validator = _device_validator(ca, t0)
     checker = runner.validator.revocations
     assert isinstance(checker, RevocationChecker) and checker.current is not None
+    early = ca.revocations.current(t0)
     life = checker.current.next_update - checker.current.issued_at
     clock.t = t0 + 0.5 * life
     runner.maybe_refresh_revocations()
@@ -439,3 +477,11 @@ def test_runner_refreshes_its_revocation_list_before_it_goes_stale() -> None:
         CertCredentials(
             creds.identity, creds.keystore, lambda: creds.cert, lambda: runner.validator, clock
         ).check("dev-2", ek, 1)
+    # a rolled-back list (an older version, from before dev-2's revocation) is refused and
+    # logged; the held list stays and the device does not stop
+    held = checker.current
+    calls: list[int] = []
+    client.get_revocations = lambda: calls.append(1) or early  # type: ignore[method-assign]
+    clock.t = held.issued_at + 0.8 * life
+    runner.maybe_refresh_revocations()
+    assert calls == [1] and checker.current == held
