@@ -318,10 +318,7 @@ class AttestationVerifier:
         current = self._enrolled.get(device_id)
         if current is not None and current.ek_fingerprint != cert.fingerprint:
             raise AttestationError("device is enrolled with another EK: revoke it first")
-        # one TPM, one device: a clean box must not attest for other identities' tampered code
-        for other, enrolled in self._enrolled.items():
-            if other != device_id and enrolled.ek_fingerprint == cert.fingerprint:
-                raise AttestationError(f"this TPM's EK is already enrolled for device {other}")
+        self._check_ek_free(device_id, cert.fingerprint)
         secret = self.nonces.token(_SECRET_BYTES)
         try:
             if isinstance(ek.key, RsaPublicNumbers):
@@ -362,6 +359,11 @@ class AttestationVerifier:
             raise AttestationError("enrolment challenge expired")
         if not isinstance(secret, bytes) or not hmac.compare_digest(secret, pending.secret):
             raise AttestationError("credential activation failed: AK is not bound to the EK")
+        # the EK rules again: another identity may have enrolled this EK, or it may have been
+        # revoked, while this enrolment was pending
+        if pending.ek_fingerprint in self.revoked_eks:
+            raise AttestationError("EK certificate is revoked")
+        self._check_ek_free(device_id, pending.ek_fingerprint)
         device = EnrolledDevice(
             device_id,
             pending.device_type,
@@ -387,6 +389,12 @@ class AttestationVerifier:
                 raise
         return device
 
+    def _check_ek_free(self, device_id: DeviceId, ek_fingerprint: str) -> None:
+        """One TPM, one device: a clean box must not attest for other identities' code."""
+        for other, enrolled in self._enrolled.items():
+            if other != device_id and enrolled.ek_fingerprint == ek_fingerprint:
+                raise AttestationError(f"this TPM's EK is already enrolled for device {other}")
+
     def _check_enrolment_quote(
         self, device_id: DeviceId, quote: QuoteEvidence, pending: _Pending, now: float
     ) -> None:
@@ -411,6 +419,10 @@ class AttestationVerifier:
         Returns the devices whose enrolment was dropped.
         """
         self.revoked_eks.add(ek_fingerprint)
+        for device_id in [
+            d for d, p in self._pending.items() if p.ek_fingerprint == ek_fingerprint
+        ]:
+            del self._pending[device_id]
         dropped = [d for d, e in self._enrolled.items() if e.ek_fingerprint == ek_fingerprint]
         for device_id in dropped:
             self.revoke(device_id)
@@ -429,6 +441,7 @@ class AttestationVerifier:
 
     def revoke(self, device_id: DeviceId) -> None:
         """Forget a device's AK: it must enrol again before any quote is accepted."""
+        self._pending.pop(device_id, None)
         self._enrolled.pop(device_id, None)
         self._verdicts.pop(device_id, None)
         self._request_keys.pop(device_id, None)

@@ -154,6 +154,7 @@ class FleetAttestation:
             raise RoundError(f"TPM enrolment refused: {reason}") from exc
         if self.require_hardware and not device.hardware_backed:
             self.verifier.revoke(did)
+            self._passed.pop(str(did), None)
             self._refused(did, "activate", "software TPM, hardware required", now)
             raise RoundError("TPM enrolment refused: a hardware TPM is required")
         self.audit.record("attest.enrolled", device.to_dict(), now)
@@ -274,4 +275,4 @@ class FleetAttestation:
     def passed(self) -> Sequence[str]:
         """Devices whose quote passed for the current round (for metrics)."""
         with self._lock:
-            return sorted(d for d, r in self._passed.items() if r == self.round_id)
+            return sorted(d for d, p in self._passed.items() if p == self._phase)

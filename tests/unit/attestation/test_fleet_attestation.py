@@ -268,3 +268,36 @@ def test_the_enrolment_quote_must_be_over_the_challenge_nonce() -> None:
     }
     with pytest.raises(RoundError, match="nonce"):
         f.fa(_ident("cam-0"), json.dumps(act).encode(), T0 + 12)
+
+
+def _finish(
+    f: _Fleet, name: str, dev: AttestingDevice, ch: CredentialChallenge, now: float
+) -> bytes:
+    act = {
+        "op": "activate",
+        "secret": dev.activate(ch).hex(),
+        "quote": dev.quote(ch.nonce).to_dict(),
+    }
+    return f.fa(_ident(name), json.dumps(act).encode(), now)
+
+
+def test_two_identities_racing_to_enrol_one_tpm_get_only_one_enrolment() -> None:
+    f = _Fleet()
+    dev = f.device("cam-0")
+    c0 = _challenge(f, "cam-0", dev, T0)
+    c1 = _challenge(f, "cam-1", dev, T0)  # cam-0 is not enrolled yet: both may begin
+    _finish(f, "cam-0", dev, c0, T0 + 1)
+    with pytest.raises(RoundError, match="already enrolled for device cam-0"):
+        _finish(f, "cam-1", dev, c1, T0 + 1)
+
+
+def test_an_ek_revoked_while_its_enrolment_is_pending_cannot_finish() -> None:
+    f = _Fleet()
+    dev = f.device("cam-2")
+    ch = _challenge(f, "cam-2", dev, T0)
+    fingerprint = f.fa.verifier._pending[DeviceId("cam-2")].ek_fingerprint
+    f.fa.verifier.revoke_ek(fingerprint)
+    with pytest.raises(RoundError, match="no enrolment in progress"):
+        _finish(f, "cam-2", dev, ch, T0 + 1)
+    with pytest.raises(RoundError, match="revoked"):
+        f.enrol("cam-2", dev, T0 + 2)
