@@ -45,7 +45,7 @@ from ztfm.secagg.messages import (
     SurvivorsConfirmation,
     UnmaskResponse,
 )
-from ztfm.trust import TrustChange, TrustManager, observe_groups
+from ztfm.trust import TrustChange, TrustManager, TrustState, observe_groups
 from ztfm.types import DeviceId
 
 NOISE_TAIL = 4.0  # noise allowance of the group-sum norm check: sigma * (sqrt(d) + NOISE_TAIL)
@@ -309,6 +309,19 @@ class SecureAggregator:
         that broke the clipping bound are observed too (their mean is far off by definition)."""
         if self.trust is None or self.aggregator is None or len(groups) < 2:
             return
+        # a quarantined device takes no part in trust updates (observe_round refuses it); it
+        # should not be in a round at all, but a stale gate must not end the run
+        trust = self.trust
+        quarantined = {
+            d
+            for g in groups
+            for d in g.included
+            if trust.record(DeviceId(d), now).state is TrustState.QUARANTINED
+        }
+        if quarantined:
+            groups = [g for g in groups if not quarantined & set(g.included)]
+            if len(groups) < 2:
+                return
         members = [tuple(DeviceId(d) for d in g.included) for g in groups]
         means = np.stack([np.asarray(g.total) / len(g.included) for g in groups])
         observations = observe_groups(members, means, np.asarray(step))
