@@ -30,7 +30,7 @@ from ztfm.device.runner import DeviceRunner, PollBackoff
 from ztfm.sim.config import SimConfig, load_config
 from ztfm.sim.fleet import build_fleet
 from ztfm.sim.network import coordinator_scenario, device_agent
-from ztfm.sim.runner import Simulation, build_coordinator
+from ztfm.sim.runner import Simulation
 from ztfm.transport.grpc_fleet import LocalFleet
 
 N_ROUNDS, SEED = 3, 2
@@ -56,15 +56,7 @@ def _networked(cfg: SimConfig) -> tuple[dict[str, Any], MemoryAuditSink]:
     ca = LocalFleet.create("fleet.local", now)
     audit = MemoryAuditSink()
     sc = coordinator_scenario(cfg, fleet, audit, time.time)
-    coord = build_coordinator(
-        cfg,
-        fleet.n_features,
-        sc.on_event,
-        strategy=sc.strategy,
-        eligibility=sc.eligibility,
-        reply_hooks=sc.reply_hooks,
-    )
-    sc.devices = coord.devices
+    coord = sc.coordinator(cfg, fleet.n_features)
     service = CoordinatorService(
         coord, rounds=N_ROUNDS, expected_devices=len(fleet.devices), on_round=sc.on_round
     )

@@ -41,7 +41,7 @@ from ztfm.secagg.codec import decode_message, encode_message
 from ztfm.sim.config import SimConfig, load_config
 from ztfm.sim.fleet import build_fleet
 from ztfm.sim.network import coordinator_scenario, secure_aggregator, secure_endpoint
-from ztfm.sim.runner import Simulation, build_coordinator
+from ztfm.sim.runner import Simulation
 from ztfm.transport.grpc_client import RpcFailed
 from ztfm.transport.grpc_fleet import LocalFleet
 
@@ -85,15 +85,7 @@ class _Rig:
         self.ca = LocalFleet.create("fleet.local", now)
         self.audit = MemoryAuditSink()
         sc = coordinator_scenario(cfg, self.fleet, self.audit, time.time)
-        self.coord = build_coordinator(
-            cfg,
-            self.fleet.n_features,
-            sc.on_event,
-            strategy=sc.strategy,
-            eligibility=sc.eligibility,
-            reply_hooks=sc.reply_hooks,
-        )
-        sc.devices = self.coord.devices
+        self.coord = sc.coordinator(cfg, self.fleet.n_features)
         self.sc = sc
         self.service = service_cls(
             self.coord,

@@ -357,16 +357,11 @@ def serve(
         if sc is not None and sc.scenario.trust is not None:  # verdicts move trust scores
             attest.trust, attest.trust_log = sc.scenario.trust, sc.scenario.trust_log
     gates = [attest.gate] if attest is not None else []
-    coord = build_coordinator(
-        cfg,
-        n_features,
-        sc.on_event if sc is not None else None,
-        strategy=sc.strategy if sc is not None else None,
-        eligibility=[*gates, *(sc.eligibility if sc is not None else ())],
-        reply_hooks=sc.reply_hooks if sc is not None else (),
+    coord = (
+        sc.coordinator(cfg, n_features, gates)
+        if sc is not None
+        else build_coordinator(cfg, n_features, None, eligibility=gates)
     )
-    if sc is not None:
-        sc.devices = coord.devices
     service = CoordinatorService(
         coord,
         rounds=cfg.rounds.rounds,

@@ -30,14 +30,14 @@ fleet, so the unmasked sums, hence models and metrics, equal simulate's for the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ztfm.audit import AuditSink
-from ztfm.coordinator.core import Eligibility, ReplyHook
+from ztfm.coordinator.core import Coordinator, Eligibility, ReplyHook
 from ztfm.coordinator.secure import SecureAggregator
 from ztfm.device.agent import DeviceAgent, UpdateTransform
 from ztfm.device.secure import SecureEndpoint
@@ -46,7 +46,7 @@ from ztfm.fl.messages import EvalReply
 from ztfm.fl.strategy import Strategy
 from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import Fleet
-from ztfm.sim.runner import build_agent, security_metrics
+from ztfm.sim.runner import build_agent, build_coordinator, security_metrics
 from ztfm.sim.scenario import Scenario, build_scenario, privacy_transforms
 from ztfm.sim.secure import attach_trust, device_rng, secure_settings, update_settings
 from ztfm.trust import TrustState
@@ -161,9 +161,9 @@ def file_device_transforms(cfg: SimConfig, fleet_size: int) -> list[UpdateTransf
 class CoordinatorScenario:
     """The coordinator's side of a scenario, plus the bookkeeping a networked run needs.
 
-    Wire it as: ``build_coordinator(..., events=cs.on_event, strategy=cs.strategy,
-    eligibility=cs.eligibility, reply_hooks=cs.reply_hooks)``, then
-    ``CoordinatorService(..., on_round=cs.on_round)`` and ``cs.devices = coordinator.devices``.
+    Wire it as: ``coord = cs.coordinator(cfg, n_features)`` (events, strategy, eligibility and
+    reply hooks wired; ``cs.devices`` tracks the coordinator's devices), then
+    ``CoordinatorService(coord, ..., on_round=cs.on_round)``.
     ``rounds`` then holds, per round run (a failed round too, as in simulate), what simulate
     adds to its round record (``excluded`` and the security metrics).
     """
@@ -189,6 +189,22 @@ class CoordinatorScenario:
     @property
     def reply_hooks(self) -> list[ReplyHook]:
         return [self.scenario.adversary] if self.scenario.adversary is not None else []
+
+    def coordinator(
+        self, cfg: SimConfig, n_features: int, gates: Sequence[Eligibility] = ()
+    ) -> Coordinator:
+        """The coordinator simulate would build, wired to this scenario; ``gates`` run first
+        (e.g. the attestation gate)."""
+        coord = build_coordinator(
+            cfg,
+            n_features,
+            self.on_event,
+            strategy=self.strategy,
+            eligibility=[*gates, *self.eligibility],
+            reply_hooks=self.reply_hooks,
+        )
+        self.devices = coord.devices
+        return coord
 
     def on_event(self, record: dict[str, Any]) -> None:
         """The coordinator's event sink (called under the service lock)."""

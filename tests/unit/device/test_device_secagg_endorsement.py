@@ -33,7 +33,6 @@ from ztfm.identity import CertValidator, RevocationChecker, endorse_secagg_key
 from ztfm.sim.config import SimConfig, load_config
 from ztfm.sim.fleet import build_fleet
 from ztfm.sim.network import coordinator_scenario, secure_aggregator, secure_endpoint
-from ztfm.sim.runner import build_coordinator
 from ztfm.transport.grpc_fleet import Credentials, LocalFleet
 from ztfm.transport.grpc_roles import DeviceLoop, PollResult
 from ztfm.types import FixedClock
@@ -94,15 +93,7 @@ class _Rig:
         now = time.time()
         ca = LocalFleet.create(FLEET, now)
         sc = coordinator_scenario(cfg, fleet)
-        coord = build_coordinator(
-            cfg,
-            fleet.n_features,
-            sc.on_event,
-            strategy=sc.strategy,
-            eligibility=sc.eligibility,
-            reply_hooks=sc.reply_hooks,
-        )
-        sc.devices = coord.devices
+        coord = sc.coordinator(cfg, fleet.n_features)
         service = CoordinatorService(
             coord,
             rounds=1,

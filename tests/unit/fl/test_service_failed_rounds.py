@@ -89,15 +89,7 @@ def test_round_with_every_device_out_of_budget_is_failed_and_the_run_goes_on(
 
     fleet = build_fleet(cfg.fleet, cfg.detector)
     sc = coordinator_scenario(cfg, fleet)
-    coord = build_coordinator(
-        cfg,
-        fleet.n_features,
-        sc.on_event,
-        strategy=sc.strategy,
-        eligibility=sc.eligibility,
-        reply_hooks=sc.reply_hooks,
-    )
-    sc.devices = coord.devices
+    coord = sc.coordinator(cfg, fleet.n_features)
     svc = CoordinatorService(
         coord, rounds=ROUNDS, expected_devices=len(fleet.devices), on_round=sc.on_round
     )
