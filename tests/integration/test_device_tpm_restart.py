@@ -232,3 +232,26 @@ def test_a_device_restarted_many_times_on_one_swtpm_state_still_enrols(
             dev.measure_firmware(FW)
             dev.measure_model(M1)
             _enrol_and_quote(v, dev)
+
+
+def test_a_software_tpm_killed_without_shutdown_many_times_still_enrols(
+    swtpm_ca: SwtpmCa, swtpm: SwtpmProcess
+) -> None:
+    """A device SIGKILLed (or stopped past a timeout) never sends TPM2_Shutdown: each such stop
+    counts one dictionary-attack failure, and three used to lock the EK out for good. Every
+    start now clears the counter (a software TPM's lockout auth is empty)."""
+    from ztfm.attestation.tpm import Tpm
+
+    v = _verifier(swtpm_ca)
+    for _ in range(5):
+        proc = swtpm._proc
+        assert proc is not None
+        proc.kill()  # no TPM2_Shutdown
+        proc.wait(5)
+        swtpm._proc = None
+        swtpm.start()
+        with Tpm(swtpm.tcti) as tpm:
+            dev = AttestingDevice(tpm)
+            dev.measure_firmware(FW)
+            dev.measure_model(M1)
+            _enrol_and_quote(v, dev)

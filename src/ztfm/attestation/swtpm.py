@@ -19,6 +19,7 @@ This is an I/O adapter (processes, files); the verifier never imports it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -31,9 +32,14 @@ from types import TracebackType
 from ztfm.errors import ConfigError, TpmError
 from ztfm.process import die_with_parent
 
+log = logging.getLogger(__name__)
+
 _LOOPBACK = "127.0.0.1"
 # TPM2_Shutdown(TPM_SU_CLEAR): tag NO_SESSIONS, size 12, TPM_CC_Shutdown 0x145, TPM_SU_CLEAR
 _TPM2_SHUTDOWN_CLEAR = bytes.fromhex("80010000000c000001450000")
+# TPM2_DictionaryAttackLockReset(TPM_RH_LOCKOUT) with an empty password session: tag SESSIONS,
+# size 27, TPM_CC 0x139, handle 0x4000000A, authSize 9, TPM_RS_PW, empty nonce, attrs 0, empty hmac
+_TPM2_DA_LOCK_RESET = bytes.fromhex("80020000001b000001394000000a00000009400000090000000000")
 _PRIVATE_UMASK = 0o077  # swtpm_setup / swtpm_localca would write state and keys 0640
 
 
@@ -233,6 +239,7 @@ class SwtpmProcess:
                 )
             if self._wait_ready(proc, port):
                 self._proc, self.port = proc, port
+                self._reset_dictionary_attack_lockout()
                 return self
             self._reap(proc)
             last_err = self._last_log_line()
@@ -283,6 +290,20 @@ class SwtpmProcess:
             if proc.poll() is None:
                 self._orderly_shutdown()
             self._reap(proc)
+
+    def _reset_dictionary_attack_lockout(self) -> None:
+        """Clear the dictionary-attack counter (lockout auth is empty on a software TPM): a
+        device killed without TPM2_Shutdown (SIGKILL, a stop timeout) counts one failure at the
+        next start, and three would lock its EK out for good. Best effort; a hardware TPM is
+        never touched (its lockout auth belongs to the owner)."""
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((_LOOPBACK, self.port), timeout=2.0) as s,
+        ):
+            s.sendall(_TPM2_DA_LOCK_RESET)
+            reply = s.recv(64)
+            if reply[6:10] != b"\x00\x00\x00\x00":
+                log.warning("swtpm: dictionary-attack lock reset failed: %s", reply.hex())
 
     def _orderly_shutdown(self) -> None:
         """Send TPM2_Shutdown(TPM_SU_CLEAR) on the command port; best effort (every TPM client
