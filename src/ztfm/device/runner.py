@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from ztfm.attestation import AttestingDevice
+from ztfm.attestation import PCR_MODEL, AttestingDevice
 from ztfm.bundle import Bundle, BundleRejected, InstalledModel, Reason
 from ztfm.crypto.pki import Certificate
 from ztfm.crypto.signing import VerifyKey
@@ -331,6 +331,8 @@ class DeviceRunner:
             except (RpcFailed, TransportError) as exc:
                 if not _transient(exc) or self.clock.now() - started > self.give_up_s:
                     raise
+                if self.stop.is_set():  # SIGTERM while the coordinator is unreachable
+                    return self.stats
                 self.sleep(self.backoff.delay_s(3, self.rng))
         assert self.client is not None
         endpoint = self.endpoint
@@ -342,7 +344,11 @@ class DeviceRunner:
                 fetched = self.installer.fetch(self.client)
                 current = self.installer.model.current
                 if fetched is None and current is not None and not self._measured_current:
-                    self.attestation.measure_model(current.measurement(), "model:installed")
+                    # unless a resumed log (agent restart, TPM not reset) already ends with it:
+                    # one more event per restart would overflow the log in a crash loop
+                    models = [m.digest for m in self.attestation.log if m.pcr == PCR_MODEL]
+                    if not models or models[-1] != current.measurement():
+                        self.attestation.measure_model(current.measurement(), "model:installed")
                 self._measured_current = True
             self.stats.hardware_backed = enrol_tpm(self.client, self.attestation)
             self.stats.tpm_enrolled = True
