@@ -287,8 +287,10 @@ def test_sigint_tears_everything_down(tmp_path: Path) -> None:
     assert proc.returncode == 130
     assert all(_gone(pid) for pid in pids.values()), pids
     assert not _swtpms_under(work)  # every device's swtpm stopped with it
-    # TPM states, device keys and CA keys: no group or other access
-    for d in (work, work / "devices", *(work / "devices").iterdir(), work / "tpm-ca", work / "ca"):
+    # TPM states, device keys and CA keys: no group or other access; the --work folder the
+    # user named keeps its own mode (--work /tmp must not lose its sticky bit)
+    assert work.stat().st_mode & 0o777 == 0o755
+    for d in (work / "devices", *(work / "devices").iterdir(), work / "tpm-ca", work / "ca"):
         assert d.stat().st_mode & 0o777 == 0o700, d
     for f in (*(work / "devices").glob("*/tpm/*"), *(work / "tpm-ca").glob("*key*.pem")):
         assert f.stat().st_mode & 0o077 == 0, f

@@ -27,10 +27,17 @@ from ztfm.errors import ConfigError, TransportError, ZtfmError
 from ztfm.process import die_with_parent
 
 
-def _private_dir(path: Path) -> Path:
-    """Create ``path`` 0700, and tighten it if it already existed (``--work DIR`` reused)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
+def _private_dir(path: Path, *, tighten: bool = True) -> Path:
+    """Create ``path`` 0700; an existing one is tightened only with ``tighten`` (ztfm's own
+    folders inside the work dir), never a folder the user named: ``--work /tmp`` must not
+    take /tmp's sticky, world-writable mode away. ``ConfigError`` if it cannot be made."""
+    try:
+        existed = path.is_dir()
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if tighten or not existed:
+            path.chmod(0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create a private folder {path}: {exc}") from exc
     return path
 
 
@@ -176,7 +183,12 @@ def up(
         raise ConfigError(f"cannot create output folder {out}: {exc}") from exc
     keep_work = work is not None
     work_dir = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="ztfm-up-"))
-    _private_dir(work_dir)  # CA, TPM states and device keys: 0700 from the start
+    _private_dir(work_dir, tighten=False)  # the user's folder: created 0700, never chmodded
+    if work_dir.stat().st_mode & 0o077:
+        click.echo(
+            f"up: --work {work_dir} is open to others; TPM states and keys go in 0700 subfolders",
+            err=True,
+        )
     _private_dir(work_dir / "logs")
     _private_dir(work_dir / "devices")
     ca_dir = work_dir / "ca"
