@@ -235,7 +235,10 @@ class SwtpmProcess:
                     stdout=subprocess.DEVNULL,
                     stderr=log_file,
                     env=dict(os.environ),
-                    preexec_fn=die_with_parent(),  # no orphan holding the state's lock
+                    # no orphan holding the state's lock; the signal follows the *thread* that
+                    # started swtpm, so start it from a thread that lives as long as the TPM
+                    # is used (every caller here uses the main thread)
+                    preexec_fn=die_with_parent(),
                 )
             if self._wait_ready(proc, port):
                 self._proc, self.port = proc, port

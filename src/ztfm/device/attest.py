@@ -15,8 +15,11 @@ log in the device's state folder, written (atomically, fsync'd) before every ext
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,12 +72,20 @@ class FileMeasurementJournal:
     def load(path: Path) -> tuple[BootCounts, tuple[Measurement, ...]] | None:
         """The saved boot and log; None if there is no file. Raises ``AttestationError`` if
         it is unreadable or malformed."""
-        try:
-            raw = Path(path).read_bytes()
+        try:  # a regular file only, read with a bound (not a FIFO, a device or a huge file)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise AttestationError(f"cannot read {path}: {exc}") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise AttestationError(f"{path} is not a regular file")
+            raw = os.read(fd, _MAX_JOURNAL_BYTES + 1)
+        except OSError as exc:
+            raise AttestationError(f"cannot read {path}: {exc}") from exc
+        finally:
+            os.close(fd)
         if len(raw) > _MAX_JOURNAL_BYTES:
             raise AttestationError(f"{path} is too large")
         try:
@@ -85,9 +96,29 @@ class FileMeasurementJournal:
             if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
                 raise ValueError("reset/restart counts must be integers")
             events = tuple(Measurement.from_dict(m) for m in body["log"])
-        except (ValueError, KeyError, TypeError, AttestationError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, AttestationError) as exc:
             raise AttestationError(f"{path} is not a measurement log: {exc}") from exc
         return BootCounts(*counts), events
+
+
+_AGENT_LOCKS: dict[Path, int] = {}  # state dir -> fd holding its flock for this process
+
+
+def _hold_agent_lock(state_dir: Path) -> None:
+    """One measuring agent per state dir (and so per TPM): two would both extend the PCRs and
+    neither log would replay. The lock is held until this process exits."""
+    key = state_dir.resolve()
+    if key in _AGENT_LOCKS:
+        return
+    fd = os.open(key / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise AttestationError(
+            f"another device agent is running on {state_dir} (and its TPM): stop it first"
+        ) from exc
+    _AGENT_LOCKS[key] = fd
 
 
 def _unaccounted(why: str) -> AttestationError:
@@ -112,6 +143,7 @@ def open_measured_device(
 
     Every later measurement (each installed model bundle) is saved before it is extended.
     """
+    _hold_agent_lock(Path(state_dir))
     journal = FileMeasurementJournal(Path(state_dir) / MEASUREMENT_LOG_FILE, tpm.boot_counts())
     if AttestingDevice.pcrs_at_reset(tpm):
         device = AttestingDevice(tpm, journal=journal)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,12 @@ from ztfm.attestation import (
     SoftTpm,
     UnsafeRngNonceSource,
 )
-from ztfm.device.attest import MEASUREMENT_LOG_FILE, FileMeasurementJournal, open_measured_device
+from ztfm.device.attest import (
+    MEASUREMENT_LOG_FILE,
+    FileMeasurementJournal,
+    _hold_agent_lock,
+    open_measured_device,
+)
 from ztfm.errors import AttestationError
 from ztfm.types import DeviceId
 
@@ -189,3 +197,37 @@ def test_a_malformed_saved_log_is_refused(tpm: SoftTpm, tmp_path: Path, content:
     (tmp_path / MEASUREMENT_LOG_FILE).write_bytes(content)
     with pytest.raises(AttestationError, match="cannot account for"):
         open_measured_device(tpm, tmp_path, FW, "firmware:t")
+
+
+def test_a_hostile_saved_log_is_refused_in_one_line_without_hanging(
+    tpm: SoftTpm, tmp_path: Path
+) -> None:
+    open_measured_device(tpm, tmp_path, FW, "firmware:t")
+    path = tmp_path / MEASUREMENT_LOG_FILE
+    path.write_bytes(b"[" * 100_000 + b"]" * 100_000)  # deep nesting: RecursionError
+    with pytest.raises(AttestationError, match="cannot account for"):
+        open_measured_device(tpm, tmp_path, FW, "firmware:t")
+    path.unlink()
+    os.mkfifo(path)  # a reader would block forever on a FIFO
+    with pytest.raises(AttestationError, match="not a regular file"):
+        open_measured_device(tpm, tmp_path, FW, "firmware:t")
+
+
+def test_a_second_agent_process_on_the_same_state_is_refused(tmp_path: Path) -> None:
+    """Two agents on one TPM would both extend its PCRs and neither log would replay."""
+    code = (
+        "import sys; from pathlib import Path; from ztfm.device.attest import _hold_agent_lock;"
+        "_hold_agent_lock(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+        with pytest.raises(AttestationError, match="another device agent is running"):
+            _hold_agent_lock(tmp_path)
+    finally:
+        holder.communicate(b"", timeout=10)
+    _hold_agent_lock(tmp_path)  # free again once that process is gone
