@@ -360,8 +360,9 @@ class CoordinatorServer:
                 self._check_enrolment(started, self.clock.now())
                 self.service.step(self.clock.now())
                 log_ = self.service.log
-                while seen < len(log_.summaries):
-                    s = log_.summaries[seen]
+                closed = log_.summaries
+                while seen < len(closed):
+                    s = closed[seen]
                     self.audit.record(
                         "round.closed",
                         {

@@ -49,9 +49,9 @@ class RoundLog:
     Rounds are numbered 1, 2, ... in the order the service runs them (simulate's ``round``);
     a failed round keeps its number, so ``closed`` and ``failed`` are keyed by it. ``evals``,
     ``bytes_up`` and ``bytes_down`` hold one entry per round run (index = round - 1);
-    ``summaries`` only the rounds that produced a model, in order."""
+    ``summaries`` only the rounds that produced a model, in order; ``failures`` every failure
+    reason, a driver crash included."""
 
-    summaries: list[RoundSummary] = field(default_factory=list)
     evals: list[dict[str, EvalReply]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     bytes_up: list[dict[str, int]] = field(default_factory=list)
@@ -59,8 +59,11 @@ class RoundLog:
     closed: dict[int, RoundSummary] = field(default_factory=dict)  # round -> its summary
     failed: dict[int, str] = field(default_factory=dict)  # round -> why it failed
 
+    @property
+    def summaries(self) -> list[RoundSummary]:
+        return [self.closed[r] for r in sorted(self.closed)]
+
     def record_closed(self, round_no: int, summary: RoundSummary) -> None:
-        self.summaries.append(summary)
         self.closed[round_no] = summary
 
     def record_failed(self, round_no: int, reason: str) -> None:

@@ -19,16 +19,13 @@ from typing import Final
 
 from ztfm.crypto.pki import Certificate
 from ztfm.errors import CryptoError, IdentityError
+from ztfm.identity.binding import _lp  # the request binding's length-prefix framing
 from ztfm.identity.keystore import KeyStore
 from ztfm.identity.spiffe import Identity
 from ztfm.identity.validate import CertValidator
 
 SECAGG_IDENTITY_PURPOSE: Final = b"ztfm-secagg-identity-v1"
 SECAGG_KEY_BYTES: Final = 32
-
-
-def _lp(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
 
 
 def secagg_endorsement_message(
