@@ -215,23 +215,28 @@ def test_tpm_states_and_ca_keys_are_private_in_a_reused_work_dir(tmp_path: Path)
         assert f.stat().st_mode & 0o077 == 0, f"{f} is {f.stat().st_mode & 0o777:o}"
 
 
+def _enrol_fresh(v: AttestationVerifier, swtpm: SwtpmProcess) -> None:
+    """A new agent on the (just started) swtpm measures, enrols and quotes."""
+    from ztfm.attestation.tpm import Tpm
+
+    with Tpm(swtpm.tcti) as tpm:
+        dev = AttestingDevice(tpm)
+        dev.measure_firmware(FW)
+        dev.measure_model(M1)
+        _enrol_and_quote(v, dev)
+
+
 def test_a_device_restarted_many_times_on_one_swtpm_state_still_enrols(
     swtpm_ca: SwtpmCa, swtpm: SwtpmProcess
 ) -> None:
     """stop() shuts the TPM down orderly: before, every stop was a non-orderly shutdown that
     counted a dictionary-attack failure at the next start, and from the fourth start on the EK
     was locked out (ActivateCredential: 'DA lockout mode')."""
-    from ztfm.attestation.tpm import Tpm
-
     v = _verifier(swtpm_ca)
     for _ in range(5):
         swtpm.stop()
         swtpm.start()
-        with Tpm(swtpm.tcti) as tpm:
-            dev = AttestingDevice(tpm)
-            dev.measure_firmware(FW)
-            dev.measure_model(M1)
-            _enrol_and_quote(v, dev)
+        _enrol_fresh(v, swtpm)
 
 
 def test_a_software_tpm_killed_without_shutdown_many_times_still_enrols(
@@ -240,8 +245,6 @@ def test_a_software_tpm_killed_without_shutdown_many_times_still_enrols(
     """A device SIGKILLed (or stopped past a timeout) never sends TPM2_Shutdown: each such stop
     counts one dictionary-attack failure, and three used to lock the EK out for good. Every
     start now clears the counter (a software TPM's lockout auth is empty)."""
-    from ztfm.attestation.tpm import Tpm
-
     v = _verifier(swtpm_ca)
     for _ in range(5):
         proc = swtpm._proc
@@ -250,8 +253,4 @@ def test_a_software_tpm_killed_without_shutdown_many_times_still_enrols(
         proc.wait(5)
         swtpm._proc = None
         swtpm.start()
-        with Tpm(swtpm.tcti) as tpm:
-            dev = AttestingDevice(tpm)
-            dev.measure_firmware(FW)
-            dev.measure_model(M1)
-            _enrol_and_quote(v, dev)
+        _enrol_fresh(v, swtpm)

@@ -144,14 +144,20 @@ class FleetCA:
         speak for that device."""
         if identity.role != "device":
             return
-        uris = {c.identity.uri for c in self.issued.values()} | set(self.revoked_identities)
-        for uri in uris:
+        # every renewal comes through here: compare the issued identities as they are (no URI
+        # parsing, no copies); only the few revoked identities are kept as URIs
+        others = [c.identity for c in self.issued.values()]
+        for uri in self.revoked_identities:
             try:
-                other = Identity.from_uri(uri)
+                others.append(Identity.from_uri(uri))
             except IdentityError:
                 continue
-            same_id = other.role == "device" and other.device_id == identity.device_id
-            if same_id and other.uri != identity.uri:
+        for other in others:
+            if (
+                other.device_id == identity.device_id
+                and other.role == "device"
+                and other != identity
+            ):
                 raise IdentityError(
                     f"device id {identity.device_id!r} is already issued as {other.uri}: "
                     "device ids are unique in a fleet"
