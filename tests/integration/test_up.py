@@ -148,6 +148,7 @@ def test_up_completes_rounds_over_mtls(up_run: dict[str, Any]) -> None:
     for r in m["rounds"]:
         assert sorted(r["accepted"]) == sorted(ids) and r["rejected"] == {}
     assert "federated" in up_run["output"]  # the summary table
+    assert "exited with code" not in up_run["output"]  # every device ended cleanly
     assert (up_run["out"] / "report.html").stat().st_size > 1000
     # every device enrolled with its own key and got its own certificate
     for dev in ids:

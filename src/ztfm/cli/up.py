@@ -296,9 +296,16 @@ def up(
             )
         for name, p in children.procs.items():  # told "done": they exit on their own
             try:
-                p.wait(timeout=15.0)
+                code = p.wait(timeout=15.0)
             except subprocess.TimeoutExpired:
                 click.echo(f"up: {name} did not exit after the last round; stopping it", err=True)
+            else:
+                if code != 0:  # the run's results stand; this device's own ending did not
+                    last = children.log_tail(name, lines=1)
+                    click.echo(
+                        f"up: {name} exited with code {code} after the last round: {last}",
+                        err=True,
+                    )
     except _Interrupted:
         pass
     finally:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,7 @@ class ModelReleaser:
         self.model_id = model_id
         self.architecture = architecture
         self.latest: Bundle | None = None
+        self.served: dict[str, int] = {}  # device id -> newest bundle version sent to it
         self._lock = threading.Lock()
         # a restarted coordinator on the same ledger continues the version sequence (devices
         # refuse any version not above what they run)
@@ -131,6 +132,14 @@ class ModelReleaser:
             return latest.head.timestamp_ms / 1000
         return now
 
+    def behind(self, device_ids: Iterable[str]) -> set[str]:
+        """Devices among ``device_ids`` that fetch bundles but were not yet sent the latest."""
+        with self._lock:
+            if self.latest is None:
+                return set()
+            v = self.latest.version
+            return {d for d in device_ids if d in self.served and self.served[d] < v}
+
     def seal(self, now: float) -> None:
         """Sign a tree head over entries appended since the last one (revocations, enrolments,
         verdicts, quarantine decisions), so none of them stays outside every signed head."""
@@ -155,6 +164,7 @@ class ModelReleaser:
             if 0 < old < head.tree_size:
                 cp = self.ledger.consistency_proof(old, head.tree_size)
                 proof = json.dumps(cp.to_json()).encode()
+            self.served[identity.device_id] = bundle.version
         return encode_model_update(bundle.with_receipt(receipt).to_bytes(), head.to_bytes(), proof)
 
 
@@ -432,10 +442,15 @@ class CoordinatorServer:
 
     def linger(self, timeout_s: float, poll_s: float = 0.1) -> bool:
         """After the last round: keep serving until every registered device has been told
-        ``done`` (True) or ``timeout_s`` passes (False), so devices exit instead of retrying."""
+        ``done`` (True) or ``timeout_s`` passes (False), so devices exit instead of retrying.
+        A device that fetches bundles must also have been sent the final one: it asks for it
+        right after ``done``, and stopping first would cancel that call."""
         deadline = self.clock.now() + timeout_s
         while True:
-            if set(self.service.coordinator.devices) <= self.handler.told_done:
+            devices = set(self.service.coordinator.devices)
+            if devices <= self.handler.told_done and (
+                self.releaser is None or not self.releaser.behind(devices)
+            ):
                 return True
             if self.clock.now() >= deadline or self._stop.wait(poll_s):
                 return False

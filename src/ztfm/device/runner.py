@@ -320,6 +320,18 @@ class DeviceRunner:
             )
         return False  # the release may not be published yet: poll again
 
+    def _fetch_final(self) -> None:
+        """After ``done``: install the final release. A coordinator that stopped meanwhile
+        (the call cancelled or unreachable) leaves the verified bundle already installed."""
+        assert self.installer is not None and self.client is not None
+        try:
+            self.installer.fetch(self.client)
+        except RpcFailed as exc:
+            if exc.status not in _UNREACHABLE | {grpc.StatusCode.CANCELLED}:
+                raise
+            log.warning("final model not fetched, keeping the installed one: %s", exc)
+        self.stats.model_version = self.installer.model.installed_version
+
     # --- the loop ----------------------------------------------------------------------------
     def run(self, max_polls: int | None = None) -> RunStats:
         """Poll until done, stopped, ``max_polls`` reached, or the coordinator is unreachable."""
@@ -383,8 +395,7 @@ class DeviceRunner:
                 if result is PollResult.DONE:
                     self.stats.finished = True
                     if self.installer is not None:
-                        self.installer.fetch(self.client)
-                        self.stats.model_version = self.installer.model.installed_version
+                        self._fetch_final()
                     break
                 if result is PollResult.WAIT:
                     self.stop.wait(self.backoff.delay_s(empty, self.rng))
