@@ -185,6 +185,17 @@ def main_specs() -> dict[str, dict[str, Any]]:
         "dp rdp (old: C 0.5, 10 r)": {"cfg": {"privacy": dp(0.5)}},
         "dp pld (C 0.5, 10 r)": {"cfg": {"privacy": dp(0.5)}, "pld": True},
         "secagg (clip only)": {"cfg": {"privacy": {"clip_norm": 0.5}, "secagg": sec}},
+        "secagg (clip only), server_lr 3": {
+            "cfg": {
+                "privacy": {"clip_norm": 0.5},
+                "secagg": sec,
+                "rounds": {"server_lr": 3.0},
+            }
+        },
+        "dp pld, server_lr 2": {
+            "cfg": {"privacy": dp(0.5), "rounds": {"server_lr": 2.0}},
+            "pld": True,
+        },
         "secagg+dp rdp (m=0.9n)": {
             "cfg": {"privacy": dp(0.5), "secagg": {**sec, "min_survivors": 0.9}}
         },
@@ -194,6 +205,13 @@ def main_specs() -> dict[str, dict[str, Any]]:
         },
         "secagg+compress rand 5%/16b": {
             "cfg": {"privacy": {"clip_norm": 0.5}, "secagg": comp_sec, "compression": comp}
+        },
+        "secagg+compress rand 5%/16b, no error feedback": {
+            "cfg": {
+                "privacy": {"clip_norm": 0.5},
+                "secagg": comp_sec,
+                "compression": {**comp, "error_feedback": False},
+            }
         },
         "secagg+compress cyclic 5%/16b": {
             "cfg": {"privacy": {"clip_norm": 0.5}, "secagg": comp_sec, "compression": comp},
