@@ -244,6 +244,33 @@ def tune_specs() -> dict[str, dict[str, Any]]:
                 "compression": {"keep_ratio": 0.05},
             },
         }
+    # session 4: a larger server step against clipping, DP noise and sparsity; a smaller model
+    clip = {"clip_norm": 0.5}
+    for lr in (2.0, 3.0, 5.0):
+        out[f"dp rdp server_lr {lr:g}"] = {
+            "cfg": {"privacy": {**dp(0.5)}, "rounds": {"server_lr": lr}}
+        }
+    out["secagg dense C0.5 server_lr 3"] = {
+        "cfg": {"privacy": clip, "secagg": {"enabled": True}, "rounds": {"server_lr": 3.0}}
+    }
+    for hidden, lr in (((16, 4), 1.0), ((16, 4), 2.0), ((8, 4), 2.0)):
+        out[f"dp rdp hidden {list(hidden)} server_lr {lr:g}"] = {
+            "cfg": {
+                "privacy": dp(0.5),
+                "detector": {"hidden": list(hidden)},
+                "rounds": {"server_lr": lr},
+            }
+        }
+    for ef in (True, False):
+        for lr in (1.0, 3.0):
+            out[f"compress rand 5% ef={ef} server_lr {lr:g}"] = {
+                "cfg": {
+                    "privacy": clip,
+                    "secagg": comp_sec,
+                    "compression": {"keep_ratio": 0.05, "error_feedback": ef},
+                    "rounds": {"server_lr": lr},
+                }
+            }
     for rule in ("rand", "cyclic", "public_topk"):
         out[f"compress {rule} 5%"] = {
             "cfg": {
