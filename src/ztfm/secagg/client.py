@@ -145,7 +145,7 @@ class SecAggClient:
             )
         self._adverts = adverts
         order = sorted(adverts)
-        xs = [self._p.x_of(d) for d in order]
+        xs = [self._p.share_x(self._me, d) for d in order]
         t = self._p.threshold
         seed_sh = shamir.split(self._seed, t, xs, self._rng)
         key_sh = shamir.split(self._s.private_bytes(), t, xs, self._rng)

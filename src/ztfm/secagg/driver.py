@@ -85,7 +85,7 @@ def simulate_round(
     encoded: Sequence[UIntArray] | None = None,
     timer: Callable[[], float] | None = None,
     trust_transport: bool = False,
-    advert_checks: Literal["eager", "lazy"] = "eager",
+    advert_checks: Literal["eager", "lazy"] = "lazy",
 ) -> SecAggRun:
     """Run one full SecAgg+ round over ``inputs`` (equal-length 1-D float vectors).
 

@@ -50,6 +50,7 @@ class SecAggParams:
     digest: bytes = field(init=False, repr=False, compare=False)
     neighbours: dict[DeviceId, tuple[DeviceId, ...]] = field(init=False, repr=False, compare=False)
     _index: dict[DeviceId, int] = field(init=False, repr=False, compare=False)
+    _share_xs: dict[DeviceId, dict[DeviceId, int]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.roster)
@@ -89,6 +90,7 @@ class SecAggParams:
         object.__setattr__(self, "digest", digest)
         object.__setattr__(self, "neighbours", harary_neighbours(self.roster, k, digest))
         object.__setattr__(self, "_index", {d: i + 1 for i, d in enumerate(self.roster)})
+        object.__setattr__(self, "_share_xs", {})
 
     @classmethod
     def create(
@@ -127,6 +129,24 @@ class SecAggParams:
             return self._index[device]
         except KeyError:
             raise SecAggError(f"device {device!r} is not in this round's roster") from None
+
+    def share_x(self, owner: DeviceId, holder: DeviceId) -> int:
+        """The Shamir x-coordinate of ``holder``'s share of ``owner``'s secrets: the holder's
+        position among the owner's sorted neighbours, + 1. Positions in the neighbourhood (not
+        the roster) make every owner's first ``threshold`` shares sit at x = 1..t when no
+        neighbour drops, so one set of Lagrange coefficients serves the whole round."""
+        xs = self._share_xs.get(owner)
+        if xs is None:
+            try:
+                nbrs = self.neighbours[owner]
+            except KeyError:
+                raise SecAggError(f"device {owner!r} is not in this round's roster") from None
+            xs = {d: i + 1 for i, d in enumerate(sorted(nbrs))}
+            self._share_xs[owner] = xs
+        try:
+            return xs[holder]
+        except KeyError:
+            raise SecAggError(f"{holder!r} is not a neighbour of {owner!r}") from None
 
     def in_roster(self, device: DeviceId) -> bool:
         return device in self._index

@@ -65,7 +65,7 @@ class SecAggServer:
         expander: MaskExpander | None = None,
         *,
         trust_transport: bool = False,
-        advert_checks: Literal["eager", "lazy"] = "eager",
+        advert_checks: Literal["eager", "lazy"] = "lazy",
     ) -> None:
         """``trust_transport=True`` is for callers whose every device <-> server message already
         travels over a mutually authenticated channel bound to the device id (ztfm's mTLS
@@ -290,15 +290,15 @@ class SecAggServer:
                 except CryptoError:
                     self._reject(m.device, "unmask response failed authentication")
                     continue
-            x = self._p.x_of(m.device)
             nbrs = set(self._p.neighbours[m.device])
+            holder = m.device
             try:
                 for d, raw in m.seed_shares.items():
                     if d in seed_sh and d in nbrs:
-                        seed_sh[d][x] = shamir.share_from_bytes(raw)
+                        seed_sh[d][self._p.share_x(d, holder)] = shamir.share_from_bytes(raw)
                 for d, raw in m.key_shares.items():
                     if d in key_sh and d in nbrs:
-                        key_sh[d][x] = shamir.share_from_bytes(raw)
+                        key_sh[d][self._p.share_x(d, holder)] = shamir.share_from_bytes(raw)
             except SecAggError:
                 self._reject(m.device, "unmask response has a malformed share")
         acc = self._acc

@@ -2,8 +2,9 @@
 
 Secrets are 32-byte strings (a mask seed or an X25519 scalar), read as integers < 2^256, so one
 field element holds a whole secret (2^256 + 297 is the smallest prime above 2^256). Shares are
-(x, y) with x a small positive integer (the holder's roster position + 1) and y a field element
-serialised as 33 big-endian bytes.
+(x, y) with x a small positive integer (in SecAgg+, the holder's position among the owner's
+neighbours + 1: ``SecAggParams.share_x``) and y a field element serialised as 33 big-endian
+bytes.
 ``reconstruct`` needs at least ``threshold`` shares with distinct x; extra shares are checked to
 lie on the same polynomial, so an inconsistent share makes it raise instead of returning a wrong
 secret.

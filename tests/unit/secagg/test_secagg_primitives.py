@@ -184,6 +184,33 @@ def test_params_unsorted_roster_rejected() -> None:
         p.x_of(DeviceId("nobody"))
 
 
+def test_share_x_is_the_holders_place_among_the_owners_neighbours() -> None:
+    p = _params()
+    for owner in p.roster:
+        nbrs = sorted(p.neighbours[owner])
+        assert [p.share_x(owner, h) for h in nbrs] == list(range(1, len(nbrs) + 1))
+        outsider = next(d for d in p.roster if d != owner and d not in nbrs)
+        with pytest.raises(SecAggError, match="not a neighbour"):
+            p.share_x(owner, outsider)
+        with pytest.raises(SecAggError, match="not a neighbour"):
+            p.share_x(owner, owner)  # no device holds a share of its own secrets
+    with pytest.raises(SecAggError, match="roster"):
+        p.share_x(DeviceId("nobody"), p.roster[0])
+
+
+def test_a_round_without_dropouts_needs_one_lagrange_basis() -> None:
+    # every owner's first t shares sit at x = 1..t: the server interpolates n secrets with one
+    # set of coefficients (roster positions needed one set, and one modular inversion, each)
+    from ztfm.secagg import shamir, simulate_round
+
+    shamir._lagrange.cache_clear()
+    rng = np.random.default_rng(4)
+    xs = [rng.uniform(-1, 1, 16) for _ in range(40)]
+    run = simulate_round(xs, clip=1.0, rng=rng)
+    np.testing.assert_allclose(run.total, np.sum(xs, axis=0), atol=run.codec.max_error(40))
+    assert shamir._lagrange.cache_info().misses == 1
+
+
 # ---- fixed point -----------------------------------------------------------------------------
 def test_fixed_point_roundtrip_error_bound(rng: np.random.Generator) -> None:
     fp = FixedPoint(clip=2.0, max_inputs=20)

@@ -130,7 +130,10 @@ def test_input_of_wrong_shape_or_dtype_rejected_by_client(make_round: MakeRound)
 
 # ---- advertised keys ---------------------------------------------------------------------------
 def test_forged_advert_rejected_by_server(make_round: MakeRound) -> None:
+    # eager checks exclude the forgery before any neighbour sees it (the default, lazy, lets
+    # the neighbours abort and then attributes it: test_lazy_advert_checks_...)
     h = make_round(n=10)
+    h.with_server(advert_checks="eager")
     bad = h.ids[5]
 
     def forge(ads: list[AdvertiseKeys]) -> list[AdvertiseKeys]:
@@ -193,6 +196,7 @@ def test_key_substituted_by_server_detected_by_client(make_round: MakeRound) -> 
 
 def test_advert_signed_for_another_round_rejected(make_round: MakeRound) -> None:
     h = make_round(seed=7)
+    h.with_server(advert_checks="eager")  # lazy: the neighbours catch it (their own check)
     other = make_round(seed=8)  # different session nonce -> different round digest
     foreign = other.clients[other.ids[2]].advertise()
     ads = [c.advertise() for d, c in h.clients.items() if d != h.ids[2]]
