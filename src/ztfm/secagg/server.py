@@ -76,11 +76,13 @@ class SecAggServer:
         is lost is protection against a relay that sits *inside* the authenticated channel.
         Logged on every round.
 
-        ``advert_checks="lazy"`` (end-to-end mode) verifies advert signatures only around
-        devices that went silent after receiving their key directory (an honest neighbour that
-        sees a forged advert aborts, which is how a forgery shows up): no Ed25519 work in a
-        round without dropouts, forgeries still attributed in ``rejected``, but a forged advert
-        costs its neighbours the round instead of being excluded before they see it."""
+        ``advert_checks="lazy"`` (the default; end-to-end mode) verifies advert signatures
+        only around devices that went silent after receiving their key directory (an honest
+        neighbour that sees a forged advert aborts, which is how a forgery shows up): no Ed25519
+        work in a round without dropouts, forgeries still attributed in ``rejected``, but a
+        forged advert costs its neighbours the round instead of being excluded before they see
+        it. ``"eager"`` checks every advert first; it closes no denial of service a device could
+        not cause anyway, since sealed shares that fail authentication abort neighbours too."""
         if key.public != params.server_key:
             raise SecAggError("server key does not match the round parameters")
         missing = [d for d in params.roster if d not in identities]
