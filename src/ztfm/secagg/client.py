@@ -68,7 +68,7 @@ class SecAggClient:
     ) -> None:
         self._p = params
         self._me = device
-        self._x = params.x_of(device)
+        params.x_of(device)  # refuses a device outside the roster
         self._sk = signing_key
         self._nbrs = frozenset(params.neighbours[device])
         missing = [d for d in self._nbrs if d not in identities]

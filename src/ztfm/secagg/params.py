@@ -124,7 +124,8 @@ class SecAggParams:
         return np.dtype(_DTYPES[self.bits])
 
     def x_of(self, device: DeviceId) -> int:
-        """The Shamir x-coordinate of ``device`` (roster position + 1)."""
+        """The 1-based roster position of ``device`` (its Shamir x-coordinate is per owner:
+        ``share_x``)."""
         try:
             return self._index[device]
         except KeyError:
