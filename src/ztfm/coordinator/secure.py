@@ -102,6 +102,9 @@ class SecureSettings:
     f: int = 0
     min_devices: int = 2
     server_lr: float = 1.0
+    # True where every device message arrives signed by the device key over an authenticated
+    # channel (the networked coordinator): the SecAgg server then skips its own MACs
+    trust_transport: bool = False
 
 
 class GroupServer:
@@ -115,11 +118,15 @@ class GroupServer:
         identities: Mapping[DeviceId, VerifyKey],
         server_key: KexPrivateKey,
         expander: MaskExpander,
+        *,
+        trust_transport: bool = False,
     ) -> None:
         self.params = params
         self.codec = codec
         self.expander = expander
-        self.server = SecAggServer(params, identities, server_key, expander)
+        self.server = SecAggServer(
+            params, identities, server_key, expander, trust_transport=trust_transport
+        )
         self.received: list[bytes] = []
 
     def _decode(self, items: Iterable[bytes]) -> list[Any]:
@@ -266,7 +273,9 @@ class SecureAggregator:
         codec = self.codec(n, params.min_survivors)
         expander = MaskExpander(params.length, params.dtype)
         ids = {DeviceId(d): identities[DeviceId(d)] for d in members}
-        return out, GroupServer(params, codec, ids, server_key, expander)
+        return out, GroupServer(
+            params, codec, ids, server_key, expander, trust_transport=s.trust_transport
+        )
 
     def finish(
         self,

@@ -67,14 +67,15 @@ class SecAggServer:
         trust_transport: bool = False,
         advert_checks: Literal["eager", "lazy"] = "lazy",
     ) -> None:
-        """``trust_transport=True`` is for callers whose every device <-> server message already
-        travels over a mutually authenticated channel bound to the device id (ztfm's mTLS
-        transport): the server then skips its own end-to-end checks, the advert signature and
-        the MACs on masked inputs and unmask responses (one Ed25519 verify and one X25519 per
-        device per round, ~100 us). Neighbours still verify every advert they use and abort on a
-        forged one, and unmasking still checks every secret against its signed commitment; what
-        is lost is protection against a relay that sits *inside* the authenticated channel.
-        Logged on every round.
+        """``trust_transport=True`` is for callers whose every device -> server message already
+        arrives authenticated and bound to the device id (ztfm's gRPC transport: mTLS, and each
+        request signed over its payload by the device key): the server then skips the
+        device-server channel key and the MACs on masked inputs and unmask responses (one X25519
+        per device and a MAC over each masked input, per round). Advert signatures are still
+        checked as ``advert_checks`` says, neighbours still verify every advert they use, and
+        unmasking still checks every secret against its signed commitment; what is lost is
+        protection against a relay that can alter messages *inside* the authenticated channel,
+        which request signatures already exclude. Logged (info) on every round.
 
         ``advert_checks="lazy"`` (the default; end-to-end mode) verifies advert signatures
         only around devices that went silent after receiving their key directory (an honest
@@ -100,9 +101,8 @@ class SecAggServer:
         self._directed: set[DeviceId] = set()
         self._roster = frozenset(params.roster)
         if trust_transport:
-            _log.warning(
-                "secagg round %d: server trusts the transport; end-to-end advert signature and "
-                "MAC checks are off",
+            _log.info(
+                "secagg round %d: server trusts the transport; end-to-end MACs are off",
                 params.round_id,
             )
         self.phase = ServerPhase.ADVERTISE
@@ -156,9 +156,9 @@ class SecAggServer:
             if not self._accept_from(m.device, seen, self._roster):
                 continue
             try:
+                if self._eager:
+                    self._verify_advert(m)
                 if self._e2e:
-                    if self._eager:
-                        self._verify_advert(m)
                     self._shared[m.device] = self._key.exchange(KexPublicKey(m.channel_key))
                 KexPublicKey(m.mask_key)
             except CryptoError:
@@ -193,7 +193,7 @@ class SecAggServer:
                 self._reject(m.device, "shares addressed outside its live neighbourhood")
                 continue
             got[m.device] = m
-        if self._e2e and not self._eager:
+        if not self._eager:
             # a device that went quiet may have aborted on a forged neighbour advert: check
             for quiet in self._directed - set(got):
                 for o in self._p.neighbours[quiet]:

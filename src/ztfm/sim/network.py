@@ -29,6 +29,7 @@ fleet, so the unmasked sums, hence models and metrics, equal simulate's for the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -136,7 +137,10 @@ def secure_aggregator(
     ``scenario``'s trust manager, group-level trust as in simulate."""
     if not cfg.secagg.enabled:
         return None
-    server = SecureAggregator(secure_settings(cfg), n_params, np.random.default_rng([cfg.seed, 20]))
+    # every device message reaches this server signed by the device key (request binding) over
+    # mTLS, so the SecAgg server's own MACs would check the same thing a second time
+    settings = dataclasses.replace(secure_settings(cfg), trust_transport=True)
+    server = SecureAggregator(settings, n_params, np.random.default_rng([cfg.seed, 20]))
     attach_trust(server, scenario)
     return server
 

@@ -587,11 +587,13 @@ def test_dealer_with_inconsistent_shares_aborts_and_is_named(make_round: MakeRou
         h.run()
 
 
+@pytest.mark.parametrize("trust_transport", [False, True])
 def test_lazy_advert_checks_attribute_a_forgery_after_neighbours_abort(
-    make_round: MakeRound,
+    make_round: MakeRound, trust_transport: bool
 ) -> None:
+    # also when the server trusts the transport (no MACs): a forged advert is still named
     h = make_round(n=12, degree=4)
-    h.with_server(advert_checks="lazy")
+    h.with_server(advert_checks="lazy", trust_transport=trust_transport)
     bad = h.ids[5]
     fake = KexPrivateKey.generate(np.random.default_rng(3)).public.raw
     ads = [c.advertise() for c in h.clients.values()]

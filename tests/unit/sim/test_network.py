@@ -11,7 +11,7 @@ from ztfm.audit import MemoryAuditSink
 from ztfm.errors import ConfigError
 from ztfm.fl.messages import RoundTask
 from ztfm.sim.attacks import ModelReplacement
-from ztfm.sim.config import SimConfig, TrustSimConfig, from_mapping
+from ztfm.sim.config import SimConfig, TrustSimConfig, from_mapping, load_config
 from ztfm.sim.fleet import build_fleet
 from ztfm.sim.network import (
     UNSAFE_ATTESTATION,
@@ -20,8 +20,10 @@ from ztfm.sim.network import (
     coordinator_scenario,
     device_agent,
     file_device_transforms,
+    secure_aggregator,
 )
 from ztfm.sim.scenario import build_scenario
+from ztfm.sim.secure import secure_settings
 
 
 def _cfg(**sections: object) -> SimConfig:
@@ -121,3 +123,13 @@ def test_model_replacement_poisons_the_device_and_boosts_at_the_coordinator() ->
     secure = replace(cfg, secagg=replace(SimConfig().secagg, enabled=True))
     with pytest.raises(ConfigError, match=r"model_replacement.*simulation-only"):
         check_network_scenario(secure, fleet)
+
+
+def test_the_networked_secagg_server_relies_on_signed_requests_not_its_own_macs() -> None:
+    # over gRPC every device message is signed over its payload by the device key and bound to
+    # its mTLS identity, so the coordinator's SecAgg server skips its own MACs there; simulate's
+    # in-process server (no transport to rely on) keeps them
+    cfg = from_mapping({"secagg": {"enabled": True}, "privacy": {"clip_norm": 0.5}}, load_config())
+    net = secure_aggregator(cfg, 100)
+    assert net is not None and net.settings.trust_transport
+    assert not secure_settings(cfg).trust_transport
