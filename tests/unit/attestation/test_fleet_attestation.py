@@ -191,22 +191,24 @@ def _challenge(f: _Fleet, name: str, dev: AttestingDevice, now: float) -> Creden
     )
 
 
-def _answer(dev: AttestingDevice, name: str, task: bytes) -> bytes:
-    return AttestingEndpoint(None, dev, name).handle(task)
-
-
 EVIL = hashlib.sha256(b"implant").digest()
+
+
+def _passes_round_1(f: _Fleet) -> tuple[AttestingDevice, bytes]:
+    """cam-0 enrolled, and its quote for round 1 accepted: the device and that round's task."""
+    dev = f.device("cam-0")
+    f.enrol("cam-0", dev)
+    task = f.fa.round_tasks(["cam-0"], 1, T0 + 10)["cam-0"]
+    f.fa.submit("cam-0", _answer(dev, "cam-0", task), T0 + 11)
+    assert f.fa.gate("cam-0", T0 + 12) is None
+    return dev, task
 
 
 def test_a_quote_held_back_from_another_challenge_is_refused() -> None:
     """A clean device mints a spare nonce (the always-permitted enrol op), quotes it, loads an
     implant, then answers the next round with the held quote: refused, gate closed."""
     f = _Fleet()
-    dev = f.device("cam-0")
-    f.enrol("cam-0", dev)
-    t1 = f.fa.round_tasks(["cam-0"], 1, T0 + 10)
-    f.fa.submit("cam-0", _answer(dev, "cam-0", t1["cam-0"]), T0 + 11)
-    assert f.fa.gate("cam-0", T0 + 12) is None
+    dev, _ = _passes_round_1(f)
     spare = _challenge(f, "cam-0", dev, T0 + 12).nonce
     held = dev.quote(spare)
     dev.measure_model(EVIL)
@@ -227,16 +229,12 @@ def test_a_pass_does_not_carry_over_to_the_retry_of_the_same_round() -> None:
     """A round that fails to open is retried under the same round id: every device must quote
     the retry's fresh nonce; a pass from the failed attempt does not count."""
     f = _Fleet()
-    dev = f.device("cam-0")
-    f.enrol("cam-0", dev)
-    t = f.fa.round_tasks(["cam-0"], 1, T0 + 10)
-    f.fa.submit("cam-0", _answer(dev, "cam-0", t["cam-0"]), T0 + 11)
-    assert f.fa.gate("cam-0", T0 + 12) is None
+    dev, first = _passes_round_1(f)
     retry = f.fa.round_tasks(["cam-0"], 1, T0 + 20)  # same round id, new attest phase
     assert f.fa.gate("cam-0", T0 + 21) == "attestation: no quote for this round"
     # the first attempt's reply (same round id, old nonce) is refused too
     with pytest.raises(UpdateRejected):
-        f.fa.submit("cam-0", _answer(dev, "cam-0", t["cam-0"]), T0 + 21)
+        f.fa.submit("cam-0", _answer(dev, "cam-0", first), T0 + 21)
     f.fa.submit("cam-0", _answer(dev, "cam-0", retry["cam-0"]), T0 + 22)
     assert f.fa.gate("cam-0", T0 + 23) is None
     # one pass per challenge: the same (now answered) challenge cannot be answered again
