@@ -164,3 +164,17 @@ def test_other_robust_rules_equal_simulate(tmp_path: Any, aggregator: str) -> No
     got, _ = _networked(cfg)
     _assert_equal_to_simulate(cfg, got)
     assert got["rounds"][-1]["model_version"] == N_ROUNDS
+
+
+def test_per_device_topk_uploads_equal_simulate_and_are_small(tmp_path: Any) -> None:
+    # [compression] without [secagg]: each device sends its own top 10 % (4-bit levels, a
+    # deflated index bitmap) over gRPC; the coordinator rebuilds the same dense deltas
+    cfg = _config(tmp_path, "[compression]\nkeep_ratio = 0.1\nvalue_bits = 4\n", devices=4)
+    got, audit = _networked(cfg)
+    expected = _assert_equal_to_simulate(cfg, got)
+    for e, g in zip(expected, got["rounds"], strict=True):
+        for dev in e["bytes_up"]:
+            # both count the round message's bytes: down the dense model, up the compact upload
+            assert g["bytes_up"][dev] == e["bytes_up"][dev]
+            assert 10 * e["bytes_up"][dev] < e["bytes_down"][dev]
+    assert len(audit.of("rpc.handler_error")) == 0

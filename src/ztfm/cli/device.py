@@ -66,7 +66,7 @@ def _agent_from_file(
     from ztfm.device.agent import DeviceAgent, DeviceData
     from ztfm.sim.fleet import SKAB_TRAIN_ROWS
     from ztfm.sim.network import file_device_transforms, file_secure_endpoint
-    from ztfm.sim.runner import causal_smoother, make_local_model
+    from ztfm.sim.runner import causal_smoother, make_local_model, update_compressor
 
     cfg = network_config(config_path, devices, None, seed)
     series = load_skab_file(path)
@@ -85,6 +85,7 @@ def _agent_from_file(
         target_far=det.target_far,
         postprocess=causal_smoother(det.smoothing),
         transforms=file_device_transforms(cfg, cfg.fleet.devices),
+        compressor=update_compressor(cfg),
     )
     return file_secure_endpoint(cfg, agent) if cfg.secagg.enabled else agent
 

@@ -21,6 +21,7 @@ from ztfm.fl import codec
 from ztfm.fl.messages import EvalReply, EvalTask, RoundTask, UpdateReply
 from ztfm.fl.params import Params, ParamSpec, sub
 from ztfm.fl.rounds import UNDEFINED_AUC
+from ztfm.privacy.sparse import TopKCompressor
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,10 @@ class DeviceAgent:
         threshold_margin: float = 1.0,
         postprocess: PostProcess | None = None,
         transforms: list[UpdateTransform] | None = None,
+        compressor: TopKCompressor | None = None,
     ) -> None:
+        """``compressor``: upload a per-device top-k (after the transforms) instead of the
+        dense update; it keeps the device's error-feedback residual across rounds."""
         self.device_id = device_id
         self.segment = segment
         self.model = model
@@ -107,6 +111,7 @@ class DeviceAgent:
         self.threshold_margin = threshold_margin
         self.postprocess = postprocess
         self.transforms = list(transforms or [])
+        self.compressor = compressor
         self.model.fit_scaler(data.train)
         self._scaled: dict[str, np.ndarray] = {}
 
@@ -134,6 +139,11 @@ class DeviceAgent:
         delta = sub(self.model.get_params(), task.params)
         for transform in self.transforms:
             delta = transform(delta, task, self.rng)
+        sparse = None
+        if self.compressor is not None:
+            spec = ParamSpec.of(delta)
+            sparse = self.compressor.compress(spec.flatten(delta), self.rng)
+            delta = spec.unflatten(sparse.dense().astype(np.float32))
         return UpdateReply(
             task.round_id,
             self.device_id,
@@ -142,6 +152,7 @@ class DeviceAgent:
             len(self.data.train),
             float(loss),
             task.nonce,
+            sparse,
         )
 
     # --- evaluation ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ztfm.errors import UpdateRejected
+from ztfm.errors import PrivacyError, UpdateRejected
 from ztfm.fl.messages import (
     SECURE_PHASES,
     AttestReply,
@@ -30,6 +30,7 @@ from ztfm.fl.messages import (
     SecureRoundConfig,
     UpdateReply,
 )
+from ztfm.privacy.sparse import QuantizedSparse, decode_sparse
 
 MAGIC = b"ZTFM"
 VERSION = 1
@@ -109,6 +110,11 @@ def encode(msg: Message) -> bytes:
         blob = bytes(getattr(msg, _BLOB_FIELD[cls]))
         return _header(msg, [], blob_bytes=len(blob)) + blob
     arrays: list[np.ndarray] = list(getattr(msg, _ARRAY_FIELD[cls])) if cls in _ARRAY_FIELD else []
+    if isinstance(msg, UpdateReply) and msg.sparse is not None:
+        if msg.sparse.length != sum(int(np.asarray(a).size) for a in arrays):
+            raise UpdateRejected("the sparse upload does not match the update's size")
+        packed = msg.sparse.encode()
+        return _header(msg, arrays, sparse_bytes=len(packed)) + packed
     blobs = [np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays]
     return b"".join([_header(msg, arrays), *blobs])
 
@@ -129,7 +135,12 @@ def encode_many(msgs: dict[str, RoundTask] | dict[str, EvalTask]) -> dict[str, b
     return out
 
 
-def _header(msg: Message, arrays: list[np.ndarray], blob_bytes: int | None = None) -> bytes:
+def _header(
+    msg: Message,
+    arrays: list[np.ndarray],
+    blob_bytes: int | None = None,
+    sparse_bytes: int | None = None,
+) -> bytes:
     cls = type(msg)
     fields: dict[str, Any] = {}
     for name in _FIELDS[cls]:
@@ -138,6 +149,8 @@ def _header(msg: Message, arrays: list[np.ndarray], blob_bytes: int | None = Non
     head: dict[str, Any] = {"f": fields, "a": [list(a.shape) for a in arrays]}
     if blob_bytes is not None:
         head["b"] = blob_bytes
+    if sparse_bytes is not None:
+        head["s"] = sparse_bytes
     header = json.dumps(
         head,
         separators=(",", ":"),
@@ -206,6 +219,12 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         return blob_msg
     if "b" in header:
         raise UpdateRejected("message carries a payload it should not")
+    if "s" in header:
+        if cls is not UpdateReply:
+            raise UpdateRejected("message carries a sparse update it should not")
+        kwargs["delta"], kwargs["sparse"] = _decode_sparse(data, _HEAD.size + hlen, shapes, header)
+        sparse_msg: Message = cls(**kwargs)
+        return sparse_msg
     arrays = _decode_arrays(data, _HEAD.size + hlen, shapes)
     if cls in _ARRAY_FIELD:
         kwargs[_ARRAY_FIELD[cls]] = arrays
@@ -215,7 +234,27 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     return msg
 
 
-def _decode_arrays(data: bytes, offset: int, shapes: list[Any]) -> list[np.ndarray]:
+def _decode_sparse(
+    data: bytes, offset: int, shapes: list[Any], header: dict[str, Any]
+) -> tuple[list[np.ndarray], QuantizedSparse]:
+    """A per-device top-k upload: the dense delta (split into ``shapes``) and the upload."""
+    sizes = _sizes(shapes)
+    size = header["s"]
+    if not isinstance(size, int) or isinstance(size, bool) or offset + size != len(data):
+        raise UpdateRejected("sparse update length does not match its header")
+    try:
+        sparse = decode_sparse(data[offset:], sum(sizes))
+    except PrivacyError as exc:
+        raise UpdateRejected(str(exc)) from exc
+    flat = sparse.dense().astype(np.float32)
+    if not np.all(np.isfinite(flat)):  # a float32 scale near its top can overflow a value
+        raise UpdateRejected("sparse update has values that are not finite")
+    bounds = np.cumsum([0, *sizes])
+    arrays = [flat[bounds[i] : bounds[i + 1]].reshape(shape) for i, shape in enumerate(shapes)]
+    return arrays, sparse
+
+
+def _sizes(shapes: list[Any]) -> list[int]:
     if len(shapes) > MAX_ARRAYS:
         raise UpdateRejected("too many arrays in message")
     sizes: list[int] = []
@@ -229,6 +268,11 @@ def _decode_arrays(data: bytes, offset: int, shapes: list[Any]) -> list[np.ndarr
         ):
             raise UpdateRejected("array shape is malformed")
         sizes.append(math.prod(shape))
+    return sizes
+
+
+def _decode_arrays(data: bytes, offset: int, shapes: list[Any]) -> list[np.ndarray]:
+    sizes = _sizes(shapes)
     total = sum(sizes)
     if offset + 4 * total > len(data):
         raise UpdateRejected("message is truncated (array data missing)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ztfm.fl.params import Params
+from ztfm.privacy.sparse import QuantizedSparse
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,11 @@ class RoundTask:
 
 @dataclass(frozen=True, slots=True)
 class UpdateReply:
-    """Device -> coordinator: the change of parameters after local training."""
+    """Device -> coordinator: the change of parameters after local training.
+
+    ``sparse``: set when the device uploads a per-device top-k (``[compression]`` without
+    ``[secagg]``); ``delta`` is then its dense expansion, and the codec sends ``sparse`` instead
+    of the dense arrays (the receiver rebuilds both)."""
 
     round_id: int
     device_id: str
@@ -37,6 +42,7 @@ class UpdateReply:
     n_samples: int
     train_loss: float
     nonce: bytes
+    sparse: QuantizedSparse | None = None
 
 
 @dataclass(frozen=True, slots=True)

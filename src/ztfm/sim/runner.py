@@ -23,6 +23,7 @@ from ztfm.fl.messages import EvalReply, EvalTask
 from ztfm.fl.params import Params
 from ztfm.fl.strategy import FedAvg, Strategy
 from ztfm.ledger import EntryKind
+from ztfm.privacy.sparse import TopKCompressor
 from ztfm.sim.attest import SoftAttestation, build_soft_attestation
 from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import DeviceSpec, Fleet, build_fleet
@@ -144,7 +145,17 @@ def build_agent(
         threshold_margin=cfg.detector.threshold_margin,
         postprocess=causal_smoother(cfg.detector.smoothing),
         transforms=transforms,
+        compressor=update_compressor(cfg),
     )
+
+
+def update_compressor(cfg: SimConfig) -> TopKCompressor | None:
+    """A device's per-device top-k upload (``[compression]`` without ``[secagg]``), else None:
+    with ``[secagg]`` compression runs inside the secure round (shared coordinates)."""
+    c = cfg.compression
+    if c.keep_ratio >= 1.0 or cfg.secagg.enabled:
+        return None
+    return TopKCompressor(c.keep_ratio, c.value_bits, c.error_feedback, c.rounding)
 
 
 def build_coordinator(

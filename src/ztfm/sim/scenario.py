@@ -97,7 +97,9 @@ class Adversary:
         )
         crafted = np.asarray(self.attack.craft(own, benign, self.rng), dtype=np.float64)
         forged = {
-            r.device_id: replace(r, delta=spec.unflatten(crafted[i].astype(np.float32)))
+            r.device_id: replace(
+                r, delta=spec.unflatten(crafted[i].astype(np.float32)), sparse=None
+            )
             for i, r in enumerate(bad)
         }
         return [forged.get(r.device_id, r) for r in replies]
