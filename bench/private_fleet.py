@@ -1,7 +1,8 @@
 """Private fleet bench: `ztfm simulate` on the bundled SKAB fleet (30 devices), side by side:
 non-private; DP at epsilon <= 8 (delta 1e-5, z from the accountant); SecAgg+ (clip only);
 SecAgg+ with DP; SecAgg+ with compression (shared coordinates + error feedback, 16-bit field,
-k = 2 neighbours), with and without DP.
+k = 2 neighbours), with and without DP; per-device top-k without SecAgg (own coordinates,
+quantised levels, error feedback: `ztfm.privacy.sparse`).
 
 Issue targets: DP F1 within 2 pts of non-private at epsilon <= 8; compression >= 20x fewer bytes
 up at <= 1 pt F1 loss.
@@ -220,6 +221,20 @@ def main_specs() -> dict[str, dict[str, Any]]:
         "secagg+compress pubtopk 5%/16b": {
             "cfg": {"privacy": {"clip_norm": 0.5}, "secagg": comp_sec, "compression": comp},
             "rule": "public_topk",
+        },
+        # session 5: without SecAgg each device sends its own top-k (privacy.sparse)
+        **{
+            f"per-device top-k {int(100 * keep)}%/{bits}b{tag}": {
+                "cfg": {
+                    "compression": {"keep_ratio": keep, "value_bits": bits, "error_feedback": ef}
+                }
+            }
+            for keep, bits, ef, tag in (
+                (0.1, 4, True, ""),
+                (0.1, 8, True, ""),
+                (0.05, 4, True, ""),
+                (0.1, 4, False, ", no error feedback"),
+            )
         },
     }
 
