@@ -298,6 +298,27 @@ def tune_specs() -> dict[str, dict[str, Any]]:
     return out
 
 
+def scaling_specs() -> dict[str, dict[str, Any]]:
+    """What-if, not a result: DP at epsilon 8 on a fleet of N devices whose updates look like
+    the 30 SKAB devices'. The noise on the mean of N clipped updates is z C / N; the 30 devices
+    here get z' = z 30 / N, the noise the mean of a fleet of N would carry. The simulated
+    accountant then books z' for these 30 devices, so its epsilon is not the fleet's: the
+    fleet's epsilon is 8 (z calibrated with PLD for 10 rounds, q = 1)."""
+    z = noise_multiplier_for(TARGET_EPS, DELTA, 10, 1.0, method="pld")
+    out: dict[str, dict[str, Any]] = {"non-private": {}}
+    for lr in (1.0, 3.0):
+        tag = "" if lr == 1.0 else f", server_lr {lr:g}"
+        for fleet in (30, 100, 300, 1000):
+            out[f"dp pld eps 8, noise of a {fleet}-device fleet{tag}"] = {
+                "cfg": {
+                    "privacy": {"clip_norm": 0.5, "noise_multiplier": z * 30 / fleet},
+                    "rounds": {"server_lr": lr},
+                },
+                "what_if_fleet": fleet,
+            }
+    return out
+
+
 def print_table(rows: dict[str, dict[str, Any]], seeds: list[int], part: str) -> None:
     ref = rows.get("non-private") or next(iter(rows.values()))
     dense = ref["bytes_up"]
@@ -326,6 +347,11 @@ def print_table(rows: dict[str, dict[str, Any]], seeds: list[int], part: str) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tune", action="store_true", help="the grid on the tune devices")
+    ap.add_argument(
+        "--scaling",
+        action="store_true",
+        help="what-if: DP noise of larger fleets on the 30 devices (private_fleet_dp_scaling.json)",
+    )
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--out", type=Path, default=None)
@@ -343,10 +369,14 @@ def main() -> None:
         out.write_text(json.dumps({"seeds": seen, "rows": merged}, indent=2) + "\n")
         print(f"wrote {out}")
         return
-    specs = tune_specs() if args.tune else main_specs()
+    specs = tune_specs() if args.tune else scaling_specs() if args.scaling else main_specs()
     seeds = args.seeds or ([1] if args.tune else [0, 2])
     out_path = args.out or RESULTS / (
-        "private_fleet_tune.json" if args.tune else "private_fleet.json"
+        "private_fleet_tune.json"
+        if args.tune
+        else "private_fleet_dp_scaling.json"
+        if args.scaling
+        else "private_fleet.json"
     )
     part = "tune" if args.tune else "all"
     rows: dict[str, dict[str, Any]] = {}
