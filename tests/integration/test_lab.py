@@ -260,6 +260,10 @@ def test_bad_options_subprocess(tmp_path: Path, args: tuple[str, ...], needle: s
     assert set(netns.list_namespaces()) <= before
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_tears_everything_down(tmp_path: Path, sig: signal.Signals) -> None:
     _require_root_and_tools()
@@ -285,6 +289,9 @@ def test_interrupt_tears_everything_down(tmp_path: Path, sig: signal.Signals) ->
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
+        # a test run started in the background (`pytest &`) ignores SIGINT, and the child
+        # would inherit that: give it the default disposition a terminal's Ctrl-C meets
+        preexec_fn=_default_sigint,
     )
     assert proc.stderr is not None
     try:
