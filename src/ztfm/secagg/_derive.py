@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from ztfm.crypto.kex import derive_key
 from ztfm.secagg.params import SecAggParams, lp
@@ -25,17 +26,43 @@ def survivors_payload(p: SecAggParams, survivors: tuple[DeviceId, ...]) -> bytes
     return b"ztfm/secagg/survivors/v1" + p.digest + b"".join(lp(d) for d in survivors)
 
 
-def share_key(p: SecAggParams, shared: bytes, sender: DeviceId, to: DeviceId) -> bytes:
-    """Single-use AES-GCM key for the share message ``sender -> to`` (direction-specific);
-    ``shared`` is the X25519 secret of the two channel keys."""
-    info = b"ztfm/secagg/share/v1" + lp(sender) + lp(to)
-    return derive_key(shared, salt=p.digest, info=info, length=16)
+@dataclass(frozen=True, slots=True)
+class ChannelKeys:
+    """The single-use keys of one pair's channel, from one HKDF call over the X25519 secret of
+    the two channel keys: an AES-GCM key for the share message in each direction and a MAC key
+    for the survivor-list confirmation in each direction (64 bytes of output, four 16-byte
+    keys, each bound by its position to a purpose and a direction)."""
+
+    low: DeviceId
+    high: DeviceId
+    okm: bytes
+
+    def _at(self, sender: DeviceId, to: DeviceId, slot: int) -> bytes:
+        if (sender, to) == (self.low, self.high):
+            i = slot
+        elif (sender, to) == (self.high, self.low):
+            i = slot + 1
+        else:
+            raise ValueError(f"{sender!r} -> {to!r} is not this channel")
+        return self.okm[16 * i : 16 * (i + 1)]
+
+    def share(self, sender: DeviceId, to: DeviceId) -> bytes:
+        """AES-GCM key for the share message ``sender -> to``."""
+        return self._at(sender, to, 0)
+
+    def confirm(self, sender: DeviceId, to: DeviceId) -> bytes:
+        """MAC key for ``sender``'s confirmation of the survivor list to ``to``."""
+        return self._at(sender, to, 2)
 
 
-def confirm_key(p: SecAggParams, shared: bytes, sender: DeviceId, to: DeviceId) -> bytes:
-    """Single-use MAC key for ``sender``'s confirmation of the survivor list to ``to``."""
-    info = b"ztfm/secagg/confirm/v1" + lp(sender) + lp(to)
-    return derive_key(shared, salt=p.digest, info=info, length=16)
+def channel_keys(p: SecAggParams, shared: bytes, a: DeviceId, b: DeviceId) -> ChannelKeys:
+    """Every key of the ``a``-``b`` channel; ``shared`` is the X25519 secret of the two channel
+    keys (symmetric: both ends derive the same four keys)."""
+    if a == b:
+        raise ValueError("a channel needs two devices")
+    lo, hi = (a, b) if a < b else (b, a)
+    info = b"ztfm/secagg/channel/v2" + lp(lo) + lp(hi)
+    return ChannelKeys(lo, hi, derive_key(shared, salt=p.digest, info=info, length=64))
 
 
 def share_aad(p: SecAggParams, sender: DeviceId, to: DeviceId) -> bytes:
@@ -48,10 +75,18 @@ def pair_seed(p: SecAggParams, shared: bytes, a: DeviceId, b: DeviceId) -> bytes
     return derive_key(shared, salt=p.digest, info=b"ztfm/secagg/mask/v1" + lp(lo) + lp(hi))
 
 
-def server_key(p: SecAggParams, shared: bytes, device: DeviceId, purpose: bytes) -> bytes:
-    """Single-use MAC key between ``device`` and the server for ``purpose``."""
-    info = b"ztfm/secagg/to-server/v1" + lp(purpose) + lp(device)
-    return derive_key(shared, salt=p.digest, info=info, length=16)
+@dataclass(frozen=True, slots=True)
+class ServerKeys:
+    """The single-use MAC keys between one device and the server (one HKDF call)."""
+
+    input: bytes  # the masked input
+    unmask: bytes  # the unmask response
+
+
+def server_keys(p: SecAggParams, shared: bytes, device: DeviceId) -> ServerKeys:
+    """MAC keys between ``device`` and the server; ``shared`` is X25519(server, channel key)."""
+    okm = derive_key(shared, salt=p.digest, info=b"ztfm/secagg/to-server/v2" + lp(device))
+    return ServerKeys(okm[:16], okm[16:])
 
 
 def unmask_transcript(

@@ -88,8 +88,8 @@ class SecAggClient:
         self._adverts: dict[DeviceId, AdvertiseKeys] = {}
         self._held: dict[DeviceId, tuple[int, int]] = {}  # sender -> (seed share, key share)
         self._survivors: tuple[DeviceId, ...] = ()
-        self._chan: dict[DeviceId, bytes] = {}  # neighbour -> X25519 secret of channel keys
-        self._server_shared = b""
+        self._chan: dict[DeviceId, dv.ChannelKeys] = {}  # neighbour -> its channel's keys
+        self._server_keys: dv.ServerKeys | None = None
 
     @property
     def device(self) -> DeviceId:
@@ -155,9 +155,9 @@ class SecAggClient:
                 shared = self._c.exchange(KexPublicKey(adverts[d].channel_key))
             except CryptoError as exc:
                 raise self._abort(f"channel key of {d!r} is invalid") from exc
-            self._chan[d] = shared
+            self._chan[d] = dv.channel_keys(self._p, shared, self._me, d)
             pt = shamir.share_to_bytes(seed_sh[x]) + shamir.share_to_bytes(key_sh[x])
-            key = dv.share_key(self._p, shared, self._me, d)
+            key = self._chan[d].share(self._me, d)
             sealed[d] = seal(key, pt, dv.share_aad(self._p, self._me, d))
         self.phase = ClientPhase.MASK
         return ShareKeys(self._me, sealed)
@@ -179,7 +179,7 @@ class SecAggClient:
             if adv is None:
                 raise self._abort(f"share inbox has shares from unexpected {sender!r}")
             try:
-                key = dv.share_key(self._p, self._chan[sender], sender, self._me)
+                key = self._chan[sender].share(sender, self._me)
                 pt = open_sealed(key, ct, dv.share_aad(self._p, sender, self._me))
             except CryptoError as exc:
                 raise self._abort(f"shares from {sender!r} failed authentication") from exc
@@ -203,11 +203,11 @@ class SecAggClient:
             else:
                 exp.sub_mask(y, seed)
         try:
-            self._server_shared = self._c.exchange(self._p.server_key)
+            server_shared = self._c.exchange(self._p.server_key)
         except CryptoError as exc:
             raise self._abort("the round's server key is invalid") from exc
-        key = dv.server_key(self._p, self._server_shared, self._me, b"input")
-        tag = mac(key, y.data.cast("B"))
+        self._server_keys = dv.server_keys(self._p, server_shared, self._me)
+        tag = mac(self._server_keys.input, y.data.cast("B"))
         self.phase = ClientPhase.SURVIVORS
         return MaskedInput(self._me, y, tag)
 
@@ -228,7 +228,7 @@ class SecAggClient:
         self._survivors = surv
         payload = dv.survivors_payload(self._p, surv)
         tags = {
-            d: mac(dv.confirm_key(self._p, self._chan[d], self._me, d), payload)
+            d: mac(self._chan[d].confirm(self._me, d), payload)
             for d in sorted(self._held)
             if d in set(surv)
         }
@@ -249,9 +249,7 @@ class SecAggClient:
             if sender not in surv or sender not in self._chan:
                 raise self._abort(f"survivor confirmation from unexpected {sender!r}")
             try:
-                verify_mac(
-                    dv.confirm_key(self._p, self._chan[sender], sender, self._me), tag, payload
-                )
+                verify_mac(self._chan[sender].confirm(sender, self._me), tag, payload)
             except CryptoError as exc:
                 raise self._abort(f"survivor confirmation of {sender!r} does not verify") from exc
         if len(request.confirmations) + 1 < self._p.threshold:
@@ -266,8 +264,9 @@ class SecAggClient:
                 seeds[d] = shamir.share_to_bytes(seed_share)
             else:
                 keys[d] = shamir.share_to_bytes(key_share)
-        mkey = dv.server_key(self._p, self._server_shared, self._me, b"unmask")
-        tag = mac(mkey, dv.unmask_transcript(self._p, self._me, seeds, keys))
+        if self._server_keys is None:  # set with the masked input
+            raise self._abort("no masked input was sent this round")
+        tag = mac(self._server_keys.unmask, dv.unmask_transcript(self._p, self._me, seeds, keys))
         self.phase = ClientPhase.DONE
         self._s = None
         return UnmaskResponse(self._me, seeds, keys, tag)

@@ -108,7 +108,7 @@ class SecAggServer:
         self.phase = ServerPhase.ADVERTISE
         self.rejected: dict[DeviceId, str] = {}
         self._adverts: dict[DeviceId, AdvertiseKeys] = {}
-        self._shared: dict[DeviceId, bytes] = {}  # device -> X25519(server, channel key)
+        self._shared: dict[DeviceId, dv.ServerKeys] = {}  # device -> MAC keys with it
         self._routed: dict[DeviceId, frozenset[DeviceId]] = {}  # recipient -> senders
         self._u2: set[DeviceId] = set()
         self._acc: UIntArray | None = None
@@ -159,7 +159,8 @@ class SecAggServer:
                 if self._eager:
                     self._verify_advert(m)
                 if self._e2e:
-                    self._shared[m.device] = self._key.exchange(KexPublicKey(m.channel_key))
+                    shared = self._key.exchange(KexPublicKey(m.channel_key))
+                    self._shared[m.device] = dv.server_keys(self._p, shared, m.device)
                 KexPublicKey(m.mask_key)
             except CryptoError:
                 self._reject(m.device, "advertised keys fail verification")
@@ -229,7 +230,7 @@ class SecAggServer:
                 self._reject(m.device, "masked input has the wrong dtype or length")
                 continue
             if self._e2e:
-                key = dv.server_key(self._p, self._shared[m.device], m.device, b"input")
+                key = self._shared[m.device].input
                 try:
                     verify_mac(key, m.tag, np.ascontiguousarray(m.masked).data.cast("B"))
                 except CryptoError:
@@ -285,7 +286,7 @@ class SecAggServer:
             if not self._accept_from(m.device, seen, self._confirmed):
                 continue
             if self._e2e:
-                key = dv.server_key(self._p, self._shared[m.device], m.device, b"unmask")
+                key = self._shared[m.device].unmask
                 transcript = dv.unmask_transcript(self._p, m.device, m.seed_shares, m.key_shares)
                 try:
                     verify_mac(key, m.tag, transcript)
