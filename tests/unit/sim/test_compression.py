@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sim_overlay import overlay
 
 from ztfm.errors import UpdateRejected
 from ztfm.fl import codec
 from ztfm.fl.messages import RoundTask, UpdateReply
 from ztfm.privacy.sparse import TopKCompressor
-from ztfm.sim.config import SimConfig, from_mapping, load_config
+from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import Fleet, build_fleet
 from ztfm.sim.runner import Simulation, run_simulation, update_compressor
 
@@ -31,10 +32,7 @@ BASE: dict[str, Any] = {
 
 
 def _cfg(**sections: dict[str, Any]) -> SimConfig:
-    data = {k: dict(v) for k, v in BASE.items()}
-    for name, values in sections.items():
-        data[name] = {**data.get(name, {}), **values}
-    return from_mapping(data, load_config())
+    return overlay(BASE, **sections)
 
 
 @pytest.fixture(scope="module")

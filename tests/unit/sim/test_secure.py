@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sim_overlay import overlay
 
 from ztfm.errors import ConfigError
 from ztfm.fl import codec as fl_codec
@@ -19,7 +20,7 @@ from ztfm.secagg import UpdateCodec
 from ztfm.secagg.codec import decode_message
 from ztfm.secagg.messages import MaskedInput
 from ztfm.sim import secure
-from ztfm.sim.config import SimConfig, from_mapping, load_config
+from ztfm.sim.config import SimConfig
 from ztfm.sim.fleet import Fleet, build_fleet
 from ztfm.sim.runner import Simulation
 
@@ -35,10 +36,7 @@ BASE: dict[str, Any] = {
 
 
 def _cfg(**sections: dict[str, Any]) -> SimConfig:
-    data = {k: dict(v) for k, v in BASE.items()}
-    for name, values in sections.items():
-        data[name] = {**data.get(name, {}), **values}
-    return from_mapping(data, load_config())
+    return overlay(BASE, **sections)
 
 
 @pytest.fixture(scope="module")
