@@ -36,7 +36,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ztfm.errors import PrivacyError
-from ztfm.privacy.compress import IndexArray, k_for_ratio, topk_indices
+from ztfm.privacy.compress import (
+    ErrorFeedback,
+    IndexArray,
+    StochasticQuantizer,
+    k_for_ratio,
+    topk_sparsify,
+)
 
 FloatArray = npt.NDArray[np.floating[Any]]
 LevelArray = npt.NDArray[np.int32]
@@ -165,13 +171,14 @@ def decode_sparse(data: bytes, length: int) -> QuantizedSparse:
 
 @dataclass(slots=True)
 class TopKCompressor:
-    """One device's per-round top-k upload with error feedback (state: the residual)."""
+    """One device's per-round top-k upload: ``compress.ErrorFeedback`` picks the coordinates
+    (or ``topk_sparsify`` without feedback), ``compress.StochasticQuantizer`` rounds them."""
 
     keep_ratio: float
     bits: int = 4
     error_feedback: bool = True
     rounding: str = "stochastic"
-    residual: FloatArray | None = field(default=None, init=False)
+    feedback: ErrorFeedback | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.keep_ratio <= 1:
@@ -181,36 +188,38 @@ class TopKCompressor:
         if self.rounding not in ROUNDINGS:
             raise PrivacyError(f"rounding must be one of {', '.join(ROUNDINGS)}")
 
+    @property
+    def residual(self) -> FloatArray | None:
+        """What has not been delivered yet (None before the first round or without feedback)."""
+        return None if self.feedback is None else self.feedback.residual
+
     def compress(self, update: npt.ArrayLike, rng: np.random.Generator) -> QuantizedSparse:
         """The upload for ``update``; what it leaves out is kept for the next round."""
         arr = np.asarray(update, dtype=np.float64)
-        if arr.ndim != 1 or arr.size == 0 or arr.size > MAX_LENGTH:
+        if arr.ndim != 1 or not 0 < arr.size <= MAX_LENGTH:
             raise PrivacyError("update must be a non-empty 1-D vector")
-        if not np.all(np.isfinite(arr)):
-            raise PrivacyError("update has NaN or infinite values")
-        if self.residual is not None and self.residual.size != arr.size:
-            raise PrivacyError("update length does not match the error-feedback state")
-        corrected = arr + self.residual if self.residual is not None else arr.copy()
-        idx = topk_indices(corrected, k_for_ratio(arr.size, self.keep_ratio))  # sorted
-        chosen = corrected[idx]
-        # the scale travels as float32: quantise against the value the receiver will use
-        peak = float(np.max(np.abs(chosen)))
-        if peak > _F32_MAX:
-            raise PrivacyError("update is too large for a float32 scale")
-        scale = float(np.float32(peak))
-        top = _levels(self.bits)
-        if scale > 0:
-            scaled = chosen * (top / scale)
-            if self.rounding == "stochastic":
-                low = np.floor(scaled)
-                scaled = low + (rng.random(scaled.shape) < scaled - low)
-            else:
-                scaled = np.rint(scaled)
-            levels = np.clip(scaled, -top, top).astype(np.int32)
-        else:
-            levels = np.zeros(idx.size, dtype=np.int32)
-        sent = QuantizedSparse(arr.size, idx, levels, self.bits, scale)
+        k = k_for_ratio(arr.size, self.keep_ratio)
         if self.error_feedback:
-            corrected[idx] -= sent.values()
-            self.residual = corrected
+            feedback = self.feedback or ErrorFeedback(arr.size)
+            picked = feedback.compress_topk(arr, k)  # refuses NaN or a new length first
+            self.feedback = feedback
+        else:
+            picked = topk_sparsify(arr, k)
+        peak = float(np.max(np.abs(picked.values)))
+        if peak > _F32_MAX:
+            if self.feedback is not None:  # nothing was sent: give the values back
+                self.feedback.residual[picked.indices] += picked.values
+            raise PrivacyError("update is too large for a float32 scale")
+        # the scale travels as float32: quantise against the value the receiver will use
+        scale = float(np.float32(peak))
+        if scale == 0:
+            levels = np.zeros(k, dtype=np.int32)
+        elif self.rounding == "stochastic":
+            levels = StochasticQuantizer(self.bits, scale).quantize(picked.values, rng)
+        else:
+            top = _levels(self.bits)
+            levels = np.rint(np.clip(picked.values, -scale, scale) * (top / scale)).astype(np.int32)
+        sent = QuantizedSparse(arr.size, picked.indices, levels, self.bits, scale)
+        if self.feedback is not None:  # the rounding error waits for the next round too
+            self.feedback.residual[picked.indices] += picked.values - sent.values()
         return sent
