@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sim_overlay import overlay
+from sim_overlay import overlay, overlay_fleet
 
 from ztfm.errors import UpdateRejected
 from ztfm.fl import codec
 from ztfm.fl.messages import RoundTask, UpdateReply
 from ztfm.privacy.sparse import TopKCompressor
 from ztfm.sim.config import SimConfig
-from ztfm.sim.fleet import Fleet, build_fleet
+from ztfm.sim.fleet import Fleet
 from ztfm.sim.runner import Simulation, run_simulation, update_compressor
 
 BASE: dict[str, Any] = {
@@ -37,8 +37,7 @@ def _cfg(**sections: dict[str, Any]) -> SimConfig:
 
 @pytest.fixture(scope="module")
 def fleet() -> Fleet:
-    cfg = _cfg()
-    return build_fleet(cfg.fleet, cfg.detector)
+    return overlay_fleet(BASE)
 
 
 def _reply(n: int = 50, seed: int = 0) -> UpdateReply:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sim_overlay import overlay
+from sim_overlay import overlay, overlay_fleet
 
 from ztfm.errors import ConfigError
 from ztfm.fl import codec as fl_codec
@@ -21,7 +21,7 @@ from ztfm.secagg.codec import decode_message
 from ztfm.secagg.messages import MaskedInput
 from ztfm.sim import secure
 from ztfm.sim.config import SimConfig
-from ztfm.sim.fleet import Fleet, build_fleet
+from ztfm.sim.fleet import Fleet
 from ztfm.sim.runner import Simulation
 
 CLIP = 0.5
@@ -41,8 +41,7 @@ def _cfg(**sections: dict[str, Any]) -> SimConfig:
 
 @pytest.fixture(scope="module")
 def fleet() -> Fleet:
-    cfg = _cfg()
-    return build_fleet(cfg.fleet, cfg.detector)
+    return overlay_fleet(BASE)
 
 
 def _flat(sim: Simulation) -> np.ndarray:
