@@ -22,8 +22,10 @@ Bench-local prototypes (call-site changes that belong to other owners' files):
   `privacy.compress.public_topk_indices` (of the previous released global step) instead of
   `shared_indices` (random per round).
 
-Usage: python bench/private_fleet.py [--seeds 0 1 2] [--only NAME ...] [--tune]
-Prints a table; writes bench/results/private_fleet.json (or private_fleet_tune.json).
+Usage: python bench/private_fleet.py [--seeds 0 1 2] [--only NAME ...]
+                                     [--tune | --scaling | --extra]
+Prints a table; writes bench/results/private_fleet.json (or private_fleet_tune.json,
+private_fleet_dp_scaling.json, private_fleet_extra.json).
 """
 
 from __future__ import annotations
@@ -319,6 +321,51 @@ def scaling_specs() -> dict[str, dict[str, Any]]:
     return out
 
 
+def extra_specs() -> dict[str, dict[str, Any]]:
+    """Session 6: more levers against the DP and shared-sparsity losses (seed 0, all devices):
+    local epochs, a smaller clip, FedProx, DP on the shared coordinates only (SecAgg), and
+    shared coordinates over more rounds."""
+    out: dict[str, dict[str, Any]] = {"non-private": {}}
+    for e in (1, 10):
+        out[f"np E{e}"] = {"cfg": {"rounds": {"local_epochs": e}}}
+        out[f"dp pld E{e}"] = {
+            "cfg": {"rounds": {"local_epochs": e}, "privacy": dp(0.5)},
+            "pld": True,
+        }
+    out["dp pld C0.25"] = {"cfg": {"privacy": dp(0.25)}, "pld": True}
+    out["dp pld prox_mu 0.1"] = {
+        "cfg": {"rounds": {"prox_mu": 0.1}, "privacy": dp(0.5)},
+        "pld": True,
+    }
+    for keep in (0.05, 0.1, 0.25):
+        out[f"secagg+dp pld (m=0.9n), rand {int(100 * keep)}%, 32 bit"] = {
+            "cfg": {
+                "privacy": dp(0.5),
+                "secagg": {"enabled": True, "min_survivors": 0.9},
+                "compression": {"keep_ratio": keep},
+            },
+            "pld": True,
+        }
+    comp_sec = {"enabled": True, "bits": 16, "neighbours": 2}
+    for r in (10, 20, 30):
+        for lr in (1.0, 3.0):
+            rounds = {"rounds": r, "server_lr": lr}
+            clip = {"clip_norm": 0.5}
+            out[f"R{r} server_lr {lr:g}: secagg dense"] = {
+                "cfg": {"privacy": clip, "secagg": {"enabled": True}, "rounds": rounds}
+            }
+            out[f"R{r} server_lr {lr:g}: secagg 5% cyclic/16b"] = {
+                "cfg": {
+                    "privacy": clip,
+                    "secagg": comp_sec,
+                    "compression": {"keep_ratio": 0.05},
+                    "rounds": rounds,
+                },
+                "rule": "cyclic",
+            }
+    return out
+
+
 def print_table(rows: dict[str, dict[str, Any]], seeds: list[int], part: str) -> None:
     ref = rows.get("non-private") or next(iter(rows.values()))
     dense = ref["bytes_up"]
@@ -352,6 +399,12 @@ def main() -> None:
         action="store_true",
         help="what-if: DP noise of larger fleets on the 30 devices (private_fleet_dp_scaling.json)",
     )
+    ap.add_argument(
+        "--extra",
+        action="store_true",
+        help="session 6 levers: epochs, clip, FedProx, sparse DP, more rounds "
+        "(private_fleet_extra.json)",
+    )
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--out", type=Path, default=None)
@@ -369,13 +422,23 @@ def main() -> None:
         out.write_text(json.dumps({"seeds": seen, "rows": merged}, indent=2) + "\n")
         print(f"wrote {out}")
         return
-    specs = tune_specs() if args.tune else scaling_specs() if args.scaling else main_specs()
-    seeds = args.seeds or ([1] if args.tune else [0, 2])
+    specs = (
+        tune_specs()
+        if args.tune
+        else scaling_specs()
+        if args.scaling
+        else extra_specs()
+        if args.extra
+        else main_specs()
+    )
+    seeds = args.seeds or ([1] if args.tune else [0] if args.extra else [0, 2])
     out_path = args.out or RESULTS / (
         "private_fleet_tune.json"
         if args.tune
         else "private_fleet_dp_scaling.json"
         if args.scaling
+        else "private_fleet_extra.json"
+        if args.extra
         else "private_fleet.json"
     )
     part = "tune" if args.tune else "all"
