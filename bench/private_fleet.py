@@ -23,9 +23,9 @@ Bench-local prototypes (call-site changes that belong to other owners' files):
   `shared_indices` (random per round).
 
 Usage: python bench/private_fleet.py [--seeds 0 1 2] [--only NAME ...]
-                                     [--tune | --scaling | --extra]
+                                     [--tune | --scaling | --extra | --rounds-study]
 Prints a table; writes bench/results/private_fleet.json (or private_fleet_tune.json,
-private_fleet_dp_scaling.json, private_fleet_extra.json).
+private_fleet_dp_scaling.json, private_fleet_extra.json, private_fleet_rounds.json).
 """
 
 from __future__ import annotations
@@ -152,6 +152,15 @@ def run_one(spec: dict[str, Any], seed: int) -> dict[str, Any]:
         "bytes_down": m["bandwidth"]["mean_bytes_down_per_device_per_round"],
         "failed_rounds": sum(1 for r in m["rounds"] if r.get("failed")),
         "wall_s": time.perf_counter() - t0,
+        # F1 after each round: an r-round run is the first r rounds of a longer one (no
+        # schedule depends on the round count when there is no DP noise)
+        "per_round": [
+            {
+                part: pooled(rec["per_device"], sel)["f1"]
+                for part, sel in (("all", devs), ("tune", devs[0::2]), ("held_out", devs[1::2]))
+            }
+            for rec in m["rounds"]
+        ],
     }
     return out
 
@@ -170,6 +179,7 @@ def run_spec(spec: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
         "f1_held_out_per_seed": {s: r["held_out"]["f1"] for s, r in zip(seeds, runs, strict=True)},
         "failed_rounds": sum(r["failed_rounds"] for r in runs),
         "wall_s": sum(r["wall_s"] for r in runs),
+        "per_round": {s: r["per_round"] for s, r in zip(seeds, runs, strict=True)},
         "spec": spec,
     }
 
@@ -366,6 +376,86 @@ def extra_specs() -> dict[str, dict[str, Any]]:
     return out
 
 
+STUDY_ROUNDS = 90
+
+
+def rounds_specs() -> dict[str, dict[str, Any]]:
+    """Session 6: how many rounds each upload needs. One run of STUDY_ROUNDS rounds per setting
+    and seed gives the F1 after every round; ``rounds_study`` picks each family's server_lr and
+    round count on the TUNE devices with seed 1, then reports seeds 0 and 2 there."""
+    rounds = {"rounds": STUDY_ROUNDS}
+    clip = {"clip_norm": 0.5}
+    comp_sec = {"enabled": True, "bits": 16, "neighbours": 2}
+    out: dict[str, dict[str, Any]] = {"non-private": {"cfg": {"rounds": rounds}}}
+    for lr in (1.0, 3.0):
+        out[f"secagg dense (clip 0.5), server_lr {lr:g}"] = {
+            "cfg": {
+                "privacy": clip,
+                "secagg": {"enabled": True},
+                "rounds": {**rounds, "server_lr": lr},
+            },
+            "family": "secagg dense",
+        }
+    for lr in (2.0, 3.0):
+        out[f"secagg 5% rand/16b k=2 (clip 0.5), server_lr {lr:g}"] = {
+            "cfg": {
+                "privacy": clip,
+                "secagg": comp_sec,
+                "compression": {"keep_ratio": 0.05},
+                "rounds": {**rounds, "server_lr": lr},
+            },
+            "family": "secagg 5% rand/16b",
+        }
+    out["non-private"]["family"] = "non-private"
+    return out
+
+
+def rounds_study(rows: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Per family: the (setting, round count) with the best seed-1 TUNE F1, and its F1 on the
+    other seeds (all devices and the held-out half)."""
+    pick_seed = 1 if 1 in seeds else seeds[0]
+    report = [s for s in seeds if s != pick_seed] or [pick_seed]
+    fams: dict[str, Any] = {}
+    for name, r in rows.items():
+        fam = r["spec"].get("family", name)
+        curve = r["per_round"][pick_seed]
+        best = max(range(len(curve)), key=lambda i: curve[i]["tune"])
+        cand = {"setting": name, "rounds": best + 1, "tune_f1": curve[best]["tune"]}
+        if fam not in fams or cand["tune_f1"] > fams[fam]["tune_f1"]:
+            fams[fam] = cand
+    for c in fams.values():
+        r = rows[c["setting"]]
+        at = c["rounds"] - 1
+        for part in ("all", "held_out"):
+            vals = [r["per_round"][s][at][part] for s in report]
+            c[f"f1_{part}"] = float(np.mean(vals))
+            c[f"f1_{part}_per_seed"] = dict(zip(report, vals, strict=True))
+        c["bytes_up"] = r["bytes_up"]
+        c["bytes_up_whole_run"] = r["bytes_up"] * c["rounds"]
+    ref = fams.get("non-private")
+    dense = fams.get("secagg dense")
+    print(f"\nrounds study: picked on seed {pick_seed} tune devices, reported on seeds {report}")
+    print(
+        "| family | picked setting | rounds | F1 all | dF1 pts | F1 held-out | B up / round |"
+        " x fewer / round | B up to get there | x fewer |"
+    )
+    print("|" + "---|" * 10)
+    for fam, c in fams.items():
+        d_pts = 100 * (c["f1_all"] - ref["f1_all"]) if ref else 0.0
+        per = ref["bytes_up"] / c["bytes_up"] if ref else 1.0
+        run = ref["bytes_up_whole_run"] / c["bytes_up_whole_run"] if ref else 1.0
+        d_dense = 100 * (c["f1_all"] - dense["f1_all"]) if dense else 0.0
+        c["delta_f1_pts"], c["delta_f1_vs_secagg_dense_pts"] = d_pts, d_dense
+        c["ratio_per_round"], c["ratio_whole_run"] = per, run
+        print(
+            f"| {fam} | {c['setting']} | {c['rounds']} | {c['f1_all']:.3f} | {d_pts:+.1f} | "
+            f"{d_dense:+.1f} | "
+            f"{c['f1_held_out']:.3f} | {c['bytes_up']:.0f} | {per:.1f} | "
+            f"{c['bytes_up_whole_run']:.0f} | {run:.1f} |"
+        )
+    return {"pick_seed": pick_seed, "report_seeds": report, "families": fams}
+
+
 def print_table(rows: dict[str, dict[str, Any]], seeds: list[int], part: str) -> None:
     ref = rows.get("non-private") or next(iter(rows.values()))
     dense = ref["bytes_up"]
@@ -405,6 +495,12 @@ def main() -> None:
         help="session 6 levers: epochs, clip, FedProx, sparse DP, more rounds "
         "(private_fleet_extra.json)",
     )
+    ap.add_argument(
+        "--rounds-study",
+        action="store_true",
+        help=f"F1 after each of {STUDY_ROUNDS} rounds; each family's rounds and server_lr "
+        "picked on seed 1's tune devices (private_fleet_rounds.json)",
+    )
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--out", type=Path, default=None)
@@ -429,9 +525,13 @@ def main() -> None:
         if args.scaling
         else extra_specs()
         if args.extra
+        else rounds_specs()
+        if args.rounds_study
         else main_specs()
     )
-    seeds = args.seeds or ([1] if args.tune else [0] if args.extra else [0, 2])
+    seeds = args.seeds or (
+        [1] if args.tune else [0] if args.extra else [0, 1, 2] if args.rounds_study else [0, 2]
+    )
     out_path = args.out or RESULTS / (
         "private_fleet_tune.json"
         if args.tune
@@ -439,6 +539,8 @@ def main() -> None:
         if args.scaling
         else "private_fleet_extra.json"
         if args.extra
+        else "private_fleet_rounds.json"
+        if args.rounds_study
         else "private_fleet.json"
     )
     part = "tune" if args.tune else "all"
@@ -456,7 +558,10 @@ def main() -> None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=2) + "\n")
     print_table(rows, seeds, part)
-    out_path.write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=2) + "\n")
+    result: dict[str, Any] = {"seeds": seeds, "rows": rows}
+    if args.rounds_study:
+        result["study"] = rounds_study(rows, seeds)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out_path}")
 
 
