@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ztfm.crypto.kex import derive_key
 from ztfm.secagg.params import SecAggParams, lp
@@ -96,8 +97,21 @@ def unmask_transcript(
     keys: Mapping[DeviceId, bytes],
 ) -> bytes:
     parts = [b"ztfm/secagg/unmask/v1", p.digest, lp(device)]
+    add = parts.append
     for d in sorted(seeds):
-        parts += [b"S", lp(d), seeds[d]]
+        add(_seed_label(d))  # b"S" + lp(d)
+        add(seeds[d])
     for d in sorted(keys):
-        parts += [b"K", lp(d), keys[d]]
+        add(_key_label(d))  # b"K" + lp(d)
+        add(keys[d])
     return b"".join(parts)
+
+
+@lru_cache(maxsize=1 << 16)
+def _seed_label(d: DeviceId) -> bytes:
+    return b"S" + lp(d)
+
+
+@lru_cache(maxsize=1 << 16)
+def _key_label(d: DeviceId) -> bytes:
+    return b"K" + lp(d)

@@ -3,7 +3,7 @@ length-prefixed binary encoding would carry it (for bytes-on-the-wire accounting
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,15 @@ UIntArray = npt.NDArray[np.unsignedinteger[Any]]
 def _need(cond: bool, what: str) -> None:
     if not cond:
         raise SecAggError(f"malformed message: {what}")
+
+
+def _all_len(values: Iterable[Sized], n: int) -> bool:
+    """Every value has length ``n``; a plain loop (faster than ``all()`` over a generator, and
+    these run for every message)."""
+    for v in values:  # noqa: SIM110
+        if len(v) != n:
+            return False
+    return True
 
 
 def _idlen(d: DeviceId) -> int:
@@ -72,8 +81,7 @@ class ShareKeys:
     sealed: Mapping[DeviceId, bytes]
 
     def __post_init__(self) -> None:
-        for ct in self.sealed.values():
-            _need(len(ct) == SEALED_SHARE_BYTES, "sealed share length")
+        _need(_all_len(self.sealed.values(), SEALED_SHARE_BYTES), "sealed share length")
 
     def wire_bytes(self) -> int:
         return _idlen(self.device) + sum(_idlen(r) + len(c) for r, c in self.sealed.items())
@@ -87,8 +95,16 @@ class ShareInbox:
     sealed: Mapping[DeviceId, bytes]
 
     def __post_init__(self) -> None:
-        for ct in self.sealed.values():
-            _need(len(ct) == SEALED_SHARE_BYTES, "sealed share length")
+        _need(_all_len(self.sealed.values(), SEALED_SHARE_BYTES), "sealed share length")
+
+    @classmethod
+    def prechecked(cls, recipient: DeviceId, sealed: Mapping[DeviceId, bytes]) -> ShareInbox:
+        """Without ``__post_init__``: for the server, which routes only ciphertexts taken from
+        ``ShareKeys`` messages (each checked the same way when it was built)."""
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "recipient", recipient)
+        object.__setattr__(obj, "sealed", sealed)
+        return obj
 
     def wire_bytes(self) -> int:
         return _idlen(self.recipient) + sum(_idlen(s) + len(c) for s, c in self.sealed.items())
@@ -131,8 +147,7 @@ class SurvivorsConfirmation:
     tags: Mapping[DeviceId, bytes]
 
     def __post_init__(self) -> None:
-        for t in self.tags.values():
-            _need(len(t) == TAG_BYTES, "confirmation tag length")
+        _need(_all_len(self.tags.values(), TAG_BYTES), "confirmation tag length")
 
     def wire_bytes(self) -> int:
         return _idlen(self.device) + sum(_idlen(d) + TAG_BYTES for d in self.tags)
@@ -148,8 +163,22 @@ class UnmaskRequest:
     confirmations: Mapping[DeviceId, bytes]
 
     def __post_init__(self) -> None:
-        for t in self.confirmations.values():
-            _need(len(t) == TAG_BYTES, "confirmation tag length")
+        _need(_all_len(self.confirmations.values(), TAG_BYTES), "confirmation tag length")
+
+    @classmethod
+    def prechecked(
+        cls,
+        recipient: DeviceId,
+        survivors: tuple[DeviceId, ...],
+        confirmations: Mapping[DeviceId, bytes],
+    ) -> UnmaskRequest:
+        """Without ``__post_init__``: for the server, which routes only tags taken from
+        ``SurvivorsConfirmation`` messages (each checked the same way when it was built)."""
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "recipient", recipient)
+        object.__setattr__(obj, "survivors", survivors)
+        object.__setattr__(obj, "confirmations", confirmations)
+        return obj
 
     def wire_bytes(self) -> int:
         return (
@@ -171,9 +200,14 @@ class UnmaskResponse:
     tag: bytes
 
     def __post_init__(self) -> None:
-        _need(not set(self.seed_shares) & set(self.key_shares), "both share kinds for one device")
-        for s in (*self.seed_shares.values(), *self.key_shares.values()):
-            _need(len(s) == SHARE_BYTES, "share length")
+        _need(
+            self.seed_shares.keys().isdisjoint(self.key_shares), "both share kinds for one device"
+        )
+        _need(
+            _all_len(self.seed_shares.values(), SHARE_BYTES)
+            and _all_len(self.key_shares.values(), SHARE_BYTES),
+            "share length",
+        )
         _need(len(self.tag) == TAG_BYTES, "tag length")
 
     def wire_bytes(self) -> int:

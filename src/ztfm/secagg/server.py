@@ -5,6 +5,12 @@ Each ``receive_*`` takes the messages that arrived before the phase deadline (th
 time and transport) and returns what to send to each device next. Messages from unknown devices,
 duplicates, malformed or unauthenticated messages are rejected: the device is then treated as a
 dropout and the reason is kept in ``rejected`` for the audit log.
+
+Costs: the checks run per message in plain loops (no per-message helper calls), the messages the
+server builds from parts of checked messages are not checked again, and the secrets of a round
+are rebuilt in one batch (``shamir.combine_many``: with no dropouts every owner's first ``t``
+shares sit at x = 1..t), each then checked against its commitment or public key; only a secret
+that fails goes through the search over share subsets.
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-from collections.abc import Callable, Container, Iterable, Mapping
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -41,6 +47,7 @@ from ztfm.types import DeviceId
 
 MAX_RECONSTRUCTION_TRIES = 64
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class ServerPhase(enum.Enum):
@@ -114,8 +121,15 @@ class SecAggServer:
         self._acc: UIntArray | None = None
         self._u3: tuple[DeviceId, ...] = ()
         self._confirmed: set[DeviceId] = set()
+        self._dtype = params.dtype
+        self._nbr_sets: dict[DeviceId, frozenset[DeviceId]] = {}
+        self._order: dict[DeviceId, list[DeviceId]] = {}  # device -> its sorted neighbours
+        self._first_xs = tuple(range(1, params.threshold + 1))
 
     # -- helpers ------------------------------------------------------------------------------
+    # Every receive_* loop admits a message as ``_accept_from`` did: ignored if its device is
+    # outside the roster, rejected ("duplicate message") if the device already sent one this
+    # phase, ignored if the device is not expected in this phase; inlined (once per message).
     def _enter(self, phase: ServerPhase) -> None:
         if self.phase is not phase:
             raise SecAggError(f"server is in phase {self.phase.name}, not {phase.name}")
@@ -127,19 +141,6 @@ class SecAggServer:
     def _reject(self, device: DeviceId, reason: str) -> None:
         self.rejected.setdefault(device, reason)
 
-    def _accept_from(
-        self, device: DeviceId, seen: set[DeviceId], allowed: Container[DeviceId]
-    ) -> bool:
-        if not self._p.in_roster(device):
-            return False  # not ours: nothing to record against a roster device
-        if device in seen:
-            self._reject(device, "duplicate message")
-            return False
-        if device not in allowed:
-            return False
-        seen.add(device)
-        return True
-
     def _check_size(self, active: Iterable[DeviceId], stage: str) -> set[DeviceId]:
         act = set(active) - set(self.rejected)
         if len(act) < self._p.min_survivors:
@@ -148,29 +149,43 @@ class SecAggServer:
             )
         return act
 
+    def _nbrs(self, device: DeviceId) -> frozenset[DeviceId]:
+        """``device``'s neighbours as a set (built once per device and round)."""
+        out = self._nbr_sets.get(device)
+        if out is None:
+            out = self._nbr_sets[device] = frozenset(self._p.neighbours[device])
+        return out
+
     # -- phase 0 -> 1 -------------------------------------------------------------------------
     def receive_adverts(self, msgs: Iterable[AdvertiseKeys]) -> dict[DeviceId, KeyDirectory]:
         self._enter(ServerPhase.ADVERTISE)
         seen: set[DeviceId] = set()
+        roster, adverts = self._roster, self._adverts
         for m in msgs:
-            if not self._accept_from(m.device, seen, self._roster):
+            dev = m.device
+            if dev not in roster:
                 continue
+            if dev in seen:
+                self._reject(dev, "duplicate message")
+                continue
+            seen.add(dev)
             try:
                 if self._eager:
                     self._verify_advert(m)
                 if self._e2e:
                     shared = self._key.exchange(KexPublicKey(m.channel_key))
-                    self._shared[m.device] = dv.server_keys(self._p, shared, m.device)
+                    self._shared[dev] = dv.server_keys(self._p, shared, dev)
                 KexPublicKey(m.mask_key)
             except CryptoError:
-                self._reject(m.device, "advertised keys fail verification")
+                self._reject(dev, "advertised keys fail verification")
                 continue
-            self._adverts[m.device] = m
-        live = self._check_size(self._adverts, "advertise")
+            adverts[dev] = m
+        live = self._check_size(adverts, "advertise")
         out: dict[DeviceId, KeyDirectory] = {}
+        t, neighbours = self._p.threshold, self._p.neighbours
         for d in sorted(live):
-            nb = [self._adverts[o] for o in self._p.neighbours[d] if o in live]
-            if len(nb) >= self._p.threshold:
+            nb = [adverts[o] for o in neighbours[d] if o in live]
+            if len(nb) >= t:
                 out[d] = KeyDirectory(d, tuple(nb))
         self._directed = set(out)
         self.phase = ServerPhase.SHARE
@@ -186,19 +201,28 @@ class SecAggServer:
         self._enter(ServerPhase.SHARE)
         seen: set[DeviceId] = set()
         got: dict[DeviceId, ShareKeys] = {}
+        roster, adverts = self._roster, self._adverts
+        advertised = adverts.keys()
         for m in msgs:
-            if not self._accept_from(m.device, seen, self._adverts):
+            dev = m.device
+            if dev not in roster:
                 continue
-            nbrs = set(self._p.neighbours[m.device])
-            if not set(m.sealed) <= nbrs or any(r not in self._adverts for r in m.sealed):
-                self._reject(m.device, "shares addressed outside its live neighbourhood")
+            if dev in seen:
+                self._reject(dev, "duplicate message")
                 continue
-            got[m.device] = m
+            if dev not in adverts:
+                continue
+            seen.add(dev)
+            to = m.sealed.keys()
+            if not (to <= self._nbrs(dev) and to <= advertised):
+                self._reject(dev, "shares addressed outside its live neighbourhood")
+                continue
+            got[dev] = m
         if not self._eager:
             # a device that went quiet may have aborted on a forged neighbour advert: check
             for quiet in self._directed - set(got):
                 for o in self._p.neighbours[quiet]:
-                    adv = self._adverts.get(o)
+                    adv = adverts.get(o)
                     if adv is None or o in self._verified or o in self.rejected:
                         continue
                     try:
@@ -207,37 +231,51 @@ class SecAggServer:
                         self._reject(o, "advertised keys fail verification")
         live = self._check_size(got, "share keys")
         inbox: dict[DeviceId, dict[DeviceId, bytes]] = {d: {} for d in live}
+        box_of = inbox.get
         for sender in live:
-            for to, ct in got[sender].sealed.items():
-                if to in live:
-                    inbox[to][sender] = ct
+            for to_dev, ct in got[sender].sealed.items():
+                box = box_of(to_dev)
+                if box is not None:
+                    box[sender] = ct
         self._u2 = live
         self._routed = {d: frozenset(v) for d, v in inbox.items()}
         self.phase = ServerPhase.MASK
-        return {d: ShareInbox(d, v) for d, v in inbox.items() if len(v) >= self._p.threshold}
+        t = self._p.threshold
+        # the ciphertexts were checked when their ShareKeys were built: no second check
+        return {d: ShareInbox.prechecked(d, v) for d, v in inbox.items() if len(v) >= t}
 
     # -- phase 2 -> 3 -------------------------------------------------------------------------
     def receive_masked(self, msgs: Iterable[MaskedInput]) -> SurvivorsRequest:
         """Verify each masked input's MAC and add it into the running sum."""
         self._enter(ServerPhase.MASK)
         seen: set[DeviceId] = set()
-        acc = np.zeros(self._p.length, dtype=self._p.dtype)
+        dtype, shape = self._dtype, (self._p.length,)
+        acc = np.zeros(shape, dtype=dtype)
         ok: list[DeviceId] = []
+        roster, expected = self._roster, self._u2
         for m in msgs:
-            if not self._accept_from(m.device, seen, self._u2):
+            dev = m.device
+            if dev not in roster:
                 continue
-            if m.masked.dtype != self._p.dtype or m.masked.shape != (self._p.length,):
-                self._reject(m.device, "masked input has the wrong dtype or length")
+            if dev in seen:
+                self._reject(dev, "duplicate message")
+                continue
+            if dev not in expected:
+                continue
+            seen.add(dev)
+            masked = m.masked
+            if masked.dtype != dtype or masked.shape != shape:
+                self._reject(dev, "masked input has the wrong dtype or length")
                 continue
             if self._e2e:
-                key = self._shared[m.device].input
+                key = self._shared[dev].input
                 try:
-                    verify_mac(key, m.tag, np.ascontiguousarray(m.masked).data.cast("B"))
+                    verify_mac(key, m.tag, np.ascontiguousarray(masked).data.cast("B"))
                 except CryptoError:
-                    self._reject(m.device, "masked input failed authentication")
+                    self._reject(dev, "masked input failed authentication")
                     continue
-            np.add(acc, m.masked, out=acc)
-            ok.append(m.device)
+            np.add(acc, masked, out=acc)
+            ok.append(dev)
         self._check_size(ok, "masked input")
         self._acc = acc
         self._u3 = tuple(sorted(ok))
@@ -254,22 +292,35 @@ class SecAggServer:
         seen: set[DeviceId] = set()
         surv = set(self._u3)
         got: dict[DeviceId, SurvivorsConfirmation] = {}
+        roster = self._roster
         for m in msgs:
-            if not self._accept_from(m.device, seen, surv):
+            dev = m.device
+            if dev not in roster:
                 continue
-            if not set(m.tags) <= set(self._p.neighbours[m.device]) & surv:
-                self._reject(m.device, "confirmations addressed outside its neighbourhood")
+            if dev in seen:
+                self._reject(dev, "duplicate message")
                 continue
-            got[m.device] = m
+            if dev not in surv:
+                continue
+            seen.add(dev)
+            to = m.tags.keys()
+            if not (to <= self._nbrs(dev) and to <= surv):
+                self._reject(dev, "confirmations addressed outside its neighbourhood")
+                continue
+            got[dev] = m
         live = self._check_size(got, "survivor confirmations")
         inbox: dict[DeviceId, dict[DeviceId, bytes]] = {d: {} for d in live}
+        box_of = inbox.get
         for sender in live:
-            for to, tag in got[sender].tags.items():
-                if to in live:
-                    inbox[to][sender] = tag
+            for to_dev, tag in got[sender].tags.items():
+                box = box_of(to_dev)
+                if box is not None:
+                    box[sender] = tag
         self._confirmed = live
         self.phase = ServerPhase.UNMASK
-        return {d: UnmaskRequest(d, self._u3, v) for d, v in inbox.items()}
+        # the tags were checked when their SurvivorsConfirmations were built
+        u3 = self._u3
+        return {d: UnmaskRequest.prechecked(d, u3, v) for d, v in inbox.items()}
 
     # -- phase 4 -> result --------------------------------------------------------------------
     def finalize(self, msgs: Iterable[UnmaskResponse]) -> SecAggResult:
@@ -279,48 +330,56 @@ class SecAggServer:
         self._enter(ServerPhase.UNMASK)
         assert self._acc is not None
         seen: set[DeviceId] = set()
-        seed_sh: dict[DeviceId, dict[int, int]] = {d: {} for d in self._u3}
-        dropped = sorted(self._u2 - set(self._u3))
-        key_sh: dict[DeviceId, dict[int, int]] = {d: {} for d in dropped}
+        survivors = set(self._u3)
+        dropped = sorted(self._u2 - survivors)
+        gone = set(dropped)
+        # holder -> the shares it sent (owner -> 33 bytes), every one a field element
+        seed_from: dict[DeviceId, Mapping[DeviceId, bytes]] = {}
+        key_from: dict[DeviceId, Mapping[DeviceId, bytes]] = {}
+        roster, expected = self._roster, self._confirmed
         for m in msgs:
-            if not self._accept_from(m.device, seen, self._confirmed):
+            dev = m.device
+            if dev not in roster:
                 continue
+            if dev in seen:
+                self._reject(dev, "duplicate message")
+                continue
+            if dev not in expected:
+                continue
+            seen.add(dev)
             if self._e2e:
-                key = self._shared[m.device].unmask
-                transcript = dv.unmask_transcript(self._p, m.device, m.seed_shares, m.key_shares)
+                key = self._shared[dev].unmask
+                transcript = dv.unmask_transcript(self._p, dev, m.seed_shares, m.key_shares)
                 try:
                     verify_mac(key, m.tag, transcript)
                 except CryptoError:
-                    self._reject(m.device, "unmask response failed authentication")
+                    self._reject(dev, "unmask response failed authentication")
                     continue
-            nbrs = set(self._p.neighbours[m.device])
-            holder = m.device
-            try:
-                for d, raw in m.seed_shares.items():
-                    if d in seed_sh and d in nbrs:
-                        seed_sh[d][self._p.share_x(d, holder)] = shamir.share_from_bytes(raw)
-                for d, raw in m.key_shares.items():
-                    if d in key_sh and d in nbrs:
-                        key_sh[d][self._p.share_x(d, holder)] = shamir.share_from_bytes(raw)
-            except SecAggError:
-                self._reject(m.device, "unmask response has a malformed share")
+            if _all_in_field(m.seed_shares) and _all_in_field(m.key_shares):
+                seed_from[dev], key_from[dev] = m.seed_shares, m.key_shares
+            else:
+                seed_from[dev], key_from[dev] = self._parse_shares(m, survivors, gone)
         acc = self._acc
         exp = self._exp or MaskExpander(self._p.length, self._p.dtype)
+        first = self._first_secrets(self._u3, seed_from)
         for d in self._u3:
-            seed = self._recover(d, seed_sh[d], "self-mask seed", self._check_seed)
-            exp.sub_mask(acc, seed)
-        survivors = set(self._u3)
+            exp.sub_mask(acc, self._secret(d, first, seed_from, "self-mask seed", self._check_seed))
+        to_undo: list[tuple[DeviceId, list[DeviceId]]] = []
         for j in dropped:
             partners = [
                 i for i in self._p.neighbours[j] if i in survivors and j in self._routed.get(i, ())
             ]
-            if not partners:
-                continue
-            raw = self._recover(j, key_sh[j], "mask key", self._check_mask_key)
-            sk = KexPrivateKey.from_bytes(raw)
+            if partners:
+                to_undo.append((j, partners))
+        first = self._first_secrets([j for j, _ in to_undo], key_from)
+        mask_keys: dict[DeviceId, KexPublicKey] = {}
+        for j, partners in to_undo:
+            sk = self._secret(j, first, key_from, "mask key", self._check_mask_key)
             for i in partners:
-                shared = sk.exchange(KexPublicKey(self._adverts[i].mask_key))
-                seed = dv.pair_seed(self._p, shared, i, j)
+                pk = mask_keys.get(i)
+                if pk is None:
+                    pk = mask_keys[i] = KexPublicKey(self._adverts[i].mask_key)
+                seed = dv.pair_seed(self._p, sk.exchange(pk), i, j)
                 # device i added +PRG if i < j, -PRG otherwise: undo exactly that.
                 if i < j:
                     exp.sub_mask(acc, seed)
@@ -330,26 +389,109 @@ class SecAggServer:
         rejected = dict(self.rejected)
         return SecAggResult(acc, self._u3, tuple(dropped), rejected)
 
-    def _check_seed(self, device: DeviceId, secret: bytes) -> None:
+    def _parse_shares(
+        self, m: UnmaskResponse, survivors: set[DeviceId], gone: set[DeviceId]
+    ) -> tuple[dict[DeviceId, bytes], dict[DeviceId, bytes]]:
+        """Share by share, as every response was parsed before the batch path: for a response
+        with some share that is not a 33-byte field element. Keeps, in order, the shares the
+        server needs up to the first bad one among them, and then rejects the holder."""
+        holder = m.device
+        nbrs = self._nbrs(holder)
+        seeds: dict[DeviceId, bytes] = {}
+        keys: dict[DeviceId, bytes] = {}
+        try:
+            for d, raw in m.seed_shares.items():
+                if d in survivors and d in nbrs:
+                    self._p.share_x(d, holder)
+                    shamir.share_from_bytes(raw)
+                    seeds[d] = bytes(raw)
+            for d, raw in m.key_shares.items():
+                if d in gone and d in nbrs:
+                    self._p.share_x(d, holder)
+                    shamir.share_from_bytes(raw)
+                    keys[d] = bytes(raw)
+        except SecAggError:
+            self._reject(holder, "unmask response has a malformed share")
+        return seeds, keys
+
+    def _check_seed(self, device: DeviceId, secret: bytes) -> bytes:
         if dv.seed_commitment(self._p, device, secret) != self._adverts[device].seed_commitment:
             raise SecAggError("commitment mismatch")
+        return secret
 
-    def _check_mask_key(self, device: DeviceId, secret: bytes) -> None:
+    def _check_mask_key(self, device: DeviceId, secret: bytes) -> KexPrivateKey:
         try:
-            pk = KexPrivateKey.from_bytes(secret).public.raw
+            sk = KexPrivateKey.from_bytes(secret)
         except CryptoError as exc:
             raise SecAggError("not a key") from exc
-        if pk != self._adverts[device].mask_key:
+        if sk.public.raw != self._adverts[device].mask_key:
             raise SecAggError("public key mismatch")
+        return sk
+
+    def _sorted_nbrs(self, device: DeviceId) -> list[DeviceId]:
+        """``device``'s neighbours in id order: the holder at index i has x = i + 1
+        (``SecAggParams.share_x``; the graph is undirected, so they hold its shares)."""
+        out = self._order.get(device)
+        if out is None:
+            out = self._order[device] = sorted(self._p.neighbours[device])
+        return out
+
+    def _first_secrets(
+        self, owners: Iterable[DeviceId], held: Mapping[DeviceId, Mapping[DeviceId, bytes]]
+    ) -> dict[DeviceId, bytes]:
+        """Unchecked secrets of the ``owners`` whose first ``t`` neighbours all sent a share
+        (x = 1..t: one Lagrange basis), in one batch. The first combination ``_recover`` would
+        try: the caller checks each, and searches with ``_recover`` where that fails."""
+        t = self._p.threshold
+        rows: list[list[bytes]] = []
+        done: list[DeviceId] = []
+        for d in owners:
+            try:
+                rows.append([held[h][d] for h in self._sorted_nbrs(d)[:t]])
+            except KeyError:
+                continue  # a holder or its share is missing: _recover searches
+            done.append(d)
+        try:
+            secrets = shamir.combine_many(self._first_xs, rows)
+        except SecAggError:  # shares are checked on receipt, so this is not expected
+            return {}
+        return {d: s for d, s in zip(done, secrets, strict=True) if s is not None}
+
+    def _secret(
+        self,
+        device: DeviceId,
+        first: Mapping[DeviceId, bytes],
+        held: Mapping[DeviceId, Mapping[DeviceId, bytes]],
+        what: str,
+        check: Callable[[DeviceId, bytes], _T],
+    ) -> _T:
+        """``check(device, secret)`` of ``device``'s secret: the batch one if it passes, else
+        the result of ``_recover``'s search."""
+        secret = first.get(device)
+        if secret is not None:
+            try:
+                return check(device, secret)
+            except SecAggError:
+                pass  # a wrong share among the first t: search
+        return self._recover(device, held, what, check)
 
     def _recover(
         self,
         device: DeviceId,
-        shares: dict[int, int],
+        held: Mapping[DeviceId, Mapping[DeviceId, bytes]],
         what: str,
-        check: Callable[[DeviceId, bytes], None],
-    ) -> bytes:
+        check: Callable[[DeviceId, bytes], _T],
+    ) -> _T:
+        """``device``'s secret from every share ``held`` for it (holder -> owner -> share),
+        trying subsets of ``t`` in order until one passes ``check``."""
         t = self._p.threshold
+        shares: dict[int, bytes] = {}  # x -> share, parsed only when a subset uses it
+        for x, h in enumerate(self._sorted_nbrs(device), 1):
+            sent = held.get(h)
+            if sent is not None:
+                raw = sent.get(device)
+                if raw is not None:
+                    shares[x] = raw
         if len(shares) < t:
             raise self._fail(
                 f"cannot unmask: {len(shares)} shares of the {what} of {device!r} "
@@ -360,9 +502,24 @@ class SecAggServer:
             if tries >= MAX_RECONSTRUCTION_TRIES:
                 break
             try:
-                secret = shamir.reconstruct({x: shares[x] for x in subset}, t)
-                check(device, secret)
+                ys = {x: int.from_bytes(shares[x]) for x in subset}
+                return check(device, shamir.reconstruct(ys, t))
             except SecAggError:
                 continue
-            return secret
         raise self._fail(f"shares of the {what} of {device!r} are inconsistent: tampered shares")
+
+
+_PRIME_BYTES = shamir.PRIME.to_bytes(shamir.SHARE_BYTES, "big")
+
+
+def _all_in_field(shares: Mapping[DeviceId, bytes]) -> bool:
+    """Every share is 33 bytes and below the prime (big-endian bytes of one length compare as
+    the integers they encode): the common case, in one loop. False sends the response through
+    the share-by-share path, which decides what to keep and whom to reject."""
+    try:
+        for raw in shares.values():
+            if len(raw) != shamir.SHARE_BYTES or raw >= _PRIME_BYTES:
+                return False
+    except TypeError:
+        return False
+    return True

@@ -7,13 +7,18 @@ neighbours + 1: ``SecAggParams.share_x``) and y a field element serialised as 33
 bytes.
 ``reconstruct`` needs at least ``threshold`` shares with distinct x; extra shares are checked to
 lie on the same polynomial, so an inconsistent share makes it raise instead of returning a wrong
-secret.
+secret. ``combine_many`` is ``reconstruct`` with exactly ``threshold`` shares (nothing to
+cross-check: the caller checks each secret, e.g. against a commitment) for many secrets whose
+shares sit at the same x-coordinates, as a server rebuilding a whole round's secrets has them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from itertools import repeat
+from math import gcd, lcm, prod
+from operator import sub
 
 from ztfm.crypto.kex import RandomSource
 from ztfm.errors import SecAggError
@@ -22,6 +27,8 @@ PRIME = (1 << 256) + 297
 SHARE_BYTES = 33
 SECRET_BYTES = 32
 MAX_X = 1 << 32
+_PRIME_BYTES = PRIME.to_bytes(SHARE_BYTES, "big")
+_SHARE_LEN = {SHARE_BYTES}
 
 
 def split(secret: bytes, threshold: int, xs: Sequence[int], rng: RandomSource) -> dict[int, int]:
@@ -64,6 +71,67 @@ def reconstruct(shares: Mapping[int, int], threshold: int) -> bytes:
     return secret.to_bytes(SECRET_BYTES, "big")
 
 
+def combine_many(xs: tuple[int, ...], rows: Sequence[Sequence[bytes]]) -> list[bytes | None]:
+    """One secret per row of encoded shares, row[i] the share at ``xs[i]``, all of them used
+    (the threshold is ``len(xs)``): ``reconstruct`` over exactly those shares, with None where
+    it would raise for a secret out of range. Raise ``SecAggError`` if a share fails
+    ``share_from_bytes``'s checks or the x-coordinates fail ``reconstruct``'s.
+
+    The basis for ``xs`` is computed once per distinct tuple, as small integers over one common
+    denominator (for x = 1..t the Lagrange values at 0 are integers, +-binomial(t, i)). All rows
+    share it, so the work is done column by column on integers holding one slot per row (each
+    slot wide enough for its signed sum plus an offset that keeps it non-negative): t
+    multiplications by small integers in all, and per row only one reduction modulo the prime."""
+    t = len(xs)
+    if not t:
+        raise SecAggError("Shamir threshold must be positive")
+    if any(len(row) != t for row in rows):
+        raise SecAggError("Shamir shares: as many values as x-coordinates needed")
+    coeffs, inv_den = _basis_at_zero(xs)
+    if not rows:
+        return []
+    cols = list(zip(*rows, strict=True))
+    for col in cols:
+        if set(map(len, col)) != _SHARE_LEN:
+            raise SecAggError(f"Shamir share must be {SHARE_BYTES} bytes")
+        if max(col) >= _PRIME_BYTES:
+            raise SecAggError("Shamir share value is outside the field")
+    # a slot holds sum(c_i * y_i) + offset, offset = (sum of |negative c_i|) * PRIME: in
+    # [0, sum(|c_i|) * PRIME), so slots never borrow from or carry into their neighbours
+    offset = sum(-c for c in coeffs if c < 0) * PRIME
+    width = max(SHARE_BYTES, -(-(sum(map(abs, coeffs)) * PRIME).bit_length() // 8))
+    n = len(rows)
+    total = offset * int.from_bytes((bytes(width - 1) + b"\x01") * n)
+    pad = bytes(width - SHARE_BYTES)
+    for c, col in zip(coeffs, cols, strict=True):
+        total += c * int.from_bytes(pad.join(col))  # row j in slot n - 1 - j
+    buf = total.to_bytes(n * width, "big")
+    vals = [int.from_bytes(buf[i : i + width]) % PRIME for i in range(0, n * width, width)]
+    if inv_den != 1:
+        vals = [v * inv_den % PRIME for v in vals]
+    limit = 1 << (8 * SECRET_BYTES)
+    return [v.to_bytes(SECRET_BYTES, "big") if v < limit else None for v in vals]
+
+
+@lru_cache(maxsize=1024)
+def _basis_at_zero(xs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """Integers c_i and the inverse of a common denominator D with L_i(0) = c_i / D (mod p)."""
+    _check_xs(xs)  # raises, and then nothing is cached
+    nums, dens = [], []
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                num *= -xj
+                den *= xi - xj
+        g = gcd(num, den) * (-1 if den < 0 else 1)
+        nums.append(num // g)
+        dens.append(den // g)  # positive, in lowest terms
+    common = lcm(*dens)
+    coeffs = tuple(n * (common // d) for n, d in zip(nums, dens, strict=True))
+    return coeffs, (1 if common == 1 else pow(common, -1, PRIME))
+
+
 def share_to_bytes(y: int) -> bytes:
     if not 0 <= y < PRIME:
         raise SecAggError("Shamir share value is outside the field")
@@ -94,24 +162,63 @@ def _interpolate(xs: tuple[int, ...], ys: Sequence[int], at: int) -> int:
 
 @lru_cache(maxsize=4096)
 def _lagrange(xs: tuple[int, ...], at: int) -> tuple[int, ...]:
-    """Lagrange basis values at ``at`` for nodes ``xs``. The nodes are small integers, so the
-    products are computed exactly (cheap small-int arithmetic) and reduced once; all
-    denominators are inverted with a single modular inversion (Montgomery's trick)."""
-    nums, dens = [], []
-    for i, xi in enumerate(xs):
-        num, den = 1, 1
-        for j, xj in enumerate(xs):
-            if i != j:
-                num *= at - xj
-                den *= xi - xj
-        nums.append(num % PRIME)
-        dens.append(den % PRIME)
+    """Lagrange basis values at ``at`` for nodes ``xs`` (positive integers, distinct).
+
+    L_i(at) = prod_{j != i} (at - x_j) / prod_{j != i} (x_i - x_j). The nodes are small, so the
+    products are exact integers. When the nodes fill most of 1..k (k = max node: the shares a
+    server gathers, with some holders gone), the denominator is (x_i - 1)! (k - x_i)!, signed,
+    divided by the product over the few missing positions: t * (k - t) small products and
+    inverse factorials from a table instead of t^2 products and inversions. Otherwise all
+    denominators are inverted with one modular inversion (Montgomery's trick)."""
+    if at in xs:
+        return tuple(int(x == at) for x in xs)
+    t, k = len(xs), max(xs)
+    diffs = [at - x for x in xs]
+    whole = prod(diffs)
+    if k - t < t:
+        have = set(xs)
+        missing = [m for m in range(1, k + 1) if m not in have]
+        c = len(missing)
+        inv_fact = _inverse_factorials(k)
+        out = []
+        for d, xi in zip(diffs, xs, strict=True):
+            num = whole // d * prod(map(sub, repeat(xi, c), missing))
+            if (k - xi) & 1:
+                num = -num
+            out.append(num * inv_fact[xi - 1] % PRIME * inv_fact[k - xi] % PRIME)
+        return tuple(out)
+    nums = [whole // d % PRIME for d in diffs]
+    dens = [
+        prod(map(sub, repeat(xi, i), xs[:i]))
+        * prod(map(sub, repeat(xi, t - i - 1), xs[i + 1 :]))
+        % PRIME
+        for i, xi in enumerate(xs)
+    ]
     prefix = [1]
     for d in dens:
         prefix.append(prefix[-1] * d % PRIME)
     inv = pow(prefix[-1], -1, PRIME)
-    invs = [0] * len(dens)
-    for i in range(len(dens) - 1, -1, -1):
+    invs = [0] * t
+    for i in range(t - 1, -1, -1):
         invs[i] = inv * prefix[i] % PRIME
         inv = inv * dens[i] % PRIME
     return tuple(n * v % PRIME for n, v in zip(nums, invs, strict=True))
+
+
+_INV_FACT: list[int] = [1]
+
+
+def _inverse_factorials(k: int) -> list[int]:
+    """1/m! mod p for m = 0..k (at least), grown on demand: one inversion per growth."""
+    if len(_INV_FACT) <= k:
+        size = max(k + 1, 2 * len(_INV_FACT))
+        fact = 1
+        for m in range(2, size):
+            fact = fact * m % PRIME
+        inv = pow(fact, -1, PRIME)
+        table = [0] * size
+        for m in range(size - 1, -1, -1):
+            table[m] = inv
+            inv = inv * m % PRIME if m else inv
+        _INV_FACT[:] = table
+    return _INV_FACT
