@@ -6,11 +6,10 @@ time and transport) and returns what to send to each device next. Messages from 
 duplicates, malformed or unauthenticated messages are rejected: the device is then treated as a
 dropout and the reason is kept in ``rejected`` for the audit log.
 
-Costs: the checks run per message in plain loops (no per-message helper calls), the messages the
-server builds from parts of checked messages are not checked again, and the secrets of a round
-are rebuilt in one batch (``shamir.combine_many``: with no dropouts every owner's first ``t``
-shares sit at x = 1..t), each then checked against its commitment or public key; only a secret
-that fails goes through the search over share subsets.
+Costs: the messages the server builds from parts of checked messages are not checked again,
+and the secrets of a round are rebuilt in one batch (``shamir.combine_many``: with no dropouts
+every owner's first ``t`` shares sit at x = 1..t), each then checked against its commitment or
+public key; only a secret that fails goes through the search over share subsets.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -127,9 +126,6 @@ class SecAggServer:
         self._first_xs = tuple(range(1, params.threshold + 1))
 
     # -- helpers ------------------------------------------------------------------------------
-    # Every receive_* loop admits a message as ``_accept_from`` did: ignored if its device is
-    # outside the roster, rejected ("duplicate message") if the device already sent one this
-    # phase, ignored if the device is not expected in this phase; inlined (once per message).
     def _enter(self, phase: ServerPhase) -> None:
         if self.phase is not phase:
             raise SecAggError(f"server is in phase {self.phase.name}, not {phase.name}")
@@ -140,6 +136,22 @@ class SecAggServer:
 
     def _reject(self, device: DeviceId, reason: str) -> None:
         self.rejected.setdefault(device, reason)
+
+    def _accept_from(
+        self, device: DeviceId, seen: set[DeviceId], allowed: Container[DeviceId]
+    ) -> bool:
+        """Admit one message: ignored if its device is outside the roster, rejected ("duplicate
+        message") if the device already sent one this phase, ignored if it is not expected in
+        this phase."""
+        if device not in self._roster:
+            return False  # not ours: nothing to record against a roster device
+        if device in seen:
+            self._reject(device, "duplicate message")
+            return False
+        if device not in allowed:
+            return False
+        seen.add(device)
+        return True
 
     def _check_size(self, active: Iterable[DeviceId], stage: str) -> set[DeviceId]:
         act = set(active) - set(self.rejected)
@@ -163,12 +175,8 @@ class SecAggServer:
         roster, adverts = self._roster, self._adverts
         for m in msgs:
             dev = m.device
-            if dev not in roster:
+            if not self._accept_from(dev, seen, roster):
                 continue
-            if dev in seen:
-                self._reject(dev, "duplicate message")
-                continue
-            seen.add(dev)
             try:
                 if self._eager:
                     self._verify_advert(m)
@@ -201,18 +209,12 @@ class SecAggServer:
         self._enter(ServerPhase.SHARE)
         seen: set[DeviceId] = set()
         got: dict[DeviceId, ShareKeys] = {}
-        roster, adverts = self._roster, self._adverts
+        adverts = self._adverts
         advertised = adverts.keys()
         for m in msgs:
             dev = m.device
-            if dev not in roster:
+            if not self._accept_from(dev, seen, adverts):
                 continue
-            if dev in seen:
-                self._reject(dev, "duplicate message")
-                continue
-            if dev not in adverts:
-                continue
-            seen.add(dev)
             to = m.sealed.keys()
             if not (to <= self._nbrs(dev) and to <= advertised):
                 self._reject(dev, "shares addressed outside its live neighbourhood")
@@ -252,17 +254,11 @@ class SecAggServer:
         dtype, shape = self._dtype, (self._p.length,)
         acc = np.zeros(shape, dtype=dtype)
         ok: list[DeviceId] = []
-        roster, expected = self._roster, self._u2
+        expected = self._u2
         for m in msgs:
             dev = m.device
-            if dev not in roster:
+            if not self._accept_from(dev, seen, expected):
                 continue
-            if dev in seen:
-                self._reject(dev, "duplicate message")
-                continue
-            if dev not in expected:
-                continue
-            seen.add(dev)
             masked = m.masked
             if masked.dtype != dtype or masked.shape != shape:
                 self._reject(dev, "masked input has the wrong dtype or length")
@@ -292,17 +288,10 @@ class SecAggServer:
         seen: set[DeviceId] = set()
         surv = set(self._u3)
         got: dict[DeviceId, SurvivorsConfirmation] = {}
-        roster = self._roster
         for m in msgs:
             dev = m.device
-            if dev not in roster:
+            if not self._accept_from(dev, seen, surv):
                 continue
-            if dev in seen:
-                self._reject(dev, "duplicate message")
-                continue
-            if dev not in surv:
-                continue
-            seen.add(dev)
             to = m.tags.keys()
             if not (to <= self._nbrs(dev) and to <= surv):
                 self._reject(dev, "confirmations addressed outside its neighbourhood")
@@ -336,17 +325,11 @@ class SecAggServer:
         # holder -> the shares it sent (owner -> 33 bytes), every one a field element
         seed_from: dict[DeviceId, Mapping[DeviceId, bytes]] = {}
         key_from: dict[DeviceId, Mapping[DeviceId, bytes]] = {}
-        roster, expected = self._roster, self._confirmed
+        expected = self._confirmed
         for m in msgs:
             dev = m.device
-            if dev not in roster:
+            if not self._accept_from(dev, seen, expected):
                 continue
-            if dev in seen:
-                self._reject(dev, "duplicate message")
-                continue
-            if dev not in expected:
-                continue
-            seen.add(dev)
             if self._e2e:
                 key = self._shared[dev].unmask
                 transcript = dv.unmask_transcript(self._p, dev, m.seed_shares, m.key_shares)
