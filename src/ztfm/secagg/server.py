@@ -338,7 +338,9 @@ class SecAggServer:
                 except CryptoError:
                     self._reject(dev, "unmask response failed authentication")
                     continue
-            if _all_in_field(m.seed_shares) and _all_in_field(m.key_shares):
+            if shamir.all_shares(m.seed_shares.values()) and shamir.all_shares(
+                m.key_shares.values()
+            ):
                 seed_from[dev], key_from[dev] = m.seed_shares, m.key_shares
             else:
                 seed_from[dev], key_from[dev] = self._parse_shares(m, survivors, gone)
@@ -490,19 +492,3 @@ class SecAggServer:
             except SecAggError:
                 continue
         raise self._fail(f"shares of the {what} of {device!r} are inconsistent: tampered shares")
-
-
-_PRIME_BYTES = shamir.PRIME.to_bytes(shamir.SHARE_BYTES, "big")
-
-
-def _all_in_field(shares: Mapping[DeviceId, bytes]) -> bool:
-    """Every share is 33 bytes and below the prime (big-endian bytes of one length compare as
-    the integers they encode): the common case, in one loop. False sends the response through
-    the share-by-share path, which decides what to keep and whom to reject."""
-    try:
-        for raw in shares.values():
-            if len(raw) != shamir.SHARE_BYTES or raw >= _PRIME_BYTES:
-                return False
-    except TypeError:
-        return False
-    return True

@@ -14,7 +14,7 @@ shares sit at the same x-coordinates, as a server rebuilding a whole round's sec
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from itertools import repeat
 from math import gcd, lcm, prod
@@ -130,6 +130,18 @@ def _basis_at_zero(xs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
     common = lcm(*dens)
     coeffs = tuple(n * (common // d) for n, d in zip(nums, dens, strict=True))
     return coeffs, (1 if common == 1 else pow(common, -1, PRIME))
+
+
+def all_shares(values: Iterable[bytes]) -> bool:
+    """Every value is what ``share_from_bytes`` accepts (33 bytes, below the prime: big-endian
+    strings of one length compare as the integers they encode), without parsing any."""
+    try:
+        for raw in values:
+            if len(raw) != SHARE_BYTES or raw >= _PRIME_BYTES:
+                return False
+    except TypeError:  # not bytes-like
+        return False
+    return True
 
 
 def share_to_bytes(y: int) -> bytes:

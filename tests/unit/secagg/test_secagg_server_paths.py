@@ -1,6 +1,7 @@
-"""The server's fast paths and the checks they keep: ``shamir.combine`` against ``reconstruct``,
-messages the server builds without re-checking, duplicates in every phase, and shares that are
-not field elements (the holder is rejected, its shares before the bad one still count)."""
+"""The server's fast paths and the checks they keep: ``shamir.combine_many`` against
+``reconstruct``, messages the server builds without re-checking, duplicates in every phase, and
+shares that are not field elements (the holder is rejected, its shares before the bad one still
+count)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,17 @@ def test_combine_many_on_arbitrary_field_elements(rng: np.random.Generator) -> N
 def test_combine_many_basis_for_first_positions_is_binomial() -> None:
     coeffs, inv = shamir._basis_at_zero((1, 2, 3, 4, 5))
     assert coeffs == (5, -10, 10, -5, 1) and inv == 1
+
+
+def test_all_shares_accepts_exactly_what_share_from_bytes_does(rng: np.random.Generator) -> None:
+    good = [shamir.share_to_bytes(int.from_bytes(rng.bytes(33)) % shamir.PRIME) for _ in range(9)]
+    top = shamir.share_to_bytes(shamir.PRIME - 1)
+    assert shamir.all_shares([*good, top, bytearray(top)]) and shamir.all_shares([])
+    shamir.share_from_bytes(bytearray(top))
+    for bad in (BAD_SHARE, b"\xff" * 33, top[1:], top + b"\x00", "x" * 33):
+        assert not shamir.all_shares([*good, bad])  # type: ignore[list-item]
+        with pytest.raises((SecAggError, TypeError)):
+            shamir.share_from_bytes(bad)  # type: ignore[arg-type]
 
 
 def test_combine_many_checks_like_reconstruct(rng: np.random.Generator) -> None:
